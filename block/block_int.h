@@ -1,0 +1,289 @@
+/*
+ * The block layer's internals: what a driver implements and the node and
+ * edge structures.  Drivers include this; other users include block.h.
+ */
+#ifndef BLOCK_BLOCK_INT_H
+#define BLOCK_BLOCK_INT_H
+
+#include <limits.h>
+#include <sys/queue.h>
+
+#include "block/block.h"
+#include "util/error.h"
+
+/* Version of the BlockDriver layout, so it can grow without breaking
+ * drivers written against an older one (checked at registration). */
+#define BLOCK_DRIVER_VERSION 1
+
+/*
+ * Edge roles, combined as bit flags.  DATA: the child holds guest data;
+ * METADATA: it holds the parent's metadata; FILTERED: the parent passes
+ * requests through to it; COW: it is a backing file; PRIMARY: the child a
+ * driver reads its own structure from (a format's `file`, a filter's
+ * child).
+ */
+typedef enum BdrvChildRole {
+    BDRV_CHILD_DATA = 1 << 0,
+    BDRV_CHILD_METADATA = 1 << 1,
+    BDRV_CHILD_FILTERED = 1 << 2,
+    BDRV_CHILD_COW = 1 << 3,
+    BDRV_CHILD_PRIMARY = 1 << 4,
+    BDRV_CHILD_IMAGE = BDRV_CHILD_DATA | BDRV_CHILD_METADATA,
+} BdrvChildRole;
+
+typedef struct BlockLimits {
+    /* Every request to the driver is aligned to this (power of two).  The
+     * generic layer does read-modify-write for unaligned writes. */
+    uint32_t request_alignment;
+    /* Largest request the driver takes (0: BDRV_REQUEST_MAX_BYTES). */
+    int64_t max_transfer;
+    int64_t opt_transfer;
+    /* Alignment for write-zeroes/discard to take effect (0: any). */
+    int64_t pwrite_zeroes_alignment;
+    int64_t pdiscard_alignment;
+    int64_t max_pwrite_zeroes;
+    int64_t max_pdiscard;
+    /* Memory alignment of buffers (O_DIRECT needs 512 or 4096). */
+    size_t min_mem_alignment;
+    size_t opt_mem_alignment;
+} BlockLimits;
+
+/*
+ * A driver.  Every callback is optional unless marked required; when one is
+ * NULL the core does the generic thing described.  Callbacks marked
+ * coroutine_fn are called in coroutine context.
+ */
+struct BlockDriver {
+    int version;             /* BLOCK_DRIVER_VERSION */
+    const char *format_name; /* the QAPI BlockdevDriver value, e.g. "raw" */
+    BlockdevDriver driver;   /* the same as the enum */
+    size_t instance_size;    /* bs->opaque is zeroed memory of this size */
+    /* A filter passes requests to one child (bs->file or bs->backing),
+     * unchanged; block status and allocation look through it. */
+    bool is_filter;
+    /* A format: it has a `file` child holding its image. */
+    bool is_format;
+    /* Whether the driver has a backing child (qcow2, add-cow). */
+    bool supports_backing;
+
+    /*
+     * Required.  Open the node from its options (opts->u.<driver>).  The
+     * core has already applied the generic options (read-only, cache,
+     * discard, detect-zeroes, node-name) to bs.  The driver opens its
+     * children with bdrv_open_child() and sets bs->total_bytes.
+     */
+    int coroutine_fn (*bdrv_open)(BlockDriverState *bs,
+                                  const BlockdevOptions *opts, GError **errp);
+    /* Release driver state; children are detached by the core afterwards. */
+    void (*bdrv_close)(BlockDriverState *bs);
+    /* Set bs->bl from the children's limits and the driver's needs. The
+     * default takes request_alignment etc. from the primary child. */
+    void (*bdrv_refresh_limits)(BlockDriverState *bs, GError **errp);
+
+    /* Requests.  offset/bytes are aligned to bs->bl.request_alignment and
+     * within max_transfer.  Return 0 or -errno.  NULL: filters pass through
+     * to their filtered child; others get -ENOTSUP. */
+    int coroutine_fn (*bdrv_co_preadv)(BlockDriverState *bs, int64_t offset,
+                                       int64_t bytes, IOVector *qiov,
+                                       BdrvRequestFlags flags);
+    int coroutine_fn (*bdrv_co_pwritev)(BlockDriverState *bs, int64_t offset,
+                                        int64_t bytes, IOVector *qiov,
+                                        BdrvRequestFlags flags);
+    /* -ENOTSUP makes the core write a buffer of zeroes (unless
+     * BDRV_REQ_NO_FALLBACK). */
+    int coroutine_fn (*bdrv_co_pwrite_zeroes)(BlockDriverState *bs,
+                                              int64_t offset, int64_t bytes,
+                                              BdrvRequestFlags flags);
+    int coroutine_fn (*bdrv_co_pdiscard)(BlockDriverState *bs, int64_t offset,
+                                         int64_t bytes);
+    /* Flush the driver's own caches into its children (the core then
+     * flushes the children), then, for protocol drivers, to disk. */
+    int coroutine_fn (*bdrv_co_flush_to_os)(BlockDriverState *bs);
+    int coroutine_fn (*bdrv_co_flush_to_disk)(BlockDriverState *bs);
+    /*
+     * Block status of bs alone for [offset, offset+bytes): return
+     * BDRV_BLOCK_* bits for *pnum bytes; with OFFSET_VALID set *map and
+     * *file.  `want_zero`: precise zero information is worth extra work.
+     * NULL: protocols report DATA|ALLOCATED; filters pass through.
+     */
+    int coroutine_fn (*bdrv_co_block_status)(BlockDriverState *bs,
+                                             bool want_zero, int64_t offset,
+                                             int64_t bytes, int64_t *pnum,
+                                             int64_t *map,
+                                             BlockDriverState **file);
+    int coroutine_fn (*bdrv_co_truncate)(BlockDriverState *bs, int64_t offset,
+                                         bool exact, PreallocMode prealloc,
+                                         BdrvRequestFlags flags,
+                                         GError **errp);
+    int64_t coroutine_fn (*bdrv_co_get_allocated_file_size)(
+        BlockDriverState *bs);
+    /* Fill driver-specific image info (cluster-size, format-specific...). */
+    int coroutine_fn (*bdrv_co_get_info)(BlockDriverState *bs,
+                                         ImageInfo *info, GError **errp);
+
+    /*
+     * Permissions.  child_perm: given what the parents of bs want of bs
+     * (perm, shared), what bs needs of child c.  NULL: the generic rules
+     * of bdrv_default_perms().
+     */
+    void (*bdrv_child_perm)(BlockDriverState *bs, BdrvChild *c,
+                            BdrvChildRole role, uint64_t perm,
+                            uint64_t shared, uint64_t *nperm,
+                            uint64_t *nshared);
+    /* Node-level: can bs take (perm, shared)?  The file driver takes its
+     * locks here.  Then exactly one of set_perm / abort_perm_update. */
+    int (*bdrv_check_perm)(BlockDriverState *bs, uint64_t perm,
+                           uint64_t shared, GError **errp);
+    void (*bdrv_set_perm)(BlockDriverState *bs, uint64_t perm,
+                          uint64_t shared);
+    void (*bdrv_abort_perm_update)(BlockDriverState *bs);
+
+    /* Fault injection hook (blkdebug). */
+    void (*bdrv_debug_event)(BlockDriverState *bs, BlkdebugEvent event);
+
+    /* blockdev-create for this driver: runs in a job's coroutine. */
+    int coroutine_fn (*bdrv_co_create)(BlockdevCreateOptions *opts,
+                                       GError **errp);
+};
+
+/* Drivers are listed once, in block/drivers.c. */
+const BlockDriver *bdrv_find_driver(BlockdevDriver drv);
+const BlockDriver *bdrv_find_format(const char *format_name);
+
+/* How a parent of an edge behaves (a node, or a BlockBackend). */
+struct BdrvChildClass {
+    bool parent_is_bds;
+    char *(*get_parent_desc)(BdrvChild *c);
+    void (*drained_begin)(BdrvChild *c);
+    void (*drained_end)(BdrvChild *c);
+    /* true while the parent still has requests it may issue */
+    bool (*drained_poll)(BdrvChild *c);
+    void (*resize)(BdrvChild *c);
+};
+
+struct BdrvChild {
+    BlockDriverState *bs; /* the child node */
+    char *name;           /* "file", "backing", "image", "target", "root" */
+    const BdrvChildClass *klass;
+    BdrvChildRole role;
+    void *opaque; /* the parent: BlockDriverState * or BlockBackend * */
+    uint64_t perm;
+    uint64_t shared_perm;
+    /* While non-zero nothing may detach or replace this edge; the holders
+     * (job ids) are named in the error. */
+    int graph_mod_count;
+    GPtrArray *graph_mod_holders; /* of char * */
+    LIST_ENTRY(BdrvChild) next;        /* in parent's children */
+    LIST_ENTRY(BdrvChild) next_parent; /* in child's parents */
+};
+
+/* A request in flight, for serialisation of overlapping RMW. */
+typedef struct BdrvTrackedRequest {
+    BlockDriverState *bs;
+    int64_t offset, bytes;
+    bool is_write;
+    bool serialising;
+    int64_t overlap_offset, overlap_bytes; /* aligned extent when serialising */
+    Coroutine *co;
+    CoQueue wait_queue; /* requests waiting for this one */
+    LIST_ENTRY(BdrvTrackedRequest) list;
+} BdrvTrackedRequest;
+
+struct BlockDriverState {
+    const BlockDriver *drv;
+    void *opaque;
+    char node_name[32];
+    /* What the node reads: the file name for protocols, the image's file
+     * name for formats ("json:{...}" when there is no single file). */
+    char filename[PATH_MAX];
+    /* Backing file name and format from the image header (formats). */
+    char backing_file[PATH_MAX];
+    char backing_format[32];
+    BlockdevOptions *options; /* as opened (deep copy) */
+
+    int open_flags; /* BDRV_O_* */
+    bool read_only;
+    bool implicit; /* inserted by a job, hidden from queries */
+    BlockdevDetectZeroesOptions detect_zeroes;
+    bool encrypted;
+
+    int refcnt;
+    bool monitor_owned;
+
+    LIST_HEAD(, BdrvChild) children;
+    LIST_HEAD(, BdrvChild) parents;
+    BdrvChild *file;    /* the child named "file", if any */
+    BdrvChild *backing; /* the backing child, if any */
+
+    BlockLimits bl;
+    int64_t total_bytes; /* virtual size, kept by the driver */
+    /* supported request flags of the driver */
+    BdrvRequestFlags supported_write_flags;
+    BdrvRequestFlags supported_zero_flags;
+
+    /* cumulative permissions from all parents */
+    uint64_t perm;
+    uint64_t shared_perm;
+
+    unsigned in_flight;
+    int quiesce_counter;
+    LIST_HEAD(, BdrvTrackedRequest) tracked_requests;
+    unsigned serialising_in_flight;
+    /* coroutines waiting for in_flight to reach 0 (drain) */
+    CoQueue flush_queue;
+    bool active_flush_req;
+    unsigned write_gen, flushed_gen; /* skip flushes with nothing new */
+
+    /* dirty bitmaps (dirty-bitmap.c, later issue) */
+    GList *dirty_bitmaps;
+
+    uint64_t write_threshold_offset;
+    int64_t node_seq; /* creation order */
+};
+
+/* Generic options parsing, child opening, and permission helpers. */
+
+/*
+ * Open the child `name` of `parent` from a reference (inline options or a
+ * node-name).  With allow_none a missing ref (NULL) returns NULL without
+ * error.  The edge's permissions are computed from parent's driver.
+ */
+BdrvChild *coroutine_fn bdrv_open_child(BlockDriverState *parent,
+                                        const BlockdevRef *ref,
+                                        const char *name, BdrvChildRole role,
+                                        bool allow_none, GError **errp);
+/* Attach an existing node as a child (takes a new reference on child). */
+BdrvChild *bdrv_attach_child(BlockDriverState *parent,
+                             BlockDriverState *child, const char *name,
+                             BdrvChildRole role, GError **errp);
+/* Detach and drop the reference; relaxing permissions never fails. */
+void bdrv_unref_child(BlockDriverState *parent, BdrvChild *c);
+/* Set bs's backing child to backing_bs (NULL: none), checking graph-mod
+ * counters and permissions; on failure nothing changes. */
+int bdrv_set_backing_hd(BlockDriverState *bs, BlockDriverState *backing_bs,
+                        GError **errp);
+/* Move every parent of `from` (except those in `except`) to `to`. */
+int bdrv_replace_node(BlockDriverState *from, BlockDriverState *to,
+                      GError **errp);
+
+/* Recompute permissions of bs's subtree from its parents: a transaction. */
+int bdrv_refresh_perms(BlockDriverState *bs, GError **errp);
+/* Change one edge's permissions (a transaction over the child's subtree).
+ * On conflict the error names both users. */
+int bdrv_child_try_set_perm(BdrvChild *c, uint64_t perm, uint64_t shared,
+                            GError **errp);
+/* Generic per-role permissions (formats, filters, backing). */
+void bdrv_default_perms(BlockDriverState *bs, BdrvChild *c,
+                        BdrvChildRole role, uint64_t perm, uint64_t shared,
+                        uint64_t *nperm, uint64_t *nshared);
+void bdrv_filter_default_perms(BlockDriverState *bs, BdrvChild *c,
+                               BdrvChildRole role, uint64_t perm,
+                               uint64_t shared, uint64_t *nperm,
+                               uint64_t *nshared);
+
+/* Whether bs is writable (not read-only, opened RDWR). */
+bool bdrv_is_writable(const BlockDriverState *bs);
+/* Refresh bs->bl (after open or a graph change). */
+void bdrv_refresh_limits(BlockDriverState *bs, GError **errp);
+
+#endif

@@ -1,0 +1,36 @@
+/*
+ * Streaming JSON framing for QMP: bytes go in as they arrive from a
+ * socket (split reads, pipelined messages, garbage); complete top-level
+ * JSON values come out, each parsed with json-glib.
+ *
+ * The splitter tracks string/escape state and {}/[] depth only; json-glib
+ * does the parsing of each framed message.  A message that fails to parse,
+ * exceeds `max_size` bytes or `max_depth` nesting produces an error
+ * callback; the splitter then resynchronises (after an oversized message it
+ * discards input until the depth returns to 0, or at a newline when it is
+ * outside any value) and goes on.
+ */
+#ifndef UTIL_JSON_STREAM_H
+#define UTIL_JSON_STREAM_H
+
+#include <glib.h>
+#include <json-glib/json-glib.h>
+
+typedef struct JsonStream JsonStream;
+
+/* `msg` is owned by the callee; `err` is owned by the caller. */
+typedef void JsonStreamMessage(void *opaque, JsonNode *msg);
+typedef void JsonStreamError(void *opaque, const GError *err);
+
+JsonStream *json_stream_new(size_t max_size, int max_depth,
+                            JsonStreamMessage *on_msg,
+                            JsonStreamError *on_err, void *opaque);
+void json_stream_feed(JsonStream *s, const char *buf, size_t len);
+/* Input ended; an unfinished value is reported as an error. */
+void json_stream_flush(JsonStream *s);
+void json_stream_free(JsonStream *s);
+
+/* Serialise compactly (no newlines), as QMP replies are sent. */
+char *json_to_string_compact(JsonNode *node);
+
+#endif
