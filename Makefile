@@ -1,0 +1,60 @@
+# Convenience front end; the build itself is meson + ninja (see ./configure).
+#   make            install missing deps, configure build/ if needed, build
+#   make run        build and start a demo daemon (scripts/demo.sh)
+#   make check      unit tests + iotests against build/
+#   make check-asan the same under AddressSanitizer + UBSan (build-asan/)
+#   make fuzz       build the libFuzzer targets (build-fuzz/) and run each FUZZ_TIME s
+#   make clean      remove build directories and scratch files
+
+BUILD      ?= build
+ASAN_BUILD ?= build-asan
+FUZZ_BUILD ?= build-fuzz
+FUZZ_TIME  ?= 60
+NINJA      ?= ninja
+
+SAN_ENV = ASAN_OPTIONS=halt_on_error=1:abort_on_error=0:detect_leaks=1 \
+          UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
+
+.PHONY: all deps build run check check-unit check-iotests check-asan fuzz clean
+
+all: build
+
+deps:
+	@scripts/install-deps.sh
+
+$(BUILD)/build.ninja: | deps
+	./configure --builddir=$(BUILD)
+
+build: deps $(BUILD)/build.ninja
+	$(NINJA) -C $(BUILD)
+
+run: build
+	scripts/demo.sh $(BUILD)
+
+check: build
+	meson test -C $(BUILD) --suite unit --print-errorlogs
+	iotests/check --build $(BUILD)
+
+check-unit: build
+	meson test -C $(BUILD) --suite unit --print-errorlogs
+
+check-iotests: build
+	iotests/check --build $(BUILD)
+
+$(ASAN_BUILD)/build.ninja: | deps
+	./configure --builddir=$(ASAN_BUILD) --asan
+
+check-asan: deps $(ASAN_BUILD)/build.ninja
+	$(NINJA) -C $(ASAN_BUILD)
+	$(SAN_ENV) meson test -C $(ASAN_BUILD) --suite unit --print-errorlogs
+	$(SAN_ENV) iotests/check --build $(ASAN_BUILD)
+
+$(FUZZ_BUILD)/build.ninja: | deps
+	./configure --builddir=$(FUZZ_BUILD) --fuzz
+
+fuzz: deps $(FUZZ_BUILD)/build.ninja
+	$(NINJA) -C $(FUZZ_BUILD)
+	@$(SAN_ENV) scripts/run-fuzz.sh $(FUZZ_BUILD) $(FUZZ_TIME)
+
+clean:
+	rm -rf $(BUILD) $(ASAN_BUILD) $(FUZZ_BUILD) run iotests/scratch
