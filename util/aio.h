@@ -45,6 +45,9 @@ int coroutine_fn aio_co_poll(int fd, short events);
  */
 typedef int ThreadPoolFunc(void *opaque);
 int coroutine_fn thread_pool_co_run(ThreadPoolFunc *fn, void *opaque);
+/* Create the worker pool now (it is otherwise created on first use);
+ * aio_init() calls it when it falls back to threads.  Idempotent. */
+bool thread_pool_init(GError **errp);
 
 /* A one-shot callback run from the loop soon (default priority). */
 typedef void AioCallback(void *opaque);

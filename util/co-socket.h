@@ -35,6 +35,7 @@ int sock_set_nonblocking(int fd);
 #include <glib.h>
 int sock_listen_unix(const char *path, int mode, GError **errp);
 int sock_listen_inet(const char *host, const char *port, GError **errp);
+/* Connect to a UNIX socket: a non-blocking, close-on-exec fd, or -1. */
 int sock_connect_unix(const char *path, GError **errp);
 
 #endif
