@@ -5,8 +5,10 @@
  * accept strings for numbers and booleans when told the input is keyval.
  *
  * Keys that are all digits at one level make that level an array
- * ("inject-error.0.event=...").  A key given twice, a key that is both a
- * value and an object, and an empty key are errors.
+ * ("inject-error.0.event=...") and must cover 0..n-1 without gaps.  A key
+ * that is both a value and an object, and an empty or invalid key are
+ * errors.  A key given twice: the last value wins, as in
+ * qemu-storage-daemon 7.2 ("driver=file,driver=raw" is a raw node).
  *
  * `implied_key`, if non-NULL, names the key of a first element with no '='
  * (e.g. "socket" for "--chardev socket,id=x").
