@@ -1,0 +1,918 @@
+/*
+ * Streaming JSON framing for QMP.
+ *
+ * QMP input is a stream of JSON values with no delimiters, so a lexer must
+ * find where each value ends.  This one follows the rules a QMP client
+ * observes from QEMU: a value ends when its braces and its brackets are
+ * both balanced (they are counted separately, so "{[}" waits for "]"); a
+ * scalar at the top level is a value of its own; single-quoted strings are
+ * accepted.  Lexical errors (a stray character, a control character inside
+ * a string) are reported at once, the current value is dropped, and input
+ * is skipped up to the next structural or control character (a newline,
+ * typically).  Grammar errors are remembered and reported when the value
+ * is complete, so one bad message costs one error reply.
+ *
+ * Each complete value is rewritten into plain JSON (double quotes, \u
+ * escapes decoded to UTF-8, integers beyond int64 made floating point so
+ * json-glib does not wrap them) and handed to json-glib, which builds the
+ * tree.  Grammar is checked here first because json-glib is lenient (it
+ * takes "01", "\x", raw tabs, duplicate keys) and its messages differ from
+ * the ones QMP clients see.
+ */
+#include "util/json-stream.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "util/error.h"
+
+typedef enum LexState {
+    LEX_VALUE,    /* between tokens */
+    LEX_STRING,   /* inside a string */
+    LEX_ESCAPE,   /* after a backslash */
+    LEX_UNICODE,  /* collecting the hex digits of \uXXXX */
+    LEX_WORD,     /* a number or keyword */
+    LEX_RECOVER,  /* after a lexical error: skip to a sync character */
+} LexState;
+
+/* Where the innermost container's grammar stands. */
+typedef enum GramState {
+    G_OBJ_KEY_OR_END, /* after '{' */
+    G_OBJ_KEY,        /* after ',' in an object */
+    G_OBJ_COLON,
+    G_OBJ_VALUE,
+    G_OBJ_COMMA_OR_END,
+    G_ARR_VALUE_OR_END, /* after '[' */
+    G_ARR_VALUE,        /* after ',' in an array */
+    G_ARR_COMMA_OR_END,
+} GramState;
+
+typedef enum TokKind { TOK_STRING, TOK_SCALAR, TOK_OPEN } TokKind;
+
+struct JsonStream {
+    size_t max_size;
+    int max_depth;
+    JsonStreamMessage *on_msg;
+    JsonStreamError *on_err;
+    void *opaque;
+    JsonParser *parser;
+
+    LexState lex;
+    bool in_msg;      /* inside a value (something consumed) */
+    bool discarding;  /* over a limit: consume without keeping */
+    size_t raw_len;   /* input bytes of the current value */
+    long braces, brackets;
+
+    GString *buf;     /* the current value, rewritten as plain JSON */
+    char *deferred;   /* first grammar error of the current value */
+    size_t nkeys;     /* object keys seen, to detect duplicates */
+    bool nonascii;
+
+    GByteArray *gram; /* GramState per open container */
+
+    /* string state */
+    char quote;
+    size_t str_start; /* offset in buf of the string's opening quote */
+    char uhex[5];
+    int nhex;
+    unsigned high;    /* pending high surrogate, 0 if none */
+    char high_txt[5];
+
+    GString *word;
+};
+
+JsonStream *json_stream_new(size_t max_size, int max_depth,
+                            JsonStreamMessage *on_msg,
+                            JsonStreamError *on_err, void *opaque)
+{
+    JsonStream *s = g_new0(JsonStream, 1);
+
+    s->max_size = max_size ? max_size : 1024 * 1024;
+    s->max_depth = max_depth > 0 ? max_depth : 64;
+    s->on_msg = on_msg;
+    s->on_err = on_err;
+    s->opaque = opaque;
+    s->parser = json_parser_new_immutable();
+    s->buf = g_string_new(NULL);
+    s->word = g_string_new(NULL);
+    s->gram = g_byte_array_new();
+    s->lex = LEX_VALUE;
+    return s;
+}
+
+void json_stream_free(JsonStream *s)
+{
+    if (!s) {
+        return;
+    }
+    g_object_unref(s->parser);
+    g_string_free(s->buf, TRUE);
+    g_string_free(s->word, TRUE);
+    g_byte_array_free(s->gram, TRUE);
+    g_free(s->deferred);
+    g_free(s);
+}
+
+static void reset_msg(JsonStream *s)
+{
+    s->in_msg = false;
+    s->discarding = false;
+    s->raw_len = 0;
+    s->braces = s->brackets = 0;
+    g_string_truncate(s->buf, 0);
+    g_string_truncate(s->word, 0);
+    g_clear_pointer(&s->deferred, g_free);
+    s->nkeys = 0;
+    s->nonascii = false;
+    g_byte_array_set_size(s->gram, 0);
+    s->high = 0;
+    s->nhex = 0;
+}
+
+static void report(JsonStream *s, const char *msg)
+{
+    GError *err = NULL;
+
+    error_setg(&err, "%s", msg);
+    s->on_err(s->opaque, err);
+    g_error_free(err);
+}
+
+/* Remember the first grammar error of this value. */
+static void defer_error(JsonStream *s, const char *fmt, ...) G_GNUC_PRINTF(2, 3);
+static void defer_error(JsonStream *s, const char *fmt, ...)
+{
+    va_list ap;
+
+    if (s->deferred || s->discarding) {
+        return;
+    }
+    va_start(ap, fmt);
+    s->deferred = g_strdup_vprintf(fmt, ap);
+    va_end(ap);
+}
+
+/* A lexical error: report now, drop the value, skip to a sync point. */
+static void lex_error(JsonStream *s, const char *token, size_t len)
+{
+    bool quiet = s->discarding;
+
+    if (!quiet) {
+        char *msg = g_strdup_printf("JSON parse error, stray '%.*s'",
+                                    (int)MIN(len, 64), token);
+        report(s, msg);
+        g_free(msg);
+    }
+    reset_msg(s);
+    s->lex = LEX_RECOVER;
+}
+
+static size_t count_members(JsonNode *node)
+{
+    size_t n = 0;
+
+    if (JSON_NODE_HOLDS_OBJECT(node)) {
+        JsonObject *o = json_node_get_object(node);
+        GList *vals = json_object_get_values(o);
+
+        n = json_object_get_size(o);
+        for (GList *l = vals; l; l = l->next) {
+            n += count_members(l->data);
+        }
+        g_list_free(vals);
+    } else if (JSON_NODE_HOLDS_ARRAY(node)) {
+        JsonArray *a = json_node_get_array(node);
+        guint len = json_array_get_length(a);
+
+        for (guint i = 0; i < len; i++) {
+            n += count_members(json_array_get_element(a, i));
+        }
+    }
+    return n;
+}
+
+static void finish_msg(JsonStream *s)
+{
+    GError *perr = NULL;
+    JsonNode *root;
+
+    if (s->discarding) {
+        reset_msg(s);
+        return;
+    }
+    if (!s->deferred && s->nonascii &&
+        !g_utf8_validate(s->buf->str, s->buf->len, NULL)) {
+        defer_error(s, "JSON parse error, invalid UTF-8 sequence in string");
+    }
+    if (s->deferred) {
+        char *msg = g_steal_pointer(&s->deferred);
+
+        reset_msg(s);
+        report(s, msg);
+        g_free(msg);
+        return;
+    }
+    if (!json_parser_load_from_data(s->parser, s->buf->str, s->buf->len,
+                                    &perr)) {
+        /* Not expected after our own grammar check; report it anyway. */
+        char *msg = g_strdup_printf("JSON parse error, %s", perr->message);
+
+        g_error_free(perr);
+        reset_msg(s);
+        report(s, msg);
+        g_free(msg);
+        return;
+    }
+    root = json_parser_steal_root(s->parser);
+    if (!root) {
+        reset_msg(s);
+        report(s, "JSON parse error, expecting value");
+        return;
+    }
+    if (count_members(root) != s->nkeys) {
+        json_node_unref(root);
+        reset_msg(s);
+        report(s, "JSON parse error, duplicate key");
+        return;
+    }
+    reset_msg(s);
+    s->on_msg(s->opaque, root);
+}
+
+static bool msg_complete(JsonStream *s)
+{
+    return (s->braces == 0 && s->brackets == 0) || s->braces < 0 ||
+           s->brackets < 0;
+}
+
+/* The grammar step for a value starting (kind) in the current container. */
+static void gram_value(JsonStream *s, TokKind kind)
+{
+    guint8 *top;
+
+    if (s->deferred || s->discarding || s->gram->len == 0) {
+        return;
+    }
+    top = &s->gram->data[s->gram->len - 1];
+    switch ((GramState)*top) {
+    case G_OBJ_KEY_OR_END:
+    case G_OBJ_KEY:
+        if (kind != TOK_STRING) {
+            defer_error(s, "JSON parse error, key is not a string in object");
+            return;
+        }
+        s->nkeys++;
+        *top = G_OBJ_COLON;
+        break;
+    case G_OBJ_COLON:
+        defer_error(s, "JSON parse error, missing : in object pair");
+        break;
+    case G_OBJ_VALUE:
+        *top = G_OBJ_COMMA_OR_END;
+        break;
+    case G_OBJ_COMMA_OR_END:
+        defer_error(s, "JSON parse error, expected separator in dict");
+        break;
+    case G_ARR_VALUE_OR_END:
+    case G_ARR_VALUE:
+        *top = G_ARR_COMMA_OR_END;
+        break;
+    case G_ARR_COMMA_OR_END:
+        defer_error(s, "JSON parse error, expected separator in list");
+        break;
+    }
+}
+
+/* Grammar for ':' ',' '}' ']'. */
+static void gram_punct(JsonStream *s, char c)
+{
+    GramState st;
+
+    if (s->deferred || s->discarding) {
+        return;
+    }
+    if (s->gram->len == 0) {
+        defer_error(s, "JSON parse error, expecting value");
+        return;
+    }
+    st = s->gram->data[s->gram->len - 1];
+    switch (c) {
+    case ':':
+        if (st == G_OBJ_COLON) {
+            s->gram->data[s->gram->len - 1] = G_OBJ_VALUE;
+            return;
+        }
+        break;
+    case ',':
+        if (st == G_OBJ_COMMA_OR_END) {
+            s->gram->data[s->gram->len - 1] = G_OBJ_KEY;
+            return;
+        }
+        if (st == G_ARR_COMMA_OR_END) {
+            s->gram->data[s->gram->len - 1] = G_ARR_VALUE;
+            return;
+        }
+        break;
+    case '}':
+        if (st == G_OBJ_KEY_OR_END || st == G_OBJ_COMMA_OR_END) {
+            g_byte_array_set_size(s->gram, s->gram->len - 1);
+            return;
+        }
+        break;
+    case ']':
+        if (st == G_ARR_VALUE_OR_END || st == G_ARR_COMMA_OR_END) {
+            g_byte_array_set_size(s->gram, s->gram->len - 1);
+            return;
+        }
+        break;
+    }
+    if (st == G_OBJ_COLON) {
+        defer_error(s, "JSON parse error, missing : in object pair");
+    } else if (st == G_OBJ_COMMA_OR_END) {
+        defer_error(s, "JSON parse error, expected separator in dict");
+    } else if (st == G_ARR_COMMA_OR_END) {
+        defer_error(s, "JSON parse error, expected separator in list");
+    } else {
+        defer_error(s, "JSON parse error, expecting value");
+    }
+}
+
+static void append(JsonStream *s, const char *p, size_t len)
+{
+    if (!s->discarding) {
+        g_string_append_len(s->buf, p, len);
+    }
+}
+
+/* Count raw bytes against the size limit; false once over it. */
+static bool account(JsonStream *s, size_t n)
+{
+    s->raw_len += n;
+    if (!s->discarding && s->raw_len > s->max_size) {
+        char *msg = g_strdup_printf("JSON message size limit (%zu bytes) "
+                                    "exceeded", s->max_size);
+
+        report(s, msg);
+        g_free(msg);
+        /* Keep lexing (strings, depth) but keep nothing. */
+        g_string_truncate(s->buf, 0);
+        g_clear_pointer(&s->deferred, g_free);
+        s->discarding = true;
+        return false;
+    }
+    return true;
+}
+
+static bool is_word_char(unsigned char c)
+{
+    return g_ascii_isalnum(c) || c == '-' || c == '+' || c == '.';
+}
+
+/* JSON number grammar; *is_int when there is no fraction or exponent. */
+static bool is_json_number(const char *w, bool *is_int)
+{
+    const char *p = w;
+
+    *is_int = true;
+    if (*p == '-') {
+        p++;
+    }
+    if (*p == '0') {
+        p++;
+    } else if (g_ascii_isdigit(*p)) {
+        while (g_ascii_isdigit(*p)) {
+            p++;
+        }
+    } else {
+        return false;
+    }
+    if (*p == '.') {
+        *is_int = false;
+        p++;
+        if (!g_ascii_isdigit(*p)) {
+            return false;
+        }
+        while (g_ascii_isdigit(*p)) {
+            p++;
+        }
+    }
+    if (*p == 'e' || *p == 'E') {
+        *is_int = false;
+        p++;
+        if (*p == '+' || *p == '-') {
+            p++;
+        }
+        if (!g_ascii_isdigit(*p)) {
+            return false;
+        }
+        while (g_ascii_isdigit(*p)) {
+            p++;
+        }
+    }
+    return *p == '\0';
+}
+
+/* A number or keyword has ended. */
+static void finish_word(JsonStream *s)
+{
+    const char *w = s->word->str;
+    bool is_int;
+
+    s->lex = LEX_VALUE;
+    gram_value(s, TOK_SCALAR);
+    if (is_json_number(w, &is_int)) {
+        append(s, w, s->word->len);
+        if (is_int) {
+            errno = 0;
+            g_ascii_strtoll(w, NULL, 10);
+            if (errno == ERANGE) {
+                /* Beyond int64: json-glib would wrap it; keep magnitude. */
+                append(s, ".0", 2);
+            }
+        }
+    } else if (!strcmp(w, "true") || !strcmp(w, "false") ||
+               !strcmp(w, "null")) {
+        append(s, w, s->word->len);
+    } else if (g_ascii_isalpha(w[0])) {
+        defer_error(s, "JSON parse error, invalid keyword '%.64s'", w);
+    } else {
+        defer_error(s, "JSON parse error, stray '%.64s'", w);
+    }
+    g_string_truncate(s->word, 0);
+    if (s->braces == 0 && s->brackets == 0) {
+        finish_msg(s); /* a top-level scalar is a message of its own */
+    }
+}
+
+static int hexval(char c)
+{
+    return g_ascii_xdigit_value(c);
+}
+
+static void append_unichar(JsonStream *s, gunichar cp)
+{
+    char tmp[8];
+
+    if (cp < 0x20 || cp == '"' || cp == '\\') {
+        snprintf(tmp, sizeof(tmp), "\\u%04X", (unsigned)cp);
+        append(s, tmp, 6);
+    } else {
+        int n = g_unichar_to_utf8(cp, tmp);
+
+        append(s, tmp, n);
+    }
+}
+
+/* A complete \uXXXX escape. */
+static void finish_unicode(JsonStream *s)
+{
+    unsigned cp = 0;
+
+    for (int i = 0; i < 4; i++) {
+        cp = cp * 16 + hexval(s->uhex[i]);
+    }
+    s->lex = LEX_STRING;
+    if (s->high) {
+        if (cp >= 0xDC00 && cp <= 0xDFFF) {
+            append_unichar(s, 0x10000 + ((s->high - 0xD800) << 10) +
+                                  (cp - 0xDC00));
+            s->high = 0;
+            return;
+        }
+        defer_error(s, "JSON parse error, \\u%s is not a valid Unicode "
+                    "character", s->high_txt);
+        s->high = 0;
+    }
+    if (cp == 0) {
+        defer_error(s, "JSON parse error, \\u0000 is not supported");
+    } else if (cp >= 0xD800 && cp <= 0xDBFF) {
+        s->high = cp;
+        memcpy(s->high_txt, s->uhex, 5);
+    } else if (cp >= 0xDC00 && cp <= 0xDFFF) {
+        defer_error(s, "JSON parse error, \\u%s is not a valid Unicode "
+                    "character", s->uhex);
+    } else {
+        append_unichar(s, cp);
+    }
+}
+
+/* A high surrogate must be followed at once by a low one. */
+static void check_lone_high(JsonStream *s)
+{
+    if (s->high) {
+        defer_error(s, "JSON parse error, \\u%s is not a valid Unicode "
+                    "character", s->high_txt);
+        s->high = 0;
+    }
+}
+
+static void string_char(JsonStream *s, const char *p)
+{
+    unsigned char c = *p;
+
+    switch (s->lex) {
+    case LEX_UNICODE:
+        if (hexval(c) < 0) {
+            defer_error(s, "JSON parse error, invalid hex escape sequence "
+                        "in string");
+            s->lex = LEX_STRING;
+            string_char(s, p); /* c is an ordinary character again */
+            return;
+        }
+        s->uhex[s->nhex++] = c;
+        if (s->nhex == 4) {
+            s->uhex[4] = '\0';
+            finish_unicode(s);
+        }
+        return;
+    case LEX_ESCAPE:
+        s->lex = LEX_STRING;
+        if (c == 'u') {
+            s->lex = LEX_UNICODE;
+            s->nhex = 0;
+            return;
+        }
+        check_lone_high(s);
+        switch (c) {
+        case '"':
+        case '\\':
+        case '/':
+        case 'b':
+        case 'f':
+        case 'n':
+        case 'r':
+        case 't': {
+            char esc[2] = { '\\', c };
+
+            append(s, esc, 2);
+            return;
+        }
+        case '\'':
+            append(s, "'", 1);
+            return;
+        default:
+            if (c < 0x20) {
+                break; /* a control character: the lexical error below */
+            }
+            defer_error(s, "JSON parse error, invalid escape sequence in "
+                        "string");
+            return;
+        }
+        break;
+    default:
+        break;
+    }
+
+    if (c < 0x20) {
+        /* Raw control characters end a string: QEMU's lexer rejects them. */
+        size_t start = MIN(s->str_start, s->buf->len);
+        g_autofree char *tok = g_strdup_printf(
+            "%.*s%c", (int)MIN(s->buf->len - start, 63),
+            s->buf->str + start, c);
+
+        lex_error(s, tok, strlen(tok));
+        return;
+    }
+    if (c == '\\') {
+        s->lex = LEX_ESCAPE;
+        return;
+    }
+    check_lone_high(s);
+    if (c == (unsigned char)s->quote) {
+        append(s, "\"", 1);
+        s->lex = LEX_VALUE;
+        gram_value(s, TOK_STRING);
+        if (s->braces == 0 && s->brackets == 0) {
+            finish_msg(s);
+        }
+        return;
+    }
+    if (c == '"') {
+        append(s, "\\\"", 2); /* inside a single-quoted string */
+        return;
+    }
+    if (c >= 0x80) {
+        s->nonascii = true;
+    }
+    append(s, p, 1);
+}
+
+static void structural(JsonStream *s, char c)
+{
+    switch (c) {
+    case '{':
+    case '[':
+        gram_value(s, TOK_OPEN);
+        if (c == '{') {
+            s->braces++;
+        } else {
+            s->brackets++;
+        }
+        if (s->braces + s->brackets > s->max_depth && !s->discarding) {
+            char *msg = g_strdup_printf("JSON nesting depth limit (%d) "
+                                        "exceeded", s->max_depth);
+
+            report(s, msg);
+            g_free(msg);
+            g_string_truncate(s->buf, 0);
+            g_clear_pointer(&s->deferred, g_free);
+            s->discarding = true;
+        }
+        if (!s->discarding) {
+            guint8 st = c == '{' ? G_OBJ_KEY_OR_END : G_ARR_VALUE_OR_END;
+
+            g_byte_array_append(s->gram, &st, 1);
+        }
+        append(s, &c, 1);
+        return;
+    case '}':
+    case ']':
+        gram_punct(s, c);
+        if (c == '}') {
+            s->braces--;
+        } else {
+            s->brackets--;
+        }
+        append(s, &c, 1);
+        if (msg_complete(s)) {
+            finish_msg(s);
+        }
+        return;
+    default: /* ':' ',' */
+        gram_punct(s, c);
+        append(s, &c, 1);
+        if (msg_complete(s)) {
+            finish_msg(s);
+        }
+        return;
+    }
+}
+
+static void feed_byte(JsonStream *s, const char *p)
+{
+    unsigned char c = *p;
+
+    if (s->lex == LEX_RECOVER) {
+        if (c >= 0x20 && !strchr("{}[],:", c)) {
+            return;
+        }
+        s->lex = LEX_VALUE;
+        if (c < 0x20) {
+            return;
+        }
+    }
+    if (s->lex == LEX_WORD) {
+        if (is_word_char(c)) {
+            account(s, 1);
+            if (!s->discarding) {
+                g_string_append_c(s->word, c);
+            }
+            return;
+        }
+        finish_word(s);
+        /* c starts the next token */
+    }
+    if (s->lex != LEX_VALUE) {
+        account(s, 1);
+        string_char(s, p);
+        return;
+    }
+
+    if (c == ' ' || c == '\t' || c == '\r' || c == '\n') {
+        if (s->in_msg) {
+            account(s, 1);
+        }
+        return;
+    }
+    s->in_msg = true;
+    account(s, 1);
+    if (c == '"' || c == '\'') {
+        s->lex = LEX_STRING;
+        s->quote = c;
+        s->str_start = s->buf->len;
+        s->high = 0;
+        append(s, "\"", 1);
+        return;
+    }
+    if (strchr("{}[],:", c) && c != '\0') {
+        structural(s, c);
+        return;
+    }
+    if (is_word_char(c)) {
+        s->lex = LEX_WORD;
+        if (!s->discarding) {
+            g_string_append_c(s->word, c);
+        }
+        return;
+    }
+    {
+        char tok[2] = { c, 0 };
+
+        lex_error(s, tok, 1);
+    }
+}
+
+void json_stream_feed(JsonStream *s, const char *buf, size_t len)
+{
+    for (size_t i = 0; i < len; i++) {
+        feed_byte(s, buf + i);
+    }
+}
+
+void json_stream_flush(JsonStream *s)
+{
+    if (s->lex == LEX_WORD) {
+        finish_word(s); /* a top-level number ends with the input */
+    }
+    if (s->lex == LEX_RECOVER) {
+        s->lex = LEX_VALUE;
+    }
+    if (s->in_msg) {
+        bool quiet = s->discarding;
+
+        reset_msg(s);
+        if (!quiet) {
+            report(s, "JSON parse error, premature end of input");
+        }
+    }
+    s->lex = LEX_VALUE;
+}
+
+/* ---- serialisation ---- */
+
+/*
+ * QEMU keeps a QMP object's members in a 512-bucket hash table and writes
+ * them in bucket order (later insertions first within a bucket).  Clients
+ * must not care, but people diff transcripts, so we write members in the
+ * same order.  The hash is the classic TDB string hash.
+ */
+static unsigned member_bucket(const char *name)
+{
+    size_t len = strlen(name);
+    uint32_t v = (uint32_t)(0x238F13AFu * (uint32_t)len);
+
+    for (size_t i = 0; i < len; i++) {
+        v += (uint32_t)(unsigned char)name[i] << (i * 5 % 24);
+    }
+    return (uint32_t)(1103515243u * v + 12345u) % 512;
+}
+
+typedef struct MemberRef {
+    unsigned bucket;
+    unsigned index;
+    const char *name;
+} MemberRef;
+
+static int member_cmp(const void *a, const void *b)
+{
+    const MemberRef *x = a, *y = b;
+
+    if (x->bucket != y->bucket) {
+        return x->bucket < y->bucket ? -1 : 1;
+    }
+    return x->index > y->index ? -1 : x->index < y->index;
+}
+
+static void put_string(GString *out, const char *str)
+{
+    const char *p = str;
+
+    g_string_append_c(out, '"');
+    while (*p) {
+        gunichar cp = g_utf8_get_char_validated(p, -1);
+        const char *next;
+
+        if (cp == (gunichar)-1 || cp == (gunichar)-2) {
+            cp = 0xFFFD; /* not UTF-8: substitute, skip one byte */
+            next = p + 1;
+        } else {
+            next = g_utf8_next_char(p);
+        }
+        switch (cp) {
+        case '"':
+            g_string_append(out, "\\\"");
+            break;
+        case '\\':
+            g_string_append(out, "\\\\");
+            break;
+        case '\b':
+            g_string_append(out, "\\b");
+            break;
+        case '\f':
+            g_string_append(out, "\\f");
+            break;
+        case '\n':
+            g_string_append(out, "\\n");
+            break;
+        case '\r':
+            g_string_append(out, "\\r");
+            break;
+        case '\t':
+            g_string_append(out, "\\t");
+            break;
+        default:
+            if (cp > 0xFFFF) {
+                cp -= 0x10000;
+                g_string_append_printf(out, "\\u%04X\\u%04X",
+                                       0xD800 + (cp >> 10),
+                                       0xDC00 + (cp & 0x3FF));
+            } else if (cp < 0x20 || cp >= 0x7F) {
+                g_string_append_printf(out, "\\u%04X", cp);
+            } else {
+                g_string_append_c(out, (char)cp);
+            }
+        }
+        p = next;
+    }
+    g_string_append_c(out, '"');
+}
+
+static void put_node(GString *out, JsonNode *node);
+
+static void put_object(GString *out, JsonObject *obj)
+{
+    GList *names = json_object_get_members(obj); /* insertion order */
+    guint n = g_list_length(names), i = 0;
+    MemberRef *refs = g_new(MemberRef, n ? n : 1);
+
+    for (GList *l = names; l; l = l->next, i++) {
+        refs[i].name = l->data;
+        refs[i].index = i;
+        refs[i].bucket = member_bucket(l->data);
+    }
+    g_list_free(names);
+    qsort(refs, n, sizeof(*refs), member_cmp);
+    g_string_append_c(out, '{');
+    for (i = 0; i < n; i++) {
+        if (i) {
+            g_string_append(out, ", ");
+        }
+        put_string(out, refs[i].name);
+        g_string_append(out, ": ");
+        put_node(out, json_object_get_member(obj, refs[i].name));
+    }
+    g_string_append_c(out, '}');
+    g_free(refs);
+}
+
+static void put_node(GString *out, JsonNode *node)
+{
+    if (!node) {
+        g_string_append(out, "null");
+        return;
+    }
+    switch (json_node_get_node_type(node)) {
+    case JSON_NODE_OBJECT:
+        put_object(out, json_node_get_object(node));
+        break;
+    case JSON_NODE_ARRAY: {
+        JsonArray *a = json_node_get_array(node);
+        guint len = json_array_get_length(a);
+
+        g_string_append_c(out, '[');
+        for (guint i = 0; i < len; i++) {
+            if (i) {
+                g_string_append(out, ", ");
+            }
+            put_node(out, json_array_get_element(a, i));
+        }
+        g_string_append_c(out, ']');
+        break;
+    }
+    case JSON_NODE_NULL:
+        g_string_append(out, "null");
+        break;
+    case JSON_NODE_VALUE: {
+        GType t = json_node_get_value_type(node);
+
+        if (t == G_TYPE_INT64) {
+            g_string_append_printf(out, "%" PRId64, json_node_get_int(node));
+        } else if (t == G_TYPE_DOUBLE) {
+            char tmp[G_ASCII_DTOSTR_BUF_SIZE];
+
+            /* %.17g as QEMU prints, in the C locale whatever LC_NUMERIC. */
+            g_string_append(out, g_ascii_formatd(tmp, sizeof(tmp), "%.17g",
+                                                 json_node_get_double(node)));
+        } else if (t == G_TYPE_BOOLEAN) {
+            g_string_append(out,
+                            json_node_get_boolean(node) ? "true" : "false");
+        } else if (t == G_TYPE_STRING) {
+            put_string(out, json_node_get_string(node));
+        } else {
+            g_string_append(out, "null");
+        }
+        break;
+    }
+    }
+}
+
+char *json_to_string_compact(JsonNode *node)
+{
+    GString *out = g_string_new(NULL);
+
+    put_node(out, node);
+    return g_string_free(out, FALSE);
+}
