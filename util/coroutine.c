@@ -3,9 +3,11 @@
  * coroutines whose stacks are reused, and a switch that is a plain
  * _setjmp/_longjmp register swap (no signal mask, so no system call).
  *
- * A new stack is entered once with makecontext/swapcontext; the trampoline
- * saves a jmp_buf on it and jumps straight back, so every later switch,
- * including re-use of a pooled stack for a new coroutine, is a longjmp.
+ * A new stack is entered once (a few instructions of inline asm that move
+ * the stack pointer, or makecontext/swapcontext on other architectures);
+ * the trampoline saves a jmp_buf on it and jumps straight back, so every
+ * later switch, including re-use of a pooled stack for a new coroutine, is
+ * a longjmp.
  *
  * Under AddressSanitizer every switch is announced with
  * __sanitizer_start_switch_fiber/__sanitizer_finish_switch_fiber so that
@@ -24,7 +26,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/mman.h>
+#if !defined(__x86_64__) && !defined(__aarch64__)
 #include <ucontext.h>
+#endif
 #include <unistd.h>
 
 #if defined(__SANITIZE_ADDRESS__)
@@ -49,6 +53,7 @@ enum {
     CO_ACTION_ENTER = 1,
     CO_ACTION_YIELD = 2,
     CO_ACTION_TERMINATE = 3,
+    CO_ACTION_DESTROY = 4, /* ASan only: release the fiber for good */
 };
 
 struct Coroutine {
@@ -166,14 +171,16 @@ static int co_switch(Coroutine *from, Coroutine *to, int action,
 
 /* ---- stacks and the trampoline ---- */
 
-static void co_trampoline(unsigned int hi, unsigned int lo)
+/*
+ * First run on a new stack: save a jmp_buf here and jump straight back to
+ * co_alloc(); every later arrival is a _longjmp to that jmp_buf.
+ */
+static void co_trampoline_body(Coroutine *co)
 {
-    Coroutine *co = (Coroutine *)(uintptr_t)((uint64_t)hi << 32 | lo);
     jmp_buf *ret_env = tramp_return;
 
 #ifdef CO_ASAN
-    /* Arrived through swapcontext: learn the creator's stack so that the
-     * jump back to it can be announced. */
+    /* Learn the creator's stack so that the jump back can be announced. */
     const void *creator_bottom;
     size_t creator_size;
 
@@ -205,18 +212,100 @@ static void co_trampoline(unsigned int hi, unsigned int lo)
         caller = co->caller;
         co->caller = NULL;
         current = caller == &leader ? NULL : caller;
-        co_switch(co, caller, CO_ACTION_TERMINATE, true);
+        /* Not a final switch: a pooled stack comes back here, and (under
+         * ASan) its frames still live on its fake stack. */
+        if (co_switch(co, caller, CO_ACTION_TERMINATE, false) ==
+            CO_ACTION_DESTROY) {
+            /* co_free() under ASan: leave for good, so ASan may free
+             * this fiber's fake stack. */
+            caller = co->caller;
+            co->caller = NULL;
+            current = caller == &leader ? NULL : caller;
+            co_switch(co, caller, CO_ACTION_TERMINATE, true);
+            co_die("destroyed coroutine resumed");
+        }
     }
 }
+
+#if defined(__x86_64__) || defined(__aarch64__)
+/*
+ * Point the stack pointer at `top` and call fn(arg) there; fn never
+ * returns.  Used instead of makecontext/swapcontext because it needs no
+ * signal-mask system call and ASan fully supports it (ASan only warns that
+ * swapcontext may give false positives).
+ */
+static void co_trampoline_ptr(void *arg)
+{
+    co_trampoline_body(arg);
+}
+
+static __attribute__((noinline, noreturn)) void
+co_start_on_stack(void *top, void (*fn)(void *), void *arg)
+{
+#if defined(__x86_64__)
+    /* `top` is 16-byte aligned, as the ABI wants it before a call. */
+    __asm__ volatile("mov %0, %%rsp\n\t"
+                     "xor %%ebp, %%ebp\n\t"
+                     "call *%1\n\t"
+                     "ud2\n\t"
+                     :
+                     : "r"(top), "r"(fn), "D"(arg)
+                     : "memory");
+#else
+    register void *x0 __asm__("x0") = arg;
+
+    __asm__ volatile("mov sp, %0\n\t"
+                     "mov x29, xzr\n\t"
+                     "mov x30, xzr\n\t"
+                     "blr %1\n\t"
+                     "brk #0\n\t"
+                     :
+                     : "r"(top), "r"(fn), "r"(x0)
+                     : "memory", "x29", "x30");
+#endif
+    __builtin_unreachable();
+}
+
+static void co_start(Coroutine *co)
+{
+    /* Highest address of the stack, rounded down to 16 bytes. */
+    uintptr_t top = ((uintptr_t)co->stack_base + co->stack_size) &
+                    ~(uintptr_t)15;
+
+    co_start_on_stack((void *)top, co_trampoline_ptr, co);
+}
+#else
+static void co_trampoline_ints(unsigned int hi, unsigned int lo)
+{
+    co_trampoline_body((Coroutine *)(uintptr_t)((uint64_t)hi << 32 | lo));
+}
+
+/* Portable fallback: makecontext/swapcontext, once per stack. */
+static void co_start(Coroutine *co)
+{
+    ucontext_t uc, old_uc;
+    uint64_t p = (uintptr_t)co;
+
+    if (getcontext(&uc) < 0) {
+        co_die("getcontext failed");
+    }
+    uc.uc_link = NULL;
+    uc.uc_stack.ss_sp = co->stack_base;
+    uc.uc_stack.ss_size = co->stack_size;
+    uc.uc_stack.ss_flags = 0;
+    /* makecontext passes ints: split the pointer. */
+    makecontext(&uc, (void (*)(void))co_trampoline_ints, 2,
+                (unsigned int)(p >> 32), (unsigned int)p);
+    swapcontext(&old_uc, &uc);
+}
+#endif
 
 static Coroutine *co_alloc(void)
 {
     long page = sysconf(_SC_PAGESIZE);
     size_t guard = page > 0 ? (size_t)page : 4096;
     Coroutine *co = g_new0(Coroutine, 1);
-    ucontext_t uc, old_uc;
     jmp_buf ret_env;
-    uintptr_t p;
 
     co->map_size = CO_STACK_SIZE + guard;
     co->map_base = mmap(NULL, co->map_size, PROT_READ | PROT_WRITE,
@@ -233,18 +322,6 @@ static Coroutine *co_alloc(void)
     co->stack_base = (char *)co->map_base + guard;
     co->stack_size = CO_STACK_SIZE;
 
-    if (getcontext(&uc) < 0) {
-        co_die("getcontext failed");
-    }
-    uc.uc_link = NULL;
-    uc.uc_stack.ss_sp = co->stack_base;
-    uc.uc_stack.ss_size = co->stack_size;
-    uc.uc_stack.ss_flags = 0;
-    /* makecontext passes ints: split the pointer. */
-    p = (uintptr_t)co;
-    makecontext(&uc, (void (*)(void))co_trampoline, 2,
-                (unsigned int)((uint64_t)p >> 32), (unsigned int)p);
-
     tramp_return = &ret_env;
     if (!_setjmp(ret_env)) {
 #ifdef CO_ASAN
@@ -252,8 +329,8 @@ static Coroutine *co_alloc(void)
         __sanitizer_start_switch_fiber(&asan_switch_from->fake_stack_save,
                                        co->stack_base, co->stack_size);
 #endif
-        swapcontext(&old_uc, &uc);
-        /* The trampoline never returns here: it longjmps to ret_env. */
+        co_start(co);
+        /* Not reached: the trampoline longjmps to ret_env. */
         co_die("coroutine trampoline returned");
     }
 #ifdef CO_ASAN
@@ -266,6 +343,15 @@ static Coroutine *co_alloc(void)
 
 static void co_free(Coroutine *co)
 {
+#ifdef CO_ASAN
+    /* Visit the stack one last time so that ASan releases its fake stack;
+     * without ASan there is nothing on it worth visiting. */
+    Coroutine *self = co_self_or_leader();
+
+    co->caller = self;
+    current = co;
+    co_switch(self, co, CO_ACTION_DESTROY, false);
+#endif
     munmap(co->map_base, co->map_size);
     g_free(co);
     pool_allocated--;
