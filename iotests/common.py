@@ -204,7 +204,7 @@ def _cleanup():
 atexit.register(_cleanup)
 
 
-def qmp_log(d_or_client, name, args=None, filters=(), indent=None, **kwargs):
+def qmp_log(d_or_client, name, args=None, /, filters=(), indent=None, **kwargs):
     """Run a command, print the command and its filtered reply; return the reply."""
     c = d_or_client.qmp if isinstance(d_or_client, qmp.Daemon) else d_or_client
     arguments = dict(args or {})

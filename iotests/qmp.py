@@ -132,12 +132,16 @@ class QMPClient:
         self.send_raw(json.dumps(obj) + '\n')
         return self.recv_reply(timeout)
 
-    def cmd(self, name, args=None, id=None, timeout=None, **kwargs):
+    def cmd(self, name, args=None, /, **kwargs):
         """Run a command.  Arguments come as a dict or as keyword arguments
         (underscores become dashes: node_name= is node-name)."""
         arguments = dict(args or {})
         for k, v in kwargs.items():
             arguments[k.replace('_', '-')] = v
+        return self.execute(name, arguments)
+
+    def execute(self, name, arguments=None, id=None, timeout=None):
+        """Run a command with an optional id and reply timeout."""
         obj = {'execute': name}
         if arguments:
             obj['arguments'] = arguments
@@ -237,7 +241,7 @@ class Daemon:
         """A further client on the same monitor socket."""
         return QMPClient(self.qmp_path, negotiate=negotiate, **kw)
 
-    def cmd(self, name, args=None, **kwargs):
+    def cmd(self, name, args=None, /, **kwargs):
         return self.qmp.cmd(name, args, **kwargs)
 
     def alive(self):
@@ -260,7 +264,7 @@ class Daemon:
         """quit over QMP, then SIGTERM, then SIGKILL; reap; return the exit code."""
         if self.proc.poll() is None and self.qmp is not None:
             try:
-                self.qmp.cmd('quit', timeout=timeout)
+                self.qmp.execute('quit', timeout=timeout)
             except (QMPError, OSError):
                 pass
         for sig in (signal.SIGTERM, signal.SIGKILL):
