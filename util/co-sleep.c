@@ -36,20 +36,23 @@ void coroutine_fn co_sleep_ns_wakeable(CoSleep *w, int64_t ns)
 {
     Coroutine *self = coroutine_self();
     GSource *src;
-    gint64 us;
+    gint64 us, now, ready;
 
     if (!self) {
         fprintf(stderr, "blockd: co_sleep outside coroutine context\n");
         abort();
     }
-    /* Round up so the sleep is never shorter than asked. */
-    us = ns > 0 ? (ns + 999) / 1000 : 0;
+    /* Round up so the sleep is never shorter than asked; saturate rather
+     * than overflow for absurd durations (a rate limit's delay, say). */
+    us = ns > 0 ? ns / 1000 + (ns % 1000 != 0) : 0;
+    now = g_get_monotonic_time();
+    ready = us > G_MAXINT64 - now ? G_MAXINT64 : now + us;
 
     src = g_source_new(&sleep_funcs, sizeof(GSource));
     g_source_set_name(src, "co-sleep");
     g_source_set_priority(src, G_PRIORITY_DEFAULT);
     g_source_set_callback(src, sleep_timer_cb, w, NULL);
-    g_source_set_ready_time(src, g_get_monotonic_time() + us);
+    g_source_set_ready_time(src, ready);
     w->co = self;
     w->timer_id = g_source_attach(src, NULL);
     g_source_unref(src);

@@ -119,8 +119,8 @@ static __thread Coroutine *asan_switch_from;
 static void co_asan_start(Coroutine *from, Coroutine *to, bool terminating)
 {
     asan_switch_from = from;
-    /* A NULL save slot tells ASan to free the finishing fiber's fake stack;
-     * a pooled stack then starts its next life without one. */
+    /* A NULL save slot tells ASan to free the fiber's fake stack: only for
+     * the last switch out of a stack that co_free() is about to unmap. */
     if (terminating) {
         from->fake_stack_save = NULL;
     }

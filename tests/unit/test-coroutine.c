@@ -403,6 +403,78 @@ static void test_wake_fifo(void **state)
     log_expect(&rr.log, want, 9);
 }
 
+/* A coroutine that yields while nested (its caller is a coroutine) and is
+ * later woken from the loop, whose context becomes its caller. */
+typedef struct NestedWake {
+    Coroutine *inner;
+    Log log;
+    bool done;
+} NestedWake;
+
+static void coroutine_fn nested_wake_inner(void *opaque)
+{
+    NestedWake *t = opaque;
+
+    log_add(&t->log, 1);
+    coroutine_yield(); /* to the outer coroutine */
+    log_add(&t->log, 4);
+    yield_to_loop();   /* now to the loop */
+    log_add(&t->log, 5);
+    t->done = true;
+}
+
+static void coroutine_fn nested_wake_outer(void *opaque)
+{
+    NestedWake *t = opaque;
+
+    t->inner = coroutine_create(nested_wake_inner, t);
+    coroutine_enter(t->inner);
+    log_add(&t->log, 2);
+    coroutine_wake(t->inner);
+    log_add(&t->log, 3);
+    /* The outer coroutine finishes; the inner outlives it. */
+}
+
+static void test_wake_nested(void **state)
+{
+    NestedWake t = { 0 };
+
+    coroutine_enter(coroutine_create(nested_wake_outer, &t));
+    run_loop_until(&t.done);
+    static const int want[] = { 1, 2, 3, 4, 5 };
+    log_expect(&t.log, want, 5);
+}
+
+static void coroutine_fn park_entry(void *opaque)
+{
+    coroutine_yield();
+}
+
+/* Waking a coroutine twice for one wait is a bug the library catches. */
+static void test_double_wake_detected(void **state)
+{
+    pid_t pid = fork();
+    int status;
+
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        Coroutine *co;
+
+        if (!freopen("/dev/null", "w", stderr)) {
+            _exit(3);
+        }
+        signal(SIGABRT, SIG_DFL);
+        co = coroutine_create(park_entry, NULL);
+        coroutine_enter(co);
+        coroutine_wake(co);
+        coroutine_wake(co); /* aborts */
+        _exit(0);
+    }
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFSIGNALED(status));
+    assert_int_equal(WTERMSIG(status), SIGABRT);
+}
+
 /* ---- run_sync ---- */
 
 static void coroutine_fn run_sync_entry(void *opaque)
@@ -414,6 +486,46 @@ static void coroutine_fn run_sync_entry(void *opaque)
     co_sleep_ns(1000 * 1000);
     yield_to_loop();
     *v = 42;
+}
+
+typedef struct SyncChildren {
+    CoQueue q;
+    int started;
+    int finished;
+} SyncChildren;
+
+static void coroutine_fn sync_child(void *opaque)
+{
+    SyncChildren *c = opaque;
+
+    c->started++;
+    co_queue_wait(&c->q, NULL);
+    co_sleep_ns(100 * 1000);
+    c->finished++;
+}
+
+/* A run_sync entry that fans out to children and waits for them all. */
+static void coroutine_fn sync_parent(void *opaque)
+{
+    SyncChildren *c = opaque;
+
+    co_queue_init(&c->q);
+    for (int i = 0; i < 8; i++) {
+        coroutine_enter(coroutine_create(sync_child, c));
+    }
+    assert_int_equal(c->started, 8);
+    co_queue_restart_all(&c->q);
+    while (c->finished < 8) {
+        co_sleep_ns(50 * 1000);
+    }
+}
+
+static void test_run_sync_children(void **state)
+{
+    SyncChildren c = { 0 };
+
+    coroutine_run_sync(sync_parent, &c);
+    assert_int_equal(c.finished, 8);
 }
 
 static void test_run_sync(void **state)
@@ -776,7 +888,8 @@ static void test_sleep_wake(void **state)
 
 static void test_sleep_wake_from_outside(void **state)
 {
-    SleepTest s = { .ns = 60LL * 1000 * 1000 * 1000 };
+    /* The longest sleep there is: the deadline must not overflow. */
+    SleepTest s = { .ns = INT64_MAX };
 
     coroutine_enter(coroutine_create(sleep_wakeable_entry, &s));
     assert_false(s.done);
@@ -797,7 +910,10 @@ int main(void)
         cmocka_unit_test(test_guard_page),
         cmocka_unit_test(test_wake_from_coroutine),
         cmocka_unit_test(test_wake_fifo),
+        cmocka_unit_test(test_wake_nested),
+        cmocka_unit_test(test_double_wake_detected),
         cmocka_unit_test(test_run_sync),
+        cmocka_unit_test(test_run_sync_children),
         cmocka_unit_test(test_mutex_exclusion_fairness),
         cmocka_unit_test(test_mutex_uncontended),
         cmocka_unit_test(test_queue_order),
