@@ -42,7 +42,7 @@ static void coroutine_fn wake_entry(void *opaque)
     }
 }
 
-static long voluntary_switches(void)
+static long os_context_switches(void)
 {
     struct rusage ru;
 
@@ -97,7 +97,7 @@ int main(int argc, char **argv)
     {
         long wakes = iters / 10 > 0 ? iters / 10 : 1;
         long left = wakes;
-        long cs0 = voluntary_switches();
+        long cs0 = os_context_switches();
 
         t0 = now_s();
         coroutine_enter(coroutine_create(wake_entry, &left));
@@ -106,9 +106,9 @@ int main(int argc, char **argv)
         }
         dt = now_s() - t0;
         printf("wake:      %ld wake+dispatch round trips in %.3f s: "
-               "%.2f M/s, %.1f ns each (%ld context switches)\n",
+               "%.2f M/s, %.1f ns each (%ld OS context switches)\n",
                wakes, dt, wakes / dt / 1e6, dt * 1e9 / wakes,
-               voluntary_switches() - cs0);
+               os_context_switches() - cs0);
     }
     return 0;
 }

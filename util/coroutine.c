@@ -495,6 +495,9 @@ void coroutine_wake(Coroutine *co)
         ready_source = g_source_new(&ready_funcs, sizeof(GSource));
         g_source_set_priority(ready_source, G_PRIORITY_DEFAULT);
         g_source_set_name(ready_source, "coroutine-ready");
+        /* A nested loop run from non-coroutine code that we dispatch must
+         * still see wakes (our own snapshot is detached, so no conflict). */
+        g_source_set_can_recurse(ready_source, TRUE);
         g_source_attach(ready_source, NULL);
     }
     co->scheduled = true;
