@@ -832,11 +832,12 @@ static void put_string(GString *out, const char *str)
 
 static void put_node(GString *out, JsonNode *node);
 
-static void put_object(GString *out, JsonObject *obj)
+const char **json_object_qmp_members(JsonObject *obj)
 {
     GList *names = json_object_get_members(obj); /* insertion order */
     guint n = g_list_length(names), i = 0;
     MemberRef *refs = g_new(MemberRef, n ? n : 1);
+    const char **res = g_new(const char *, n + 1);
 
     for (GList *l = names; l; l = l->next, i++) {
         refs[i].name = l->data;
@@ -845,17 +846,29 @@ static void put_object(GString *out, JsonObject *obj)
     }
     g_list_free(names);
     qsort(refs, n, sizeof(*refs), member_cmp);
-    g_string_append_c(out, '{');
     for (i = 0; i < n; i++) {
+        res[i] = refs[i].name;
+    }
+    res[n] = NULL;
+    g_free(refs);
+    return res;
+}
+
+static void put_object(GString *out, JsonObject *obj)
+{
+    const char **names = json_object_qmp_members(obj);
+
+    g_string_append_c(out, '{');
+    for (int i = 0; names[i]; i++) {
         if (i) {
             g_string_append(out, ", ");
         }
-        put_string(out, refs[i].name);
+        put_string(out, names[i]);
         g_string_append(out, ": ");
-        put_node(out, json_object_get_member(obj, refs[i].name));
+        put_node(out, json_object_get_member(obj, names[i]));
     }
     g_string_append_c(out, '}');
-    g_free(refs);
+    g_free(names);
 }
 
 static void put_node(GString *out, JsonNode *node)

@@ -33,4 +33,12 @@ void json_stream_free(JsonStream *s);
 /* Serialise compactly (no newlines), as QMP replies are sent. */
 char *json_to_string_compact(JsonNode *node);
 
+/*
+ * The member names of `obj` in the order QMP writes them (QEMU's dict
+ * order; the dispatcher checks request members in this order too, so the
+ * first error reported is the one QEMU reports).  NULL-terminated; free
+ * the array with g_free (the names belong to obj).
+ */
+const char **json_object_qmp_members(JsonObject *obj);
+
 #endif
