@@ -26,7 +26,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/mman.h>
-#if !defined(__x86_64__) && !defined(__aarch64__)
+/* Define CO_USE_UCONTEXT to test the portable stack start on x86-64. */
+#if (defined(__x86_64__) || defined(__aarch64__)) && !defined(CO_USE_UCONTEXT)
+#define CO_ASM_START 1
+#else
 #include <ucontext.h>
 #endif
 #include <unistd.h>
@@ -227,7 +230,7 @@ static void co_trampoline_body(Coroutine *co)
     }
 }
 
-#if defined(__x86_64__) || defined(__aarch64__)
+#ifdef CO_ASM_START
 /*
  * Point the stack pointer at `top` and call fn(arg) there; fn never
  * returns.  Used instead of makecontext/swapcontext because it needs no
