@@ -129,8 +129,18 @@ def filter_qmp(obj):
     if isinstance(obj, list):
         return [filter_qmp(v) for v in obj]
     if isinstance(obj, str):
-        return filter_text(obj)
+        return filter_text(filter_json_filename(obj))
     return obj
+
+
+def filter_json_filename(s):
+    """json:{...} pseudo-filenames: key order inside is not meaningful."""
+    if s.startswith('json:'):
+        try:
+            return 'json:' + json.dumps(json.loads(s[5:]), sort_keys=True)
+        except ValueError:
+            pass
+    return s
 
 
 def sort_nodes(obj):

@@ -169,14 +169,15 @@ class QMPClient:
             self.events.append(msg)
 
     def drain_events(self, timeout=0.2):
-        """Read whatever events arrive within timeout and return all queued."""
+        """Read whatever events arrive within timeout (or until the server
+        closes the connection) and return all queued."""
         try:
             while True:
                 msg = self.recv_msg(timeout)
                 if 'event' not in msg:
                     raise QMPError('unexpected reply: %r' % msg)
                 self.events.append(msg)
-        except QMPTimeout:
+        except (QMPTimeout, QMPClosed):
             pass
         evs, self.events = self.events, []
         return evs
