@@ -1,0 +1,123 @@
+/*
+ * Internals shared by the export and NBD server files: the export and
+ * client structures and the functions that pass them between phases.
+ *
+ * Lifetimes:
+ * - An export holds one reference for the export list (dropped when its
+ *   deletion is requested) and one per attached client.  At zero it is
+ *   removed, its BlockBackend released and BLOCK_EXPORT_DELETED sent.
+ * - A client is owned by its session coroutine, which negotiates, reads
+ *   requests, and on the way out waits for its in-flight requests before
+ *   freeing the client.  Others only ask it to close (nbd_client_close).
+ */
+#ifndef BLOCK_EXPORT_NBD_INT_H
+#define BLOCK_EXPORT_NBD_INT_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/queue.h>
+
+#include "block/export/export.h"
+#include "util/coroutine.h"
+
+typedef struct NBDClient NBDClient;
+
+struct BlockExport {
+    char *id;
+    BlockExportType type;
+    BlockBackend *blk;
+    int refcount;
+    /* false once deletion was requested: shown as "shutting-down" */
+    bool user_owned;
+
+    /* NBD */
+    char *name;
+    char *description;
+    bool writable;
+    bool writethrough;
+    bool allocation_depth;
+    int quiesced;                   /* drained_begin nesting */
+    LIST_HEAD(, NBDClient) clients; /* attached (transmission phase) */
+    LIST_ENTRY(BlockExport) next;
+};
+
+/* The meta contexts a client selected with NBD_OPT_SET_META_CONTEXT. */
+typedef struct NBDMetaSelection {
+    char *export_name; /* the export they were negotiated for */
+    bool base_allocation;
+    bool allocation_depth;
+    /* qemu:dirty-bitmap:NAME plugs in here (one flag per export bitmap)
+     * once exports carry bitmaps. */
+    unsigned count; /* number of selected contexts */
+} NBDMetaSelection;
+
+struct NBDClient {
+    int fd;
+    bool closing;
+
+    /* negotiated */
+    bool fixed_newstyle;
+    bool no_zeroes;
+    bool structured_reply;
+    NBDMetaSelection meta;
+    BlockExport *exp; /* set (and referenced) on entering transmission */
+    uint16_t tx_flags;
+    int64_t exp_size;
+
+    /* transmission */
+    unsigned nb_inflight;
+    CoQueue reader_wait; /* the session waits here for slots, drain end,
+                            and (on exit) for in-flight requests */
+    CoMutex send_lock;   /* one reply (or chunk) at a time on the socket */
+
+    LIST_ENTRY(NBDClient) exp_link;
+    LIST_ENTRY(NBDClient) all_link;
+};
+
+/* Most requests a client may have in flight; the reader stops reading
+ * while this many are being served. */
+#define NBD_MAX_INFLIGHT 32
+
+/* ---- export.c ---- */
+void blk_exp_ref(BlockExport *exp);
+void blk_exp_unref(BlockExport *exp);
+/* Start deleting: close clients (hard) and drop the list's reference. */
+void blk_exp_request_shutdown(BlockExport *exp);
+/* Iterate exports, newest first: pass NULL to start. */
+BlockExport *blk_exp_next(BlockExport *prev);
+/* The NBD export a client may select by name (NULL if none or going). */
+BlockExport *nbd_export_find(const char *name);
+/* Wait (yielding, or iterating the loop outside coroutines) until no
+ * export is left that `pred` accepts. */
+void blk_exp_wait_gone(bool (*pred)(BlockExport *exp, void *opaque),
+                       void *opaque);
+
+/* ---- nbd-server.c ---- */
+/* Start serving a connected socket (taken over) as a new client. */
+NBDClient *nbd_client_new(int fd);
+/* Ask a client to go away: shut the socket and wake its session. */
+void nbd_client_close(NBDClient *client);
+/* Stop listening and close every client (nbd-server-stop, shutdown);
+ * no-op when not running. */
+void nbd_server_stop_all(void);
+/* Number of live clients (all phases); for tests and the fuzz target. */
+unsigned nbd_client_count(void);
+
+/* ---- nbd-negotiate.c ---- */
+/*
+ * Run the handshake.  Returns 1 when the client entered transmission
+ * (client->exp is set and referenced), 0 when the client ended the
+ * session cleanly (NBD_OPT_ABORT or end of stream), -errno to drop it.
+ */
+int coroutine_fn nbd_negotiate(NBDClient *client);
+void nbd_meta_selection_clear(NBDMetaSelection *m);
+
+/* ---- nbd-requests.c ---- */
+/* Serve requests until disconnect; returns when the reader stops (the
+ * caller then waits for in-flight requests). */
+void coroutine_fn nbd_transmission(NBDClient *client);
+/* Drain callbacks: readers stop dispatching while the export is drained. */
+void nbd_export_drained_begin(BlockExport *exp);
+void nbd_export_drained_end(BlockExport *exp);
+
+#endif

@@ -1,0 +1,666 @@
+/*
+ * The NBD transmission phase, server side.
+ *
+ * The session coroutine is the reader: it reads a request header (and a
+ * write's payload), validates it, and hands it to a new coroutine, so up
+ * to NBD_MAX_INFLIGHT requests per client run in the block layer at once.
+ * Replies go out under the client's send_lock: a simple reply, or one
+ * structured chunk, is written whole before another request may write,
+ * while the chunks of one read may interleave with other replies (the
+ * protocol allows it).
+ *
+ * Nothing a client sends is trusted: lengths are checked against the
+ * export and NBD_MAX_BUFFER_SIZE before any buffer is allocated, and a
+ * request the server cannot honour gets an error reply, not a crash.
+ */
+#include <errno.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#include "block/block_int.h"
+#include "block/export/nbd-int.h"
+#include "block/export/nbd-proto.h"
+#include "util/co-socket.h"
+#include "util/iov.h"
+
+/* Most descriptors in one NBD_REPLY_TYPE_BLOCK_STATUS chunk (512 KiB). */
+#define NBD_MAX_EXTENTS (64 * 1024)
+/* NBD_CMD_CACHE reads in pieces of this size. */
+#define NBD_CACHE_CHUNK (1024 * 1024)
+
+typedef struct NBDRequest {
+    NBDClient *client;
+    uint16_t flags;
+    uint16_t type;
+    uint64_t cookie;
+    uint64_t offset;
+    uint32_t len;
+    void *buf;          /* a write's payload */
+    uint32_t error;     /* NBD error found while receiving, 0 if none */
+    const char *errmsg; /* static text for that error */
+} NBDRequest;
+
+/* Host errno (positive) to the protocol's error values. */
+static uint32_t nbd_errno(int err)
+{
+    switch (err) {
+    case 0:
+        return NBD_SUCCESS;
+    case EPERM:
+    case EROFS:
+        return NBD_EPERM;
+    case EIO:
+        return NBD_EIO;
+    case ENOMEM:
+        return NBD_ENOMEM;
+    case ENOSPC:
+    case EDQUOT:
+    case EFBIG:
+        return NBD_ENOSPC;
+    case EOVERFLOW:
+        return NBD_EOVERFLOW;
+    case ENOTSUP:
+        return NBD_ENOTSUP;
+    case ESHUTDOWN:
+        return NBD_ESHUTDOWN;
+    case EINVAL:
+    default:
+        return NBD_EINVAL;
+    }
+}
+
+/* ---- sending ---- */
+
+static int coroutine_fn nbd_send_locked(NBDClient *client,
+                                        struct iovec *iov, int niov)
+{
+    int ret;
+
+    co_mutex_lock(&client->send_lock);
+    ret = co_sock_writev_full(client->fd, iov, niov);
+    co_mutex_unlock(&client->send_lock);
+    return ret;
+}
+
+static int coroutine_fn nbd_send_simple(NBDRequest *req, uint32_t error,
+                                        void *data, size_t len)
+{
+    uint8_t hdr[NBD_SIMPLE_REPLY_SIZE];
+    struct iovec iov[2] = {
+        { .iov_base = hdr, .iov_len = sizeof(hdr) },
+        { .iov_base = data, .iov_len = len },
+    };
+
+    nbd_put32(hdr, NBD_SIMPLE_REPLY_MAGIC);
+    nbd_put32(hdr + 4, error);
+    nbd_put64(hdr + 8, req->cookie);
+    return nbd_send_locked(req->client, iov, len ? 2 : 1);
+}
+
+/* One structured chunk whose payload is p1 followed by p2. */
+static int coroutine_fn nbd_send_chunk(NBDRequest *req, uint16_t flags,
+                                       uint16_t type, const void *p1,
+                                       size_t l1, const void *p2, size_t l2)
+{
+    uint8_t hdr[NBD_STRUCTURED_REPLY_SIZE];
+    struct iovec iov[3] = {
+        { .iov_base = hdr, .iov_len = sizeof(hdr) },
+        { .iov_base = (void *)p1, .iov_len = l1 },
+        { .iov_base = (void *)p2, .iov_len = l2 },
+    };
+
+    nbd_put32(hdr, NBD_STRUCTURED_REPLY_MAGIC);
+    nbd_put16(hdr + 4, flags);
+    nbd_put16(hdr + 6, type);
+    nbd_put64(hdr + 8, req->cookie);
+    nbd_put32(hdr + 16, (uint32_t)(l1 + l2));
+    return nbd_send_locked(req->client, iov, 3);
+}
+
+/*
+ * The final error for a request: an NBD_REPLY_TYPE_ERROR chunk with a
+ * message when structured replies are on (mandatory for reads), else a
+ * simple reply.  With has_offset, an error at that offset of a read.
+ */
+static int coroutine_fn nbd_send_error(NBDRequest *req, uint32_t error,
+                                       const char *msg, bool has_offset,
+                                       uint64_t offset)
+{
+    if (!req->client->structured_reply) {
+        return nbd_send_simple(req, error, NULL, 0);
+    }
+    size_t mlen = MIN(strlen(msg), (size_t)NBD_MAX_STRING_SIZE);
+    uint8_t head[6], tail[8];
+
+    nbd_put32(head, error);
+    nbd_put16(head + 4, (uint16_t)mlen);
+    if (!has_offset) {
+        return nbd_send_chunk(req, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_ERROR,
+                              head, 6, msg, mlen);
+    }
+    /* message then offset: build it flat */
+    g_autofree uint8_t *payload = g_malloc(6 + mlen + 8);
+    memcpy(payload, head, 6);
+    memcpy(payload + 6, msg, mlen);
+    nbd_put64(tail, offset);
+    memcpy(payload + 6 + mlen, tail, 8);
+    return nbd_send_chunk(req, NBD_REPLY_FLAG_DONE,
+                          NBD_REPLY_TYPE_ERROR_OFFSET, payload,
+                          6 + mlen + 8, NULL, 0);
+}
+
+static int coroutine_fn nbd_send_errno(NBDRequest *req, int ret)
+{
+    return nbd_send_error(req, nbd_errno(-ret), g_strerror(-ret), false, 0);
+}
+
+/* Success without data. */
+static int coroutine_fn nbd_send_ok(NBDRequest *req)
+{
+    if (req->client->structured_reply) {
+        return nbd_send_chunk(req, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_NONE,
+                              NULL, 0, NULL, 0);
+    }
+    return nbd_send_simple(req, 0, NULL, 0);
+}
+
+/* ---- commands ---- */
+
+static int coroutine_fn nbd_send_data_chunk(NBDRequest *req, bool last,
+                                            uint64_t offset, void *data,
+                                            size_t len)
+{
+    uint8_t off[8];
+
+    nbd_put64(off, offset);
+    return nbd_send_chunk(req, last ? NBD_REPLY_FLAG_DONE : 0,
+                          NBD_REPLY_TYPE_OFFSET_DATA, off, 8, data, len);
+}
+
+static int coroutine_fn nbd_co_read(NBDRequest *req)
+{
+    NBDClient *client = req->client;
+    BlockBackend *blk = client->exp->blk;
+    void *buf;
+    int ret;
+
+    if (req->len == 0) {
+        return nbd_send_ok(req);
+    }
+    buf = blk_memalign(4096, req->len);
+
+    if (!client->structured_reply || (req->flags & NBD_CMD_FLAG_DF)) {
+        /* One piece: a simple reply, or a single content chunk. */
+        ret = blk_co_pread(blk, req->offset, req->len, buf, 0);
+        if (ret < 0) {
+            ret = nbd_send_errno(req, ret);
+        } else if (client->structured_reply) {
+            ret = nbd_send_data_chunk(req, true, req->offset, buf, req->len);
+        } else {
+            ret = nbd_send_simple(req, 0, buf, req->len);
+        }
+        blk_vfree(buf);
+        return ret;
+    }
+
+    /* Sparse: holes become NBD_REPLY_TYPE_OFFSET_HOLE, data is read. */
+    uint64_t off = req->offset, end = req->offset + req->len;
+    ret = 0;
+    while (off < end && ret >= 0) {
+        int64_t pnum = 0;
+        int st = blk_co_block_status(blk, off, end - off, &pnum);
+
+        if (st < 0 || pnum <= 0) {
+            /* No status: read the rest as data. */
+            st = 0;
+            pnum = end - off;
+        }
+        pnum = MIN((uint64_t)pnum, end - off);
+        bool last = off + pnum == end;
+
+        if (st & BDRV_BLOCK_ZERO) {
+            uint8_t hole[12];
+
+            nbd_put64(hole, off);
+            nbd_put32(hole + 8, (uint32_t)pnum);
+            ret = nbd_send_chunk(req, last ? NBD_REPLY_FLAG_DONE : 0,
+                                 NBD_REPLY_TYPE_OFFSET_HOLE, hole, 12, NULL,
+                                 0);
+        } else {
+            void *p = (char *)buf + (off - req->offset);
+
+            ret = blk_co_pread(blk, off, pnum, p, 0);
+            if (ret < 0) {
+                ret = nbd_send_error(req, nbd_errno(-ret), g_strerror(-ret),
+                                     true, off);
+                break;
+            }
+            ret = nbd_send_data_chunk(req, last, off, p, pnum);
+        }
+        off += pnum;
+    }
+    blk_vfree(buf);
+    return ret;
+}
+
+static BdrvRequestFlags nbd_write_flags(NBDRequest *req)
+{
+    bool fua = (req->flags & NBD_CMD_FLAG_FUA) || req->client->exp->writethrough;
+    return fua ? BDRV_REQ_FUA : 0;
+}
+
+static int coroutine_fn nbd_co_write_zeroes(NBDRequest *req)
+{
+    BdrvRequestFlags flags = nbd_write_flags(req);
+    int ret;
+
+    if (!(req->flags & NBD_CMD_FLAG_NO_HOLE)) {
+        flags |= BDRV_REQ_MAY_UNMAP;
+    }
+    if (req->flags & NBD_CMD_FLAG_FAST_ZERO) {
+        flags |= BDRV_REQ_NO_FALLBACK;
+    }
+    ret = blk_co_pwrite_zeroes(req->client->exp->blk, req->offset, req->len,
+                               flags);
+    if (ret == -ENOTSUP && (req->flags & NBD_CMD_FLAG_FAST_ZERO)) {
+        return nbd_send_error(req, NBD_ENOTSUP, "fast zeroing not possible",
+                              false, 0);
+    }
+    if (ret == -ENOTSUP) {
+        /* ENOTSUP is reserved for fast-zero refusals on the wire. */
+        ret = -EIO;
+    }
+    return ret < 0 ? nbd_send_errno(req, ret) : nbd_send_ok(req);
+}
+
+static int coroutine_fn nbd_co_trim(NBDRequest *req)
+{
+    BlockBackend *blk = req->client->exp->blk;
+    int ret = blk_co_pdiscard(blk, req->offset, req->len);
+
+    if (ret == 0 && nbd_write_flags(req)) {
+        ret = blk_co_flush(blk);
+    }
+    return ret < 0 ? nbd_send_errno(req, ret) : nbd_send_ok(req);
+}
+
+/* Read the range so that later reads are fast (fills caches below). */
+static int coroutine_fn nbd_co_cache(NBDRequest *req)
+{
+    BlockBackend *blk = req->client->exp->blk;
+    uint64_t off = req->offset, end = req->offset + req->len;
+    void *buf = NULL;
+    int ret = 0;
+
+    if (req->len) {
+        buf = blk_memalign(4096, MIN(req->len, (uint32_t)NBD_CACHE_CHUNK));
+    }
+    while (off < end && ret >= 0) {
+        uint64_t n = MIN(end - off, (uint64_t)NBD_CACHE_CHUNK);
+        ret = blk_co_pread(blk, off, n, buf, 0);
+        off += n;
+    }
+    blk_vfree(buf);
+    return ret < 0 ? nbd_send_errno(req, ret) : nbd_send_ok(req);
+}
+
+/* ---- block status ---- */
+
+typedef struct NBDExtents {
+    GArray *desc; /* uint32_t pairs (length, flags), host order */
+    unsigned count;
+} NBDExtents;
+
+static void nbd_extent_add(NBDExtents *ex, uint64_t len, uint32_t flags)
+{
+    if (ex->count) {
+        uint32_t *last = &g_array_index(ex->desc, uint32_t, 2 * ex->count - 2);
+        if (last[1] == flags && (uint64_t)last[0] + len <= UINT32_MAX) {
+            last[0] += (uint32_t)len;
+            return;
+        }
+    }
+    uint32_t pair[2] = { (uint32_t)len, flags };
+    g_array_append_vals(ex->desc, pair, 2);
+    ex->count++;
+}
+
+/* QEMU's qemu:allocation-depth: 0 unallocated, 1 the top layer, 2 its
+ * backing file... */
+static int coroutine_fn nbd_alloc_depth(BlockDriverState *bs, int64_t off,
+                                        int64_t bytes, int64_t *pnum)
+{
+    unsigned depth = 1;
+
+    bs = bs ? bdrv_skip_filters(bs) : NULL;
+    while (bs) {
+        int64_t n = 0;
+        int ret = bdrv_co_is_allocated(bs, off, bytes, &n);
+
+        if (ret < 0) {
+            return ret;
+        }
+        if (n <= 0) {
+            break;
+        }
+        if (ret) {
+            *pnum = n;
+            return depth;
+        }
+        bytes = n; /* look below only for the unallocated prefix */
+        bs = bdrv_backing_bs(bs);
+        bs = bs ? bdrv_skip_filters(bs) : NULL;
+        depth++;
+    }
+    *pnum = bytes;
+    return 0;
+}
+
+/* Collect the extents of one context; 0 or -errno. */
+static int coroutine_fn nbd_collect_extents(NBDRequest *req, uint32_t id,
+                                            NBDExtents *ex)
+{
+    BlockBackend *blk = req->client->exp->blk;
+    bool one = req->flags & NBD_CMD_FLAG_REQ_ONE;
+    uint64_t off = req->offset, left = req->len;
+
+    while (left > 0 && ex->count < NBD_MAX_EXTENTS) {
+        int64_t pnum = 0;
+        uint32_t flags;
+        int st;
+
+        if (id == NBD_META_ID_BASE_ALLOCATION) {
+            st = blk_co_block_status(blk, off, left, &pnum);
+            if (st < 0) {
+                return st;
+            }
+            flags = (st & BDRV_BLOCK_DATA ? 0 : NBD_STATE_HOLE) |
+                    (st & BDRV_BLOCK_ZERO ? NBD_STATE_ZERO : 0);
+        } else {
+            st = nbd_alloc_depth(blk_bs(blk), off, left, &pnum);
+            if (st < 0) {
+                return st;
+            }
+            flags = (uint32_t)st;
+        }
+        if (pnum <= 0) {
+            break;
+        }
+        pnum = MIN((uint64_t)pnum, left);
+        nbd_extent_add(ex, pnum, flags);
+        off += pnum;
+        left -= pnum;
+        if (one) {
+            break;
+        }
+    }
+    return ex->count ? 0 : -EIO;
+}
+
+static int coroutine_fn nbd_send_extents(NBDRequest *req, uint32_t id,
+                                         NBDExtents *ex, bool last)
+{
+    size_t len = 4 + 8 * (size_t)ex->count;
+    g_autofree uint8_t *buf = g_malloc(len);
+
+    nbd_put32(buf, id);
+    for (unsigned i = 0; i < ex->count; i++) {
+        nbd_put32(buf + 4 + 8 * i, g_array_index(ex->desc, uint32_t, 2 * i));
+        nbd_put32(buf + 8 + 8 * i,
+                  g_array_index(ex->desc, uint32_t, 2 * i + 1));
+    }
+    return nbd_send_chunk(req, last ? NBD_REPLY_FLAG_DONE : 0,
+                          NBD_REPLY_TYPE_BLOCK_STATUS, buf, len, NULL, 0);
+}
+
+static int coroutine_fn nbd_co_block_status(NBDRequest *req)
+{
+    NBDMetaSelection *m = &req->client->meta;
+    uint32_t ids[2];
+    NBDExtents ex[2];
+    unsigned n = 0;
+    int ret = 0;
+
+    if (m->base_allocation) {
+        ids[n++] = NBD_META_ID_BASE_ALLOCATION;
+    }
+    if (m->allocation_depth) {
+        ids[n++] = NBD_META_ID_ALLOCATION_DEPTH;
+    }
+    /* Everything is computed before anything is sent, so an error is the
+     * whole reply. */
+    for (unsigned i = 0; i < n; i++) {
+        ex[i].desc = g_array_new(FALSE, FALSE, sizeof(uint32_t));
+        ex[i].count = 0;
+        if (ret == 0) {
+            ret = nbd_collect_extents(req, ids[i], &ex[i]);
+        }
+    }
+    if (ret < 0) {
+        ret = nbd_send_errno(req, ret);
+    } else {
+        for (unsigned i = 0; i < n && ret >= 0; i++) {
+            ret = nbd_send_extents(req, ids[i], &ex[i], i == n - 1);
+        }
+    }
+    for (unsigned i = 0; i < n; i++) {
+        g_array_free(ex[i].desc, TRUE);
+    }
+    return ret;
+}
+
+static int coroutine_fn nbd_handle_request(NBDRequest *req)
+{
+    BlockBackend *blk = req->client->exp->blk;
+    int ret;
+
+    switch (req->type) {
+    case NBD_CMD_READ:
+        return nbd_co_read(req);
+    case NBD_CMD_WRITE:
+        ret = blk_co_pwrite(blk, req->offset, req->len, req->buf,
+                            nbd_write_flags(req));
+        return ret < 0 ? nbd_send_errno(req, ret) : nbd_send_ok(req);
+    case NBD_CMD_FLUSH:
+        ret = blk_co_flush(blk);
+        return ret < 0 ? nbd_send_errno(req, ret) : nbd_send_ok(req);
+    case NBD_CMD_TRIM:
+        return nbd_co_trim(req);
+    case NBD_CMD_WRITE_ZEROES:
+        return nbd_co_write_zeroes(req);
+    case NBD_CMD_CACHE:
+        return nbd_co_cache(req);
+    case NBD_CMD_BLOCK_STATUS:
+        return nbd_co_block_status(req);
+    default:
+        /* nbd_receive_request() rejected everything else */
+        return nbd_send_error(req, NBD_EINVAL, "unknown command", false, 0);
+    }
+}
+
+static void coroutine_fn nbd_request_co(void *opaque)
+{
+    NBDRequest *req = opaque;
+    NBDClient *client = req->client;
+    int ret;
+
+    if (req->error) {
+        ret = nbd_send_error(req, req->error, req->errmsg, false, 0);
+    } else {
+        ret = nbd_handle_request(req);
+    }
+    if (ret < 0) {
+        /* The reply could not be sent: the stream is broken. */
+        nbd_client_close(client);
+    }
+    blk_vfree(req->buf);
+    g_free(req);
+    client->nb_inflight--;
+    co_queue_restart_all(&client->reader_wait);
+}
+
+/* ---- receiving ---- */
+
+static void req_fail(NBDRequest *req, uint32_t error, const char *msg)
+{
+    if (!req->error) {
+        req->error = error;
+        req->errmsg = msg;
+    }
+}
+
+static int coroutine_fn nbd_discard_payload(NBDClient *client, uint32_t len)
+{
+    uint8_t buf[16384];
+
+    while (len) {
+        uint32_t n = MIN(len, (uint32_t)sizeof(buf));
+        int ret = co_sock_read_full(client->fd, buf, n);
+        if (ret <= 0) {
+            return ret < 0 ? ret : -EPIPE;
+        }
+        len -= n;
+    }
+    return 0;
+}
+
+/*
+ * Read what follows the header and decide whether the request is valid.
+ * Returns 0 (req->error says whether it is) or -errno when the stream is
+ * broken.
+ */
+static int coroutine_fn nbd_receive_request(NBDClient *client,
+                                            NBDRequest *req)
+{
+    uint16_t valid = NBD_CMD_FLAG_FUA;
+    uint64_t size = (uint64_t)client->exp_size;
+    int ret;
+
+    /* Payload first: whatever is wrong, the stream must stay in step. */
+    if (req->type == NBD_CMD_WRITE) {
+        if (req->len > NBD_MAX_BUFFER_SIZE) {
+            ret = nbd_discard_payload(client, req->len);
+            if (ret < 0) {
+                return ret;
+            }
+            req_fail(req, NBD_EINVAL, "write larger than the maximum "
+                                      "block size");
+            return 0;
+        }
+        req->buf = blk_memalign(4096, req->len ? req->len : 1);
+        if (req->len) {
+            ret = co_sock_read_full(client->fd, req->buf, req->len);
+            if (ret <= 0) {
+                return ret < 0 ? ret : -EPIPE;
+            }
+        }
+    }
+
+    switch (req->type) {
+    case NBD_CMD_READ:
+        if (client->structured_reply) {
+            valid |= NBD_CMD_FLAG_DF;
+        }
+        if (req->len > NBD_MAX_BUFFER_SIZE) {
+            req_fail(req,
+                     (req->flags & NBD_CMD_FLAG_DF) ? NBD_EOVERFLOW
+                                                    : NBD_EINVAL,
+                     "read larger than the maximum block size");
+        }
+        break;
+    case NBD_CMD_WRITE_ZEROES:
+        valid |= NBD_CMD_FLAG_NO_HOLE | NBD_CMD_FLAG_FAST_ZERO;
+        break;
+    case NBD_CMD_BLOCK_STATUS:
+        valid |= NBD_CMD_FLAG_REQ_ONE;
+        if (!client->structured_reply || client->meta.count == 0) {
+            req_fail(req, NBD_EINVAL, "no metadata context negotiated");
+        } else if (req->len == 0) {
+            req_fail(req, NBD_EINVAL, "empty block status request");
+        }
+        break;
+    case NBD_CMD_WRITE:
+    case NBD_CMD_FLUSH:
+    case NBD_CMD_TRIM:
+    case NBD_CMD_CACHE:
+        break;
+    default:
+        req_fail(req, NBD_EINVAL, "unknown command");
+        return 0;
+    }
+    if (req->flags & ~valid) {
+        req_fail(req, NBD_EINVAL, "unsupported command flags");
+    }
+    if ((req->type == NBD_CMD_WRITE || req->type == NBD_CMD_TRIM ||
+         req->type == NBD_CMD_WRITE_ZEROES) &&
+        !client->exp->writable) {
+        req_fail(req, NBD_EPERM, "export is read-only");
+    }
+    if (req->type != NBD_CMD_FLUSH &&
+        (req->offset > size || req->len > size - req->offset)) {
+        bool write = req->type == NBD_CMD_WRITE ||
+                     req->type == NBD_CMD_WRITE_ZEROES;
+        req_fail(req, write ? NBD_ENOSPC : NBD_EINVAL,
+                 "request beyond the end of the export");
+    }
+    return 0;
+}
+
+void coroutine_fn nbd_transmission(NBDClient *client)
+{
+    for (;;) {
+        uint8_t hdr[NBD_REQUEST_SIZE];
+        NBDRequest *req;
+        int ret;
+
+        while (!client->closing && client->nb_inflight >= NBD_MAX_INFLIGHT) {
+            co_queue_wait(&client->reader_wait, NULL);
+        }
+        if (client->closing) {
+            return;
+        }
+        ret = co_sock_read_full(client->fd, hdr, sizeof(hdr));
+        if (ret <= 0 || nbd_get32(hdr) != NBD_REQUEST_MAGIC) {
+            return; /* end of stream, error, or garbage: hang up */
+        }
+        req = g_new0(NBDRequest, 1);
+        req->client = client;
+        req->flags = nbd_get16(hdr + 4);
+        req->type = nbd_get16(hdr + 6);
+        req->cookie = nbd_get64(hdr + 8);
+        req->offset = nbd_get64(hdr + 16);
+        req->len = nbd_get32(hdr + 24);
+        if (req->type == NBD_CMD_DISC) {
+            g_free(req);
+            return; /* the caller waits for requests in flight */
+        }
+        ret = nbd_receive_request(client, req);
+        /* While drained, hold the request back from the block layer. */
+        while (ret == 0 && !client->closing && client->exp->quiesced) {
+            co_queue_wait(&client->reader_wait, NULL);
+        }
+        if (ret < 0 || client->closing) {
+            blk_vfree(req->buf);
+            g_free(req);
+            return;
+        }
+        client->nb_inflight++;
+        coroutine_enter(coroutine_create(nbd_request_co, req));
+    }
+}
+
+void nbd_export_drained_begin(BlockExport *exp)
+{
+    exp->quiesced++;
+}
+
+void nbd_export_drained_end(BlockExport *exp)
+{
+    NBDClient *client;
+
+    if (exp->quiesced > 0 && --exp->quiesced == 0) {
+        LIST_FOREACH(client, &exp->clients, exp_link) {
+            co_queue_restart_all(&client->reader_wait);
+        }
+    }
+}
