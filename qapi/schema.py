@@ -15,7 +15,13 @@ C_KEYWORDS = set('''
 auto break case char const continue default do double else enum extern
 float for goto if inline int long register restrict return short signed
 sizeof static struct switch typedef union unsigned void volatile while
-_Bool _Complex _Imaginary bool true false asm typeof and or not xor
+_Bool _Complex _Imaginary _Alignas _Alignof _Atomic _Generic _Noreturn
+_Static_assert _Thread_local asm typeof
+unix errno mips sparc i386 linux
+bool catch class const_cast delete dynamic_cast explicit false friend
+mutable namespace new operator private protected public reinterpret_cast
+static_cast template this throw true try typeid typename using virtual
+wchar_t and and_eq bitand bitor compl not not_eq or or_eq xor xor_eq
 '''.split())
 
 
@@ -126,7 +132,9 @@ class _Parser:
 # ---------------------------------------------------------------- naming
 
 def c_name(name, protect=True):
-    """Schema name to C identifier: '-' and '.' become '_'."""
+    """Schema name to C identifier: '-' and '.' become '_'.  With protect,
+    words that C, C++ or GCC's predefined macros (unix, linux, ...) claim
+    get a 'q_' prefix, as QEMU's generator does."""
     n = re.sub(r'[-.]', '_', name)
     if protect and (n in C_KEYWORDS or n[0].isdigit()):
         return 'q_' + n
