@@ -33,13 +33,13 @@ run: build
 
 check: build
 	meson test -C $(BUILD) --suite unit --print-errorlogs
-	iotests/check --build $(BUILD)
+	iotests/check --no-skip --build $(BUILD)
 
 check-unit: build
 	meson test -C $(BUILD) --suite unit --print-errorlogs
 
 check-iotests: build
-	iotests/check --build $(BUILD)
+	iotests/check --no-skip --build $(BUILD)
 
 $(ASAN_BUILD)/build.ninja: | deps
 	./configure --builddir=$(ASAN_BUILD) --asan
@@ -47,7 +47,7 @@ $(ASAN_BUILD)/build.ninja: | deps
 check-asan: deps $(ASAN_BUILD)/build.ninja
 	$(NINJA) -C $(ASAN_BUILD)
 	$(SAN_ENV) meson test -C $(ASAN_BUILD) --suite unit --print-errorlogs
-	$(SAN_ENV) iotests/check --build $(ASAN_BUILD)
+	$(SAN_ENV) iotests/check --no-skip --build $(ASAN_BUILD)
 
 $(FUZZ_BUILD)/build.ninja: | deps
 	./configure --builddir=$(FUZZ_BUILD) --fuzz
