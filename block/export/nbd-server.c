@@ -156,7 +156,7 @@ bool nbd_server_start(const SocketAddress *addr, const char *tls_creds,
     }
     switch (addr->type) {
     case SOCKET_ADDRESS_TYPE_UNIX:
-        fd = sock_listen_unix(addr->u.unix.path, 0600, errp);
+        fd = sock_listen_unix(addr->u.q_unix.path, 0600, errp);
         break;
     case SOCKET_ADDRESS_TYPE_INET:
         fd = sock_listen_inet(addr->u.inet.host, addr->u.inet.port, errp);
@@ -173,7 +173,7 @@ bool nbd_server_start(const SocketAddress *addr, const char *tls_creds,
     server->listen_fd = fd;
     server->max_connections = max_connections;
     if (addr->type == SOCKET_ADDRESS_TYPE_UNIX) {
-        server->unix_path = g_strdup(addr->u.unix.path);
+        server->unix_path = g_strdup(addr->u.q_unix.path);
     }
     nbd_server_update_watch();
     return true;

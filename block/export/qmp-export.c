@@ -19,7 +19,7 @@ void qmp_nbd_server_start(q_obj_nbd_server_start_arg *arg, GError **errp)
         flat.u.inet = *legacy->u.inet.data;
         break;
     case SOCKET_ADDRESS_TYPE_UNIX:
-        flat.u.unix = *legacy->u.unix.data;
+        flat.u.q_unix = *legacy->u.q_unix.data;
         break;
     case SOCKET_ADDRESS_TYPE_VSOCK:
         flat.u.vsock = *legacy->u.vsock.data;
