@@ -182,16 +182,16 @@ bool qapi_str_parse(JsonNode *node, const char *path, const char *name,
     return true;
 }
 
-/* strtoll/strtoull with base 0 over the whole string, as qemu_strtoi64. */
+/*
+ * strtoll/strtoull with base 0 over the whole string, as qemu_strtoi64:
+ * leading white space is skipped, trailing characters are an error.
+ */
 static bool str_to_i64(const char *s, int64_t *out)
 {
     char *end;
-    if (!*s || g_ascii_isspace(*s)) {
-        return false;
-    }
     errno = 0;
     long long v = strtoll(s, &end, 0);
-    if (errno || *end) {
+    if (errno || end == s || *end) {
         return false;
     }
     *out = v;
@@ -201,12 +201,9 @@ static bool str_to_i64(const char *s, int64_t *out)
 static bool str_to_u64(const char *s, uint64_t *out)
 {
     char *end;
-    if (!*s || g_ascii_isspace(*s)) {
-        return false;
-    }
     errno = 0;
     unsigned long long v = strtoull(s, &end, 0);
-    if (errno || *end) {
+    if (errno || end == s || *end) {
         return false;
     }
     *out = v;
@@ -375,11 +372,14 @@ bool qapi_strtosz(const char *s, uint64_t *out)
     double frac = 0;
     bool have_frac = false;
 
+    while (g_ascii_isspace(*p)) {
+        p++;
+    }
     if (!g_ascii_isdigit(*p)) {
         return false;
     }
     if (p[0] == '0' && (p[1] == 'x' || p[1] == 'X')) {
-        return str_to_u64(s, out);
+        return str_to_u64(p, out);
     }
     for (; g_ascii_isdigit(*p); p++) {
         unsigned d = (unsigned)(*p - '0');

@@ -436,6 +436,11 @@ static void test_keyval(void **state)
                           "Parameter 'size' expects integer");
     expect_blockdev_error("{\"driver\":\"null-co\",\"size\":\"\"}", true,
                           "Parameter 'size' expects integer");
+    expect_blockdev_error("{\"driver\":\"null-co\",\"size\":\"5 \"}", true,
+                          "Parameter 'size' expects integer");
+    o = parse_blockdev("{\"driver\":\"null-co\",\"size\":\" 5\"}", true);
+    assert_int_equal(o->u.null_co.size, 5);
+    qapi_free_BlockdevOptions(o);
     expect_blockdev_error("{\"driver\":\"raw\",\"file\":{\"driver\":\"null-co\","
                           "\"latency-ns\":\"x\"}}", true,
                           "Parameter 'file.latency-ns' expects integer");
