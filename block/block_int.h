@@ -11,6 +11,13 @@
 #include "block/block.h"
 #include "util/error.h"
 
+/* glibc's <sys/queue.h> lacks the _SAFE iterators. */
+#ifndef LIST_FOREACH_SAFE
+#define LIST_FOREACH_SAFE(var, head, field, tvar)                              \
+    for ((var) = LIST_FIRST(head); (var) && ((tvar) = LIST_NEXT(var, field), 1); \
+         (var) = (tvar))
+#endif
+
 /* Version of the BlockDriver layout, so it can grow without breaking
  * drivers written against an older one (checked at registration). */
 #define BLOCK_DRIVER_VERSION 1
@@ -144,6 +151,19 @@ struct BlockDriver {
     /* blockdev-create for this driver: runs in a job's coroutine. */
     int coroutine_fn (*bdrv_co_create)(BlockdevCreateOptions *opts,
                                        GError **errp);
+
+    /* ---- added after the first layout (still version 1) ---- */
+    /*
+     * QAPI member names of the driver's options that change what the node
+     * reads (QEMU's "strong" options: "filename" for file, "offset" and
+     * "size" for raw...).  Used to build "json:{...}" filenames when the
+     * driver leaves bs->filename empty.  NULL-terminated; NULL: none.
+     */
+    const char *const *strong_opts;
+    /* A child's size changed (the child was resized by another user);
+     * update bs->total_bytes if it derives from it.  Parents of bs are
+     * notified by the core afterwards. */
+    void (*bdrv_child_resized)(BlockDriverState *bs, BdrvChild *c);
 };
 
 /* Drivers are listed once, in block/drivers.c. */
@@ -173,6 +193,8 @@ struct BdrvChild {
      * (job ids) are named in the error. */
     int graph_mod_count;
     GPtrArray *graph_mod_holders; /* of char * */
+    /* how many drained_begin calls this edge passed on to the parent */
+    int parent_quiesce_counter;
     LIST_ENTRY(BdrvChild) next;        /* in parent's children */
     LIST_ENTRY(BdrvChild) next_parent; /* in child's parents */
 };
@@ -283,7 +305,53 @@ void bdrv_filter_default_perms(BlockDriverState *bs, BdrvChild *c,
 
 /* Whether bs is writable (not read-only, opened RDWR). */
 bool bdrv_is_writable(const BlockDriverState *bs);
-/* Refresh bs->bl (after open or a graph change). */
+/* Refresh bs->bl (after open or a graph change).  As in QEMU, the
+ * children's transfer and memory limits are merged, but request_alignment
+ * is not inherited (a child aligns its own requests); it starts at 1 and a
+ * driver's bdrv_refresh_limits may raise it. */
 void bdrv_refresh_limits(BlockDriverState *bs, GError **errp);
+
+/*
+ * Attach `child` under a non-node parent (a BlockBackend, a job) as edge
+ * `name` with the given class and permissions; takes a reference on child.
+ * Fails (nothing changed) on a permission conflict.
+ */
+BdrvChild *bdrv_root_attach_child(BlockDriverState *child, const char *name,
+                                  const BdrvChildClass *klass,
+                                  BdrvChildRole role, uint64_t perm,
+                                  uint64_t shared, void *opaque,
+                                  GError **errp);
+/* Detach an edge made by bdrv_root_attach_child and drop its reference. */
+void bdrv_root_unref_child(BdrvChild *c);
+
+/* Requests a driver issues outside a request on bs (background metadata
+ * writes, timers) count themselves so drain waits for them. */
+void bdrv_inc_in_flight(BlockDriverState *bs);
+void bdrv_dec_in_flight(BlockDriverState *bs);
+/* Something drain polls for changed (an export stopped issuing
+ * requests...): re-evaluate waiting drains. */
+void bdrv_wakeup(void);
+
+/* Tell the parents of bs that its size changed (after a truncate). */
+void bdrv_parent_cb_resize(BlockDriverState *bs);
+
+/*
+ * Hooks the dirty-bitmap module installs when it is first used (NULL
+ * until then), so the request path and queries need not link it.
+ */
+typedef struct BdrvDirtyBitmapHooks {
+    /* a write/zero/discard touched [offset, offset+bytes) of bs */
+    void (*set_dirty)(BlockDriverState *bs, int64_t offset, int64_t bytes);
+    /* query-named-block-nodes' dirty-bitmaps */
+    BlockDirtyInfoList *(*query)(BlockDriverState *bs);
+} BdrvDirtyBitmapHooks;
+extern const BdrvDirtyBitmapHooks *bdrv_dirty_bitmap_hooks;
+
+/*
+ * Unit tests only: make `drv` the driver for its BlockdevDriver value
+ * (and format name), in front of the built-in table, until unregistered.
+ */
+void bdrv_register_test_driver(const BlockDriver *drv);
+void bdrv_unregister_test_driver(const BlockDriver *drv);
 
 #endif

@@ -1,0 +1,263 @@
+/*
+ * raw: the image is the bytes of its `file` child, optionally a window
+ * [offset, offset+size) of it.  Without offset and size it behaves like a
+ * filter (its child's role is FILTERED, so permissions pass through).
+ */
+#include <errno.h>
+#include <inttypes.h>
+
+#include "block/block_int.h"
+
+typedef struct RawState {
+    uint64_t offset;
+    uint64_t size;
+    bool has_size;
+} RawState;
+
+/* Check the window against the file's current size. */
+static int raw_apply_window(BlockDriverState *bs, GError **errp)
+{
+    RawState *s = bs->opaque;
+    int64_t file_size = bdrv_getlength(bs->file->bs);
+    if (file_size < 0) {
+        error_setg_errno(errp, (int)-file_size,
+                         "Could not get size of the containing file");
+        return (int)file_size;
+    }
+    if (s->offset > (uint64_t)file_size) {
+        error_setg(errp,
+                   "Offset (%" PRIu64 ") cannot be greater than size of the "
+                   "containing file (%" PRId64 ")",
+                   s->offset, file_size);
+        return -EINVAL;
+    }
+    if (s->has_size && (uint64_t)file_size - s->offset < s->size) {
+        error_setg(errp,
+                   "The sum of offset (%" PRIu64 ") and size (%" PRIu64 ") "
+                   "has to be smaller or equal to the  actual size of the "
+                   "containing file (%" PRId64 ")",
+                   s->offset, s->size, file_size);
+        return -EINVAL;
+    }
+    if (!s->has_size) {
+        s->size = (uint64_t)file_size - s->offset;
+    }
+    bs->total_bytes = (int64_t)s->size;
+    return 0;
+}
+
+static int coroutine_fn raw_open(BlockDriverState *bs,
+                                 const BlockdevOptions *opts, GError **errp)
+{
+    RawState *s = bs->opaque;
+    const BlockdevOptionsRaw *o = &opts->u.raw;
+
+    if ((o->has_offset && o->offset < 0) || (o->has_size && o->size < 0)) {
+        error_setg(errp, "Parameter '%s' expects a non-negative number "
+                         "below 2^64",
+                   (o->has_offset && o->offset < 0) ? "offset" : "size");
+        return -EINVAL;
+    }
+    s->offset = o->has_offset ? (uint64_t)o->offset : 0;
+    s->has_size = o->has_size;
+    s->size = o->has_size ? (uint64_t)o->size : 0;
+    if (s->has_size && (s->size % BDRV_SECTOR_SIZE)) {
+        error_setg(errp, "Specified size is not multiple of %llu",
+                   (unsigned long long)BDRV_SECTOR_SIZE);
+        return -EINVAL;
+    }
+
+    /* With a window it is a format of its own; without, a filter. */
+    BdrvChildRole role = (s->offset || s->has_size)
+                             ? BDRV_CHILD_DATA | BDRV_CHILD_PRIMARY
+                             : BDRV_CHILD_FILTERED | BDRV_CHILD_PRIMARY;
+    if (!bdrv_open_child(bs, o->file, "file", role, false, errp)) {
+        return -EINVAL;
+    }
+    int ret = raw_apply_window(bs, errp);
+    if (ret < 0) {
+        return ret;
+    }
+    BlockDriverState *f = bs->file->bs;
+    bs->supported_write_flags =
+        BDRV_REQ_WRITE_UNCHANGED |
+        (f->supported_write_flags & BDRV_REQ_FUA);
+    bs->supported_zero_flags =
+        BDRV_REQ_WRITE_UNCHANGED |
+        (f->supported_zero_flags &
+         (BDRV_REQ_FUA | BDRV_REQ_MAY_UNMAP | BDRV_REQ_NO_FALLBACK));
+    return 0;
+}
+
+/* Map a request into the file; refuse anything outside the window so no
+ * byte outside it is ever read or written. */
+static int raw_adjust(BlockDriverState *bs, int64_t *offset, int64_t bytes,
+                      bool is_write)
+{
+    RawState *s = bs->opaque;
+    if (*offset < 0 || bytes < 0 || (uint64_t)*offset > INT64_MAX - s->offset) {
+        return -EINVAL;
+    }
+    if (s->has_size &&
+        ((uint64_t)*offset > s->size || (uint64_t)bytes > s->size - *offset)) {
+        return is_write ? -ENOSPC : -EINVAL;
+    }
+    *offset += s->offset;
+    return 0;
+}
+
+static int coroutine_fn raw_preadv(BlockDriverState *bs, int64_t offset,
+                                   int64_t bytes, IOVector *qiov,
+                                   BdrvRequestFlags flags)
+{
+    int ret = raw_adjust(bs, &offset, bytes, false);
+    if (ret < 0) {
+        return ret;
+    }
+    BLKDBG_EVENT(bs->file, BLKDBG_READ_AIO);
+    return bdrv_co_preadv(bs->file, offset, bytes, qiov, flags);
+}
+
+static int coroutine_fn raw_pwritev(BlockDriverState *bs, int64_t offset,
+                                    int64_t bytes, IOVector *qiov,
+                                    BdrvRequestFlags flags)
+{
+    int ret = raw_adjust(bs, &offset, bytes, true);
+    if (ret < 0) {
+        return ret;
+    }
+    BLKDBG_EVENT(bs->file, BLKDBG_WRITE_AIO);
+    return bdrv_co_pwritev(bs->file, offset, bytes, qiov, flags);
+}
+
+static int coroutine_fn raw_pwrite_zeroes(BlockDriverState *bs,
+                                          int64_t offset, int64_t bytes,
+                                          BdrvRequestFlags flags)
+{
+    int ret = raw_adjust(bs, &offset, bytes, true);
+    if (ret < 0) {
+        return ret;
+    }
+    return bdrv_co_pwrite_zeroes(bs->file, offset, bytes, flags);
+}
+
+static int coroutine_fn raw_pdiscard(BlockDriverState *bs, int64_t offset,
+                                     int64_t bytes)
+{
+    int ret = raw_adjust(bs, &offset, bytes, true);
+    if (ret < 0) {
+        return ret;
+    }
+    return bdrv_co_pdiscard(bs->file, offset, bytes);
+}
+
+static int coroutine_fn raw_block_status(BlockDriverState *bs,
+                                         bool want_zero, int64_t offset,
+                                         int64_t bytes, int64_t *pnum,
+                                         int64_t *map,
+                                         BlockDriverState **file)
+{
+    RawState *s = bs->opaque;
+    /* The status is the file's at the shifted offset; the file's end of
+     * file is not necessarily ours (the core sets our EOF). */
+    int ret = bdrv_co_block_status(bs->file->bs, offset + s->offset, bytes,
+                                   pnum, map, file);
+    if (ret < 0) {
+        return ret;
+    }
+    if (*pnum == 0) {
+        /* the window reaches past the file's end: zeroes */
+        *pnum = bytes;
+        return BDRV_BLOCK_ZERO;
+    }
+    return ret & ~BDRV_BLOCK_EOF;
+}
+
+static int coroutine_fn raw_truncate(BlockDriverState *bs, int64_t offset,
+                                     bool exact, PreallocMode prealloc,
+                                     BdrvRequestFlags flags, GError **errp)
+{
+    RawState *s = bs->opaque;
+    if (s->has_size) {
+        error_setg(errp, "Cannot resize fixed-size raw disks");
+        return -ENOTSUP;
+    }
+    if ((uint64_t)INT64_MAX - offset < s->offset) {
+        error_setg(errp, "Disk size too large for the chosen offset");
+        return -EINVAL;
+    }
+    int ret = bdrv_co_truncate(bs->file, offset + s->offset, exact, prealloc,
+                               flags, errp);
+    if (ret == 0) {
+        s->size = offset;
+        bs->total_bytes = offset;
+    }
+    return ret;
+}
+
+static int coroutine_fn raw_get_info(BlockDriverState *bs, ImageInfo *info,
+                                     GError **errp)
+{
+    /* What the file driver knows (dirty flag, cluster size) is ours. */
+    BlockDriverState *f = bs->file->bs;
+    if (!f->drv || !f->drv->bdrv_co_get_info) {
+        return -ENOTSUP;
+    }
+    ImageInfo tmp = { 0 };
+    int ret = f->drv->bdrv_co_get_info(f, &tmp, errp);
+    if (ret >= 0) {
+        info->has_cluster_size = tmp.has_cluster_size;
+        info->cluster_size = tmp.cluster_size;
+        if (tmp.has_dirty_flag) {
+            info->has_dirty_flag = true;
+            info->dirty_flag = tmp.dirty_flag;
+        }
+    }
+    /* tmp holds only scalars from a file driver; nothing to free. */
+    return ret;
+}
+
+static void raw_child_perm(BlockDriverState *bs, BdrvChild *c,
+                           BdrvChildRole role, uint64_t perm, uint64_t shared,
+                           uint64_t *nperm, uint64_t *nshared)
+{
+    bdrv_default_perms(bs, c, role, perm, shared, nperm, nshared);
+    /* The defaults may add write and resize for a format's metadata; raw
+     * has none, so take them only when a parent needs them. */
+    *nperm &= ~(BLK_PERM_WRITE | BLK_PERM_RESIZE);
+    *nperm |= perm & (BLK_PERM_WRITE | BLK_PERM_RESIZE);
+}
+
+static void raw_child_resized(BlockDriverState *bs, BdrvChild *c)
+{
+    RawState *s = bs->opaque;
+    if (c != bs->file || s->has_size) {
+        return;
+    }
+    int64_t len = bdrv_getlength(c->bs);
+    if (len >= 0 && (uint64_t)len >= s->offset) {
+        s->size = len - s->offset;
+        bs->total_bytes = (int64_t)s->size;
+    }
+}
+
+static const char *const raw_strong_opts[] = { "offset", "size", NULL };
+
+const BlockDriver bdrv_raw = {
+    .version = BLOCK_DRIVER_VERSION,
+    .format_name = "raw",
+    .driver = BLOCKDEV_DRIVER_RAW,
+    .instance_size = sizeof(RawState),
+    .is_format = true,
+    .bdrv_open = raw_open,
+    .bdrv_co_preadv = raw_preadv,
+    .bdrv_co_pwritev = raw_pwritev,
+    .bdrv_co_pwrite_zeroes = raw_pwrite_zeroes,
+    .bdrv_co_pdiscard = raw_pdiscard,
+    .bdrv_co_block_status = raw_block_status,
+    .bdrv_co_truncate = raw_truncate,
+    .bdrv_co_get_info = raw_get_info,
+    .bdrv_child_perm = raw_child_perm,
+    .strong_opts = raw_strong_opts,
+    .bdrv_child_resized = raw_child_resized,
+};
