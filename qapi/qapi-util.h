@@ -127,6 +127,27 @@ JsonNode *qapi_empty_object_node(void);
 JsonNode *qapi_any_clone(const JsonNode *v);  /* NULL-safe deep copy */
 void qapi_any_free(JsonNode *v);               /* NULL-safe */
 
+/*
+ * Building TList values: prepend to a list, or append through a tail
+ * pointer that starts as &head:
+ *     BlockExportInfoList *head = NULL, **tail = &head;
+ *     QAPI_LIST_APPEND(tail, info);
+ */
+#define QAPI_LIST_PREPEND(list, element)                      \
+    do {                                                      \
+        __typeof__(list) qapi_new_ = g_malloc0(sizeof(*(list))); \
+        qapi_new_->value = (element);                         \
+        qapi_new_->next = (list);                             \
+        (list) = qapi_new_;                                   \
+    } while (0)
+
+#define QAPI_LIST_APPEND(tail, element)                       \
+    do {                                                      \
+        *(tail) = g_malloc0(sizeof(**(tail)));                \
+        (*(tail))->value = (element);                         \
+        (tail) = &(*(tail))->next;                            \
+    } while (0)
+
 /* Commands without 'data': args must be NULL or an empty object. */
 bool qapi_check_no_args(JsonNode *args, GError **errp);
 

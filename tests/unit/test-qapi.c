@@ -405,6 +405,18 @@ static void test_lists(void **state)
     assert_null(c->enable); /* the empty list */
     qapi_free_q_obj_qmp_capabilities_arg(c);
 
+    strList *built = NULL, **tail = &built;
+    QAPI_LIST_APPEND(tail, g_strdup("a"));
+    QAPI_LIST_APPEND(tail, g_strdup("b"));
+    QAPI_LIST_PREPEND(built, g_strdup("z"));
+    char *text = to_text(qapi_strList_to_json(built));
+    assert_string_equal(text, "[\"z\",\"a\",\"b\"]");
+    g_free(text);
+    qapi_free_strList(built);
+    text = to_text(qapi_strList_to_json(NULL));
+    assert_string_equal(text, "[]");
+    g_free(text);
+
     n = J("[\"a\",\"b\",5]");
     strList *sl = qapi_strList_from_json(n, false, &err);
     json_node_unref(n);
