@@ -18,6 +18,17 @@ typedef struct QmpState {
 /* qmp_dispatch() with the full session state. */
 JsonNode *coroutine_fn qmp_dispatch_state(JsonNode *request, QmpState *st);
 
+/*
+ * How the dispatcher runs a command once the envelope is valid.  The
+ * default calls cmd->fn; the QMP fuzz target installs one that runs only
+ * side-effect-free commands and merely parses the others' arguments.
+ * NULL restores the default.
+ */
+struct QmpCommand;
+typedef void QmpCommandRunner(const struct QmpCommand *cmd, JsonNode *args,
+                              JsonNode **ret, GError **errp);
+void qmp_dispatch_set_runner(QmpCommandRunner *runner);
+
 /* {"error": {"class", "desc"}} for input that never became a request. */
 JsonNode *qmp_error_reply(const GError *err);
 

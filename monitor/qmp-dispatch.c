@@ -12,6 +12,19 @@
 #include "util/error.h"
 #include "util/json-stream.h"
 
+static void run_command(const QmpCommand *cmd, JsonNode *args,
+                        JsonNode **ret, GError **errp)
+{
+    cmd->fn(args, ret, errp);
+}
+
+static QmpCommandRunner *runner = run_command;
+
+void qmp_dispatch_set_runner(QmpCommandRunner *r)
+{
+    runner = r ? r : run_command;
+}
+
 static JsonNode *error_node(const GError *err)
 {
     JsonObject *e = json_object_new();
@@ -185,7 +198,7 @@ JsonNode *coroutine_fn qmp_dispatch_state(JsonNode *request, QmpState *st)
         goto done;
     }
 
-    cmd->fn(args, &ret, &err);
+    runner(cmd, args, &ret, &err);
     if (err) {
         if (ret) {
             json_node_unref(ret);
