@@ -57,6 +57,11 @@ class _Parser:
             else:
                 break
 
+    def peek(self):
+        if self.pos >= len(self.src):
+            self.fail('unexpected end of file')
+        return self.src[self.pos]
+
     def value(self):
         self.skip()
         if self.pos >= len(self.src):
@@ -66,7 +71,7 @@ class _Parser:
             self.pos += 1
             d = {}
             self.skip()
-            if self.src[self.pos] == '}':
+            if self.peek() == '}':
                 self.pos += 1
                 return d
             while True:
@@ -74,14 +79,14 @@ class _Parser:
                 if not isinstance(k, str):
                     self.fail('dictionary key must be a string')
                 self.skip()
-                if self.src[self.pos] != ':':
+                if self.peek() != ':':
                     self.fail("expected ':'")
                 self.pos += 1
                 if k in d:
                     self.fail("duplicate key '%s'" % k)
                 d[k] = self.value()
                 self.skip()
-                c = self.src[self.pos]
+                c = self.peek()
                 self.pos += 1
                 if c == '}':
                     return d
@@ -91,13 +96,13 @@ class _Parser:
             self.pos += 1
             lst = []
             self.skip()
-            if self.src[self.pos] == ']':
+            if self.peek() == ']':
                 self.pos += 1
                 return lst
             while True:
                 lst.append(self.value())
                 self.skip()
-                c = self.src[self.pos]
+                c = self.peek()
                 self.pos += 1
                 if c == ']':
                     return lst
@@ -337,6 +342,7 @@ class Schema:
             self.types[name] = Builtin(name)
         self._include(os.path.abspath(main_file), set())
         self._resolve()
+        self._check()
 
     # -------------------------------------------------------- reading
     def _include(self, path, seen):
@@ -351,7 +357,11 @@ class Schema:
             elif 'pragma' in expr:
                 pass
             else:
-                self._define(expr, info)
+                try:
+                    self._define(expr, info)
+                except (KeyError, TypeError, AttributeError) as e:
+                    raise SchemaError('%s: malformed expression (%s: %s)'
+                                      % (info, type(e).__name__, e))
 
     def _add(self, t):
         if t.name in self.types:
@@ -530,6 +540,61 @@ class Schema:
                 raise SchemaError('%s: variant %s must be a struct'
                                   % (t.info, v))
             t.variants.append((v, vty))
+
+    # -------------------------------------------------------- checks
+    def _check(self):
+        """Clashes that would make the generated C or the wire format
+        ambiguous."""
+        def unique(names, what, info):
+            seen = {}
+            for n, c in names:
+                if c in seen:
+                    raise SchemaError("%s: %s '%s' clashes with '%s'"
+                                      % (info, what, n, seen[c]))
+                seen[c] = n
+
+        for t in self.order:
+            if t.kind == 'enum':
+                unique([(v.name, c_name(v.name, False).upper())
+                        for v in t.values], 'enum value', t.info)
+            elif t.kind in ('struct', 'union'):
+                members = t.all_members()
+                unique([(m.name, m.c_name) for m in members] +
+                       [('has_' + m.name, 'has_' + m.c_name)
+                        for m in members if m.optional] +
+                       ([('u', 'u')] if t.kind == 'union' else []),
+                       'member', t.info)
+                for v, vt in t.variants if t.kind == 'union' else []:
+                    if vt is not None:
+                        # base and variant members share one JSON object
+                        unique([(m.name, m.name) for m in members] +
+                               [(m.name, m.name) for m in vt.all_members()],
+                               'variant %s member' % v, t.info)
+                if t.kind == 'union':
+                    unique([(v, c_name(v)) for v, vt in t.variant_members()],
+                           'variant', t.info)
+            elif t.kind == 'alternate':
+                qtypes = []
+                for b, bt in t.branches:
+                    if bt.kind in ('struct', 'union'):
+                        qt = 'object'
+                    elif bt.kind == 'enum' or bt.name == 'str':
+                        qt = 'string'
+                    elif bt.name == 'number':
+                        qt = 'number'
+                    elif bt.name in ('bool', 'null'):
+                        qt = bt.name
+                    elif bt.name == 'any':
+                        raise SchemaError("%s: alternate %s cannot have an "
+                                          "'any' branch" % (t.info, t.name))
+                    else:
+                        qt = 'integer'
+                    qtypes.append((b, qt))
+                unique(qtypes, 'branch', t.info)
+        unique([(c.name, c_name(c.name)) for c in self.commands],
+               'command', 'schema')
+        unique([(e.name, c_name(e.name.lower())) for e in self.events],
+               'event', 'schema')
 
     # -------------------------------------------------------- helpers
     def arrays(self):
