@@ -138,7 +138,9 @@ struct BlockDriver {
                             uint64_t shared, uint64_t *nperm,
                             uint64_t *nshared);
     /* Node-level: can bs take (perm, shared)?  The file driver takes its
-     * locks here.  Then exactly one of set_perm / abort_perm_update. */
+     * locks here.  After a successful check exactly one of set_perm /
+     * abort_perm_update follows; a check that fails must leave the
+     * driver's state as it was (neither is called). */
     int (*bdrv_check_perm)(BlockDriverState *bs, uint64_t perm,
                            uint64_t shared, GError **errp);
     void (*bdrv_set_perm)(BlockDriverState *bs, uint64_t perm,
