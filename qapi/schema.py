@@ -514,11 +514,11 @@ class Schema:
                 if e.arg_type.kind != 'struct' and not e.boxed:
                     raise SchemaError('%s: event data must be a struct'
                                       % e.info)
-        # Make sure every named type has its list type, as QEMU does for
-        # the ones in use; it is cheap and spares users surprises.
-        for t in list(self.order) + [self.types[b] for b in BUILTINS
-                                     if b != 'null']:
-            self.lookup('[%s]' % t.name, t.info)
+        # List types exist for the lists the schema uses (as in QEMU)
+        # and, for handlers' convenience, for every builtin.
+        for b in BUILTINS:
+            if b != 'null':
+                self.lookup('[%s]' % b, 'builtin')
 
     def _resolve_union(self, t):
         members = {m.name: m for m in t.all_members()}
