@@ -301,6 +301,21 @@ bool qapi_uint64_parse(JsonNode *node, const char *path, const char *name,
         }
         return true;
     }
+    if (qapi_node_qtype(node) == QTYPE_QNUM && !qapi_node_is_integer(node)) {
+        /*
+         * The QMP reader turns integers beyond INT64_MAX into doubles (so
+         * that json-glib does not wrap them and int64 members reject them,
+         * as QEMU does); QEMU takes those up to UINT64_MAX for unsigned
+         * members.  Accept values in [2^63, 2^64] (doubles that large are
+         * all integral): a double cannot tell 2^64 - 1 from 2^64, so the
+         * top end clamps.
+         */
+        double d = json_node_get_double(node);
+        if (d >= 9223372036854775808.0 && d <= 18446744073709551616.0) {
+            *out = d >= 18446744073709551615.0 ? UINT64_MAX : (uint64_t)d;
+            return true;
+        }
+    }
     if (!qapi_node_is_integer(node)) {
         qapi_error_value(errp, full(path), "uint64");
         return false;

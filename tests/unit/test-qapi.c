@@ -246,6 +246,36 @@ static void test_int_ranges(void **state)
     assert_non_null(c);
     assert_true(c->u.file.size == UINT64_MAX);
     qapi_free_BlockdevCreateOptions(c);
+    /* the QMP reader hands integers beyond int64 over as doubles */
+    n = J("{\"driver\":\"file\",\"filename\":\"a\","
+          "\"size\":18446744073709551615.0}");
+    c = qapi_BlockdevCreateOptions_from_json(n, false, &err);
+    json_node_unref(n);
+    assert_non_null(c);
+    assert_true(c->u.file.size == UINT64_MAX);
+    qapi_free_BlockdevCreateOptions(c);
+    n = J("{\"driver\":\"file\",\"filename\":\"a\","
+          "\"size\":9223372036854775808.0}");
+    c = qapi_BlockdevCreateOptions_from_json(n, false, &err);
+    json_node_unref(n);
+    assert_non_null(c);
+    assert_true(c->u.file.size == 1ULL << 63);
+    qapi_free_BlockdevCreateOptions(c);
+    n = J("{\"driver\":\"file\",\"filename\":\"a\",\"size\":1e20}");
+    c = qapi_BlockdevCreateOptions_from_json(n, false, &err);
+    json_node_unref(n);
+    assert_null(c);
+    assert_string_equal(err->message, "Parameter 'size' expects uint64");
+    g_clear_error(&err);
+    n = J("{\"size\":9223372036854775808.0}");
+    q_obj_block_resize_arg *r = qapi_q_obj_block_resize_arg_from_json(n, false,
+                                                                      &err);
+    json_node_unref(n);
+    assert_null(r);
+    assert_string_equal(err->message,
+                        "Invalid parameter type for 'size', expected: integer");
+    g_clear_error(&err);
+
     n = J("{\"driver\":\"file\",\"filename\":\"a\",\"size\":\"1G\"}");
     c = qapi_BlockdevCreateOptions_from_json(n, false, &err);
     json_node_unref(n);
