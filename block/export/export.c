@@ -253,9 +253,9 @@ BlockExport *blk_exp_add(BlockExportOptions *opts, GError **errp)
     LIST_INIT(&exp->clients);
 
     perm = BLK_PERM_CONSISTENT_READ | (writable ? BLK_PERM_WRITE : 0);
+    /* No user description: qsd names exports in permission conflicts as
+     * "an unnamed block device", and so do we. */
     exp->blk = blk_new(perm, BLK_PERM_ALL);
-    g_autofree char *desc = g_strdup_printf("block export '%s'", opts->id);
-    blk_set_user_desc(exp->blk, desc);
     if (blk_insert_bs(exp->blk, bs, errp) < 0) {
         goto fail;
     }
