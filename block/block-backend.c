@@ -20,6 +20,7 @@ struct BlockBackend {
     int quiesce_counter;
     unsigned in_flight;
     bool disable_request_queuing;
+    int64_t notified_len; /* size the user last heard of */
     CoQueue queued_requests; /* requests held back while drained */
 };
 
@@ -88,6 +89,13 @@ static bool root_drained_poll(BdrvChild *c)
 static void root_resize(BdrvChild *c)
 {
     BlockBackend *blk = c->opaque;
+    /* A resize can reach us by more than one path (the node's own
+     * truncate, and its child's); tell the user once per change. */
+    int64_t len = bdrv_getlength(c->bs);
+    if (len == blk->notified_len) {
+        return;
+    }
+    blk->notified_len = len;
     if (blk->dev_ops && blk->dev_ops->resize) {
         blk->dev_ops->resize(blk->dev_opaque);
     }
@@ -117,6 +125,7 @@ int blk_insert_bs(BlockBackend *blk, BlockDriverState *bs, GError **errp)
         return -EPERM;
     }
     blk->root = c;
+    blk->notified_len = bdrv_getlength(bs);
     return 0;
 }
 

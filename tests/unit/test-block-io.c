@@ -1,0 +1,868 @@
+/*
+ * Unit tests for the request path: alignment and read-modify-write
+ * against a shadow buffer, serialisation of concurrent overlapping
+ * unaligned writes, write-zeroes fallback, detect-zeroes, splitting at
+ * max_transfer, flush skipping, drain, bounds, block status, resize, and
+ * the node queries.
+ *
+ * Most tests run on an in-memory test driver registered in place of
+ * null-aio (bdrv_register_test_driver), which checks that every request
+ * it sees is aligned and can sleep inside requests to force interleaving.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+
+#include <cmocka.h>
+#include <glib.h>
+
+#include "block/block_int.h"
+#include "qapi/qapi-commands.h"
+#include "util/aio.h"
+
+/* ---- the in-memory test driver ---- */
+
+static struct {
+    uint32_t align;
+    int64_t max_transfer;
+    bool zeroes;          /* implements write_zeroes */
+    int64_t latency_ns;   /* sleep inside each read and write */
+    int misaligned;       /* requests that broke the alignment contract */
+    int64_t max_seen;     /* largest request */
+    int reads, writes, zero_calls, flushes;
+} md;
+
+typedef struct MemState {
+    uint8_t *buf;
+} MemState;
+
+static uint8_t *md_mem; /* the last opened node's memory */
+
+static void md_reset(uint32_t align)
+{
+    memset(&md, 0, sizeof(md));
+    md.align = align;
+}
+
+static int coroutine_fn md_open(BlockDriverState *bs,
+                                const BlockdevOptions *opts, GError **errp)
+{
+    MemState *s = bs->opaque;
+    bs->total_bytes = opts->u.null_aio.has_size ? opts->u.null_aio.size
+                                                : 65536;
+    s->buf = g_malloc0(bs->total_bytes);
+    md_mem = s->buf;
+    bs->supported_zero_flags = BDRV_REQ_MAY_UNMAP;
+    return 0;
+}
+
+static void md_close(BlockDriverState *bs)
+{
+    MemState *s = bs->opaque;
+    g_free(s->buf);
+}
+
+static void md_limits(BlockDriverState *bs, GError **errp)
+{
+    bs->bl.request_alignment = md.align;
+    bs->bl.max_transfer = md.max_transfer;
+}
+
+static void md_check(BlockDriverState *bs, int64_t offset, int64_t bytes)
+{
+    if (offset % md.align || bytes % md.align) {
+        md.misaligned++;
+    }
+    md.max_seen = MAX(md.max_seen, bytes);
+}
+
+static int coroutine_fn md_preadv(BlockDriverState *bs, int64_t offset,
+                                  int64_t bytes, IOVector *qiov,
+                                  BdrvRequestFlags flags)
+{
+    MemState *s = bs->opaque;
+    md_check(bs, offset, bytes);
+    md.reads++;
+    if (md.latency_ns) {
+        co_sleep_ns(md.latency_ns);
+    }
+    int64_t n = MAX(0, MIN(bytes, bs->total_bytes - offset));
+    qiov_from_buf(qiov, 0, s->buf + offset, n);
+    if (n < bytes) {
+        qiov_memset(qiov, n, 0, bytes - n);
+    }
+    return 0;
+}
+
+static int coroutine_fn md_pwritev(BlockDriverState *bs, int64_t offset,
+                                   int64_t bytes, IOVector *qiov,
+                                   BdrvRequestFlags flags)
+{
+    MemState *s = bs->opaque;
+    md_check(bs, offset, bytes);
+    md.writes++;
+    if (md.latency_ns) {
+        co_sleep_ns(md.latency_ns);
+    }
+    if (offset + bytes > bs->total_bytes) {
+        return -EIO;
+    }
+    qiov_to_buf(qiov, 0, s->buf + offset, bytes);
+    return 0;
+}
+
+static int coroutine_fn md_pwrite_zeroes(BlockDriverState *bs, int64_t offset,
+                                         int64_t bytes, BdrvRequestFlags flags)
+{
+    MemState *s = bs->opaque;
+    if (!md.zeroes) {
+        return -ENOTSUP;
+    }
+    md_check(bs, offset, bytes);
+    md.zero_calls++;
+    memset(s->buf + offset, 0, bytes);
+    return 0;
+}
+
+static int coroutine_fn md_flush(BlockDriverState *bs)
+{
+    md.flushes++;
+    return 0;
+}
+
+static int coroutine_fn md_truncate(BlockDriverState *bs, int64_t offset,
+                                    bool exact, PreallocMode prealloc,
+                                    BdrvRequestFlags flags, GError **errp)
+{
+    MemState *s = bs->opaque;
+    s->buf = g_realloc(s->buf, offset);
+    if (offset > bs->total_bytes) {
+        memset(s->buf + bs->total_bytes, 0, offset - bs->total_bytes);
+    }
+    md_mem = s->buf;
+    bs->total_bytes = offset;
+    return 0;
+}
+
+static const BlockDriver memdrv = {
+    .version = BLOCK_DRIVER_VERSION,
+    .format_name = "null-aio",
+    .driver = BLOCKDEV_DRIVER_NULL_AIO,
+    .instance_size = sizeof(MemState),
+    .bdrv_open = md_open,
+    .bdrv_close = md_close,
+    .bdrv_refresh_limits = md_limits,
+    .bdrv_co_preadv = md_preadv,
+    .bdrv_co_pwritev = md_pwritev,
+    .bdrv_co_pwrite_zeroes = md_pwrite_zeroes,
+    .bdrv_co_flush_to_disk = md_flush,
+    .bdrv_co_truncate = md_truncate,
+};
+
+/* ---- helpers ---- */
+
+typedef struct OpenCo {
+    const char *opts;
+    BlockDriverState *bs;
+    GError *err;
+} OpenCo;
+
+static void coroutine_fn open_co(void *opaque)
+{
+    OpenCo *oc = opaque;
+    oc->bs = bdrv_co_open_keyval(oc->opts, &oc->err);
+}
+
+static BlockDriverState *open_node(const char *opts)
+{
+    OpenCo oc = { .opts = opts };
+    coroutine_run_sync(open_co, &oc);
+    if (!oc.bs) {
+        fail_msg("open '%s': %s", opts, oc.err->message);
+    }
+    bdrv_set_monitor_owned(oc.bs);
+    return oc.bs;
+}
+
+static BlockBackend *rw_blk(BlockDriverState *bs)
+{
+    BlockBackend *blk = blk_new(BLK_PERM_CONSISTENT_READ | BLK_PERM_WRITE,
+                                BLK_PERM_ALL);
+    GError *err = NULL;
+    if (blk_insert_bs(blk, bs, &err) < 0) {
+        fail_msg("insert: %s", err->message);
+    }
+    return blk;
+}
+
+/* One request, run synchronously in a coroutine. */
+typedef enum { OP_READ, OP_WRITE, OP_ZERO, OP_FLUSH, OP_DISCARD } Op;
+typedef struct Req {
+    BlockBackend *blk;
+    Op op;
+    int64_t offset, bytes;
+    void *buf;
+    BdrvRequestFlags flags;
+    int ret;
+    bool done;
+} Req;
+
+static void coroutine_fn req_co(void *opaque)
+{
+    Req *r = opaque;
+    switch (r->op) {
+    case OP_READ:
+        r->ret = blk_co_pread(r->blk, r->offset, r->bytes, r->buf, r->flags);
+        break;
+    case OP_WRITE:
+        r->ret = blk_co_pwrite(r->blk, r->offset, r->bytes, r->buf, r->flags);
+        break;
+    case OP_ZERO:
+        r->ret = blk_co_pwrite_zeroes(r->blk, r->offset, r->bytes, r->flags);
+        break;
+    case OP_FLUSH:
+        r->ret = blk_co_flush(r->blk);
+        break;
+    case OP_DISCARD:
+        r->ret = blk_co_pdiscard(r->blk, r->offset, r->bytes);
+        break;
+    }
+    r->done = true;
+}
+
+static int do_req(BlockBackend *blk, Op op, int64_t offset, int64_t bytes,
+                  void *buf, BdrvRequestFlags flags)
+{
+    Req r = { blk, op, offset, bytes, buf, flags, 0, false };
+    coroutine_run_sync(req_co, &r);
+    return r.ret;
+}
+
+/* Start a request that runs concurrently; poll until r->done. */
+static void start_req(Req *r)
+{
+    r->done = false;
+    coroutine_enter(coroutine_create(req_co, r));
+}
+
+static void fill_random(uint8_t *p, size_t n, GRand *rnd)
+{
+    for (size_t i = 0; i < n; i++) {
+        p[i] = g_rand_int(rnd) & 0xff;
+    }
+}
+
+static int teardown(void **state)
+{
+    bdrv_close_all();
+    bdrv_unregister_test_driver(&memdrv);
+    assert_null(bdrv_next_node(NULL));
+    return 0;
+}
+
+static int setup_memdrv(void **state)
+{
+    bdrv_register_test_driver(&memdrv);
+    return 0;
+}
+
+/* ---- alignment ---- */
+
+static void rmw_patterns(uint32_t align, const char *opts, int64_t shift)
+{
+    md_reset(align);
+    BlockDriverState *bs = open_node(opts);
+    BlockBackend *blk = rw_blk(bs);
+    int64_t size = blk_getlength(blk);
+    uint8_t *shadow = g_malloc0(size + shift);
+    GRand *rnd = g_rand_new_with_seed(align);
+    static const int64_t offs[] = { 0, 1, 7, 511, 512, 513, 1000, 4095,
+                                    4096, 4097, 8191, 12000 };
+    static const int64_t lens[] = { 1, 2, 511, 512, 513, 4095, 4096, 4097,
+                                    8192, 12291 };
+    uint8_t *buf = g_malloc(16384);
+    uint8_t *rbuf = g_malloc(16384);
+
+    memcpy(shadow, md_mem, size + shift);
+    for (size_t i = 0; i < G_N_ELEMENTS(offs); i++) {
+        for (size_t j = 0; j < G_N_ELEMENTS(lens); j++) {
+            int64_t off = offs[i], len = lens[j];
+            if (off + len > size) {
+                continue;
+            }
+            fill_random(buf, len, rnd);
+            assert_int_equal(do_req(blk, OP_WRITE, off, len, buf, 0), 0);
+            memcpy(shadow + shift + off, buf, len);
+            assert_memory_equal(md_mem, shadow, size + shift);
+            memset(rbuf, 0xa5, len);
+            assert_int_equal(do_req(blk, OP_READ, off, len, rbuf, 0), 0);
+            assert_memory_equal(rbuf, shadow + shift + off, len);
+        }
+    }
+    assert_int_equal(md.misaligned, 0);
+    g_free(buf);
+    g_free(rbuf);
+    g_free(shadow);
+    g_rand_free(rnd);
+    blk_unref(blk);
+}
+
+static void test_rmw_512(void **state)
+{
+    rmw_patterns(512, "driver=null-aio,node-name=m0,size=65536", 0);
+}
+
+static void test_rmw_4096(void **state)
+{
+    rmw_patterns(4096, "driver=null-aio,node-name=m0,size=65536", 0);
+}
+
+static void test_rmw_through_raw_window(void **state)
+{
+    /* raw itself is byte-granular; its child (shifted by 1) does the RMW */
+    rmw_patterns(4096,
+                 "driver=raw,node-name=r0,offset=1,size=32768,"
+                 "file.driver=null-aio,file.size=65536",
+                 1);
+}
+
+static void test_read_past_end_zero(void **state)
+{
+    md_reset(4096);
+    /* 5000 bytes: the node is 5120 long (sectors), the driver sees whole
+     * 4096 blocks, the tail past the data reads as zero. */
+    BlockDriverState *bs = open_node("driver=null-aio,node-name=m0,size=5000");
+    assert_int_equal(bdrv_getlength(bs), 5120);
+    memset(md_mem, 0x11, 5000);
+    BlockBackend *blk = rw_blk(bs);
+    uint8_t buf[300];
+    assert_int_equal(do_req(blk, OP_READ, 4900, 220, buf, 0), 0);
+    for (int i = 0; i < 100; i++) {
+        assert_int_equal(buf[i], 0x11);
+    }
+    for (int i = 100; i < 220; i++) {
+        assert_int_equal(buf[i], 0);
+    }
+    /* bounds are the BlockBackend's */
+    assert_int_equal(do_req(blk, OP_READ, 5000, 121, buf, 0), -EIO);
+    assert_int_equal(do_req(blk, OP_READ, -1, 1, buf, 0), -EIO);
+    assert_int_equal(do_req(blk, OP_WRITE, 5120, 1, buf, 0), -EIO);
+    assert_int_equal(md.misaligned, 0);
+    blk_unref(blk);
+}
+
+/* ---- serialisation ---- */
+
+static void test_concurrent_rmw(void **state)
+{
+    enum { N = 8, LEN = 300, BASE = 4000 };
+    md_reset(4096);
+    md.latency_ns = 2 * 1000 * 1000;
+    BlockDriverState *bs = open_node("driver=null-aio,node-name=m0,size=65536");
+    BlockBackend *blk = rw_blk(bs);
+    uint8_t shadow[65536];
+    static uint8_t bufs[N][LEN];
+    Req reqs[N];
+
+    memset(shadow, 0, sizeof(shadow));
+    for (int i = 0; i < N; i++) {
+        memset(bufs[i], 'a' + i, LEN);
+        reqs[i] = (Req){ blk, OP_WRITE, BASE + i * 97, LEN, bufs[i], 0, 0,
+                         false };
+        memcpy(shadow + BASE + i * 97, bufs[i], LEN);
+    }
+    for (int i = 0; i < N; i++) {
+        start_req(&reqs[i]); /* each yields inside the driver */
+    }
+    for (int i = 0; i < N; i++) {
+        while (!reqs[i].done) {
+            aio_poll(true);
+        }
+        assert_int_equal(reqs[i].ret, 0);
+    }
+    /* Applied in issue order with no lost update. */
+    assert_memory_equal(md_mem, shadow, sizeof(shadow));
+    assert_int_equal(md.misaligned, 0);
+    assert_null(LIST_FIRST(&bs->tracked_requests));
+    assert_int_equal(bs->serialising_in_flight, 0);
+
+    /* An aligned reader overlapping a running RMW sees all of it. */
+    Req w = { blk, OP_WRITE, 4096 + 10, 100, bufs[0], 0, 0, false };
+    uint8_t rbuf[4096];
+    Req r = { blk, OP_READ, 4096, 4096, rbuf, 0, 0, false };
+    start_req(&w);
+    start_req(&r);
+    while (!w.done || !r.done) {
+        aio_poll(true);
+    }
+    assert_memory_equal(rbuf + 10, bufs[0], 100);
+    blk_unref(blk);
+}
+
+/* ---- write zeroes ---- */
+
+static void test_write_zeroes_fallback(void **state)
+{
+    md_reset(512);
+    md.max_transfer = 8192; /* fallback writes must respect it */
+    BlockDriverState *bs = open_node("driver=null-aio,node-name=m0,size=65536");
+    BlockBackend *blk = rw_blk(bs);
+    memset(md_mem, 0xff, 65536);
+
+    assert_int_equal(do_req(blk, OP_ZERO, 1000, 30000, NULL, 0), 0);
+    for (int i = 0; i < 65536; i++) {
+        assert_int_equal(md_mem[i], (i >= 1000 && i < 31000) ? 0 : 0xff);
+    }
+    assert_int_equal(md.zero_calls, 0);
+    assert_true(md.writes > 0);
+    assert_true(md.max_seen <= 8192);
+    assert_int_equal(md.misaligned, 0);
+
+    /* NO_FALLBACK: refuse rather than write zeroes slowly */
+    assert_int_equal(do_req(blk, OP_ZERO, 32768, 4096, NULL,
+                            BDRV_REQ_NO_FALLBACK),
+                     -ENOTSUP);
+    assert_int_equal(do_req(blk, OP_ZERO, 32769, 4096, NULL,
+                            BDRV_REQ_NO_FALLBACK),
+                     -ENOTSUP);
+    assert_int_equal(md_mem[32768], 0xff);
+
+    /* with driver support the driver does it, no data writes */
+    md.zeroes = true;
+    int writes = md.writes;
+    assert_int_equal(do_req(blk, OP_ZERO, 32768, 8192, NULL, 0), 0);
+    assert_int_equal(md.writes, writes);
+    assert_true(md.zero_calls > 0);
+    assert_int_equal(md_mem[32768], 0);
+    assert_int_equal(md_mem[32768 + 8192], 0xff);
+    blk_unref(blk);
+}
+
+static void test_detect_zeroes(void **state)
+{
+    md_reset(512);
+    md.zeroes = true;
+    BlockDriverState *bs = open_node(
+        "driver=null-aio,node-name=m0,size=65536,detect-zeroes=on");
+    BlockBackend *blk = rw_blk(bs);
+    memset(md_mem, 0xff, 65536);
+    uint8_t zero[4096] = { 0 };
+    assert_int_equal(do_req(blk, OP_WRITE, 4096, 4096, zero, 0), 0);
+    assert_int_equal(md.zero_calls, 1);
+    assert_int_equal(md.writes, 0);
+    assert_int_equal(md_mem[4096], 0);
+    uint8_t one[4096];
+    memset(one, 1, sizeof(one));
+    assert_int_equal(do_req(blk, OP_WRITE, 4096, 4096, one, 0), 0);
+    assert_int_equal(md.writes, 1);
+    blk_unref(blk);
+}
+
+/* ---- splitting, flush ---- */
+
+static void test_max_transfer(void **state)
+{
+    md_reset(512);
+    md.max_transfer = 4096;
+    BlockDriverState *bs = open_node("driver=null-aio,node-name=m0,size=65536");
+    BlockBackend *blk = rw_blk(bs);
+    uint8_t buf[20000], rbuf[20000];
+    GRand *rnd = g_rand_new_with_seed(7);
+    fill_random(buf, sizeof(buf), rnd);
+    g_rand_free(rnd);
+    assert_int_equal(do_req(blk, OP_WRITE, 100, sizeof(buf), buf, 0), 0);
+    assert_true(md.max_seen <= 4096);
+    assert_true(md.writes >= 5);
+    assert_memory_equal(md_mem + 100, buf, sizeof(buf));
+    assert_int_equal(do_req(blk, OP_READ, 100, sizeof(rbuf), rbuf, 0), 0);
+    assert_memory_equal(rbuf, buf, sizeof(buf));
+    assert_int_equal(md.misaligned, 0);
+    blk_unref(blk);
+}
+
+static void test_flush(void **state)
+{
+    md_reset(512);
+    BlockDriverState *bs = open_node(
+        "driver=raw,node-name=r0,file.driver=null-aio,file.size=65536");
+    BlockBackend *blk = rw_blk(bs);
+    uint8_t buf[512] = { 1 };
+    assert_int_equal(do_req(blk, OP_FLUSH, 0, 0, NULL, 0), 0);
+    int base = md.flushes;
+    assert_int_equal(do_req(blk, OP_WRITE, 0, 512, buf, 0), 0);
+    assert_int_equal(do_req(blk, OP_FLUSH, 0, 0, NULL, 0), 0);
+    assert_int_equal(md.flushes, base + 1);
+    /* nothing new: skipped */
+    assert_int_equal(do_req(blk, OP_FLUSH, 0, 0, NULL, 0), 0);
+    assert_int_equal(md.flushes, base + 1);
+    /* FUA on a driver without it is a write plus a flush */
+    assert_int_equal(do_req(blk, OP_WRITE, 0, 512, buf, BDRV_REQ_FUA), 0);
+    assert_int_equal(md.flushes, base + 2);
+    blk_unref(blk);
+}
+
+static void test_cache_no_flush(void **state)
+{
+    md_reset(512);
+    BlockDriverState *bs = open_node(
+        "driver=null-aio,node-name=m0,size=65536,cache.no-flush=on");
+    BlockBackend *blk = rw_blk(bs);
+    uint8_t buf[512] = { 1 };
+    assert_int_equal(do_req(blk, OP_WRITE, 0, 512, buf, 0), 0);
+    assert_int_equal(do_req(blk, OP_FLUSH, 0, 0, NULL, 0), 0);
+    assert_int_equal(md.flushes, 0);
+    blk_unref(blk);
+}
+
+/* ---- permissions on the request path ---- */
+
+static void test_request_perms(void **state)
+{
+    md_reset(512);
+    BlockDriverState *bs = open_node("driver=null-aio,node-name=m0,size=65536");
+    BlockBackend *ro = blk_new(BLK_PERM_CONSISTENT_READ, BLK_PERM_ALL);
+    assert_int_equal(blk_insert_bs(ro, bs, NULL), 0);
+    uint8_t buf[512] = { 0 };
+    assert_int_equal(do_req(ro, OP_WRITE, 0, 512, buf, 0), -EPERM);
+    assert_int_equal(do_req(ro, OP_ZERO, 0, 512, NULL, 0), -EPERM);
+    assert_int_equal(do_req(ro, OP_DISCARD, 0, 512, NULL, 0), -EPERM);
+    assert_int_equal(do_req(ro, OP_READ, 0, 512, buf, 0), 0);
+    assert_int_equal(md.writes, 0);
+    blk_unref(ro);
+}
+
+/* ---- drain ---- */
+
+static void test_drain(void **state)
+{
+    md_reset(512);
+    md.latency_ns = 30 * 1000 * 1000;
+    BlockDriverState *m0 = open_node("driver=null-aio,node-name=m0,size=65536");
+    BlockDriverState *r0 = open_node("driver=raw,node-name=r0,file=m0");
+    BlockBackend *blk = rw_blk(r0);
+    uint8_t buf[512] = { 7 };
+    Req w1 = { blk, OP_WRITE, 0, 512, buf, 0, 0, false };
+    start_req(&w1);
+    assert_false(w1.done);
+    assert_int_equal(m0->in_flight, 1);
+
+    /* Draining the bottom node waits for the request above it. */
+    bdrv_drained_begin(m0);
+    assert_true(w1.done);
+    assert_int_equal(w1.ret, 0);
+    assert_int_equal(m0->in_flight, 0);
+    assert_int_equal(r0->in_flight, 0);
+    assert_int_equal(r0->quiesce_counter, 1);
+
+    /* New requests from the backend wait until the drain ends. */
+    Req w2 = { blk, OP_WRITE, 512, 512, buf, 0, 0, false };
+    start_req(&w2);
+    int64_t until = clock_ns() + 80 * 1000 * 1000;
+    while (clock_ns() < until) {
+        aio_poll(false);
+        g_usleep(1000);
+    }
+    assert_false(w2.done);
+    assert_int_equal(md.writes, 1);
+    bdrv_drained_end(m0);
+    assert_int_equal(r0->quiesce_counter, 0);
+    while (!w2.done) {
+        aio_poll(true);
+    }
+    assert_int_equal(w2.ret, 0);
+    assert_int_equal(md.writes, 2);
+    blk_unref(blk);
+}
+
+typedef struct DrainCo {
+    BlockDriverState *bs;
+    Req *req;
+    bool req_done_at_drain;
+    bool done;
+} DrainCo;
+
+static void coroutine_fn drain_co(void *opaque)
+{
+    DrainCo *d = opaque;
+    bdrv_drained_begin(d->bs);
+    d->req_done_at_drain = d->req->done;
+    bdrv_drained_end(d->bs);
+    d->done = true;
+}
+
+static void test_drain_in_coroutine(void **state)
+{
+    md_reset(512);
+    md.latency_ns = 20 * 1000 * 1000;
+    BlockDriverState *m0 = open_node("driver=null-aio,node-name=m0,size=65536");
+    BlockBackend *blk = rw_blk(m0);
+    uint8_t buf[512];
+    Req r = { blk, OP_READ, 0, 512, buf, 0, 0, false };
+    start_req(&r);
+    DrainCo d = { .bs = m0, .req = &r };
+    coroutine_enter(coroutine_create(drain_co, &d));
+    while (!d.done) {
+        aio_poll(true);
+    }
+    assert_true(d.req_done_at_drain);
+    blk_unref(blk);
+}
+
+/* ---- block status (real null-co and raw) ---- */
+
+typedef struct BsCo {
+    BlockDriverState *bs;
+    int64_t offset, bytes, pnum, map;
+    BlockDriverState *file;
+    int ret;
+} BsCo;
+
+static void coroutine_fn bs_co(void *opaque)
+{
+    BsCo *b = opaque;
+    b->ret = bdrv_co_block_status_above(b->bs, NULL, b->offset, b->bytes,
+                                        &b->pnum, &b->map, &b->file);
+}
+
+static void test_block_status(void **state)
+{
+    BlockDriverState *z = open_node(
+        "driver=null-co,node-name=z,size=1048576,read-zeroes=on");
+    BsCo b = { .bs = z, .offset = 0, .bytes = 1 << 30 };
+    coroutine_run_sync(bs_co, &b);
+    assert_int_equal(b.ret, BDRV_BLOCK_ZERO | BDRV_BLOCK_OFFSET_VALID |
+                                BDRV_BLOCK_ALLOCATED | BDRV_BLOCK_EOF);
+    assert_int_equal(b.pnum, 1048576);
+    assert_ptr_equal(b.file, z);
+
+    BlockDriverState *r = open_node("driver=raw,node-name=r,file=z,offset=4096");
+    b = (BsCo){ .bs = r, .offset = 512, .bytes = 4096 };
+    coroutine_run_sync(bs_co, &b);
+    assert_int_equal(b.ret, BDRV_BLOCK_ZERO | BDRV_BLOCK_OFFSET_VALID |
+                                BDRV_BLOCK_ALLOCATED);
+    assert_int_equal(b.pnum, 4096);
+    assert_int_equal(b.map, 4096 + 512);
+    b = (BsCo){ .bs = r, .offset = 1048576 - 4096 - 10, .bytes = 100 };
+    coroutine_run_sync(bs_co, &b);
+    assert_int_equal(b.pnum, 10);
+    assert_true(b.ret & BDRV_BLOCK_EOF);
+    b = (BsCo){ .bs = r, .offset = 1048576, .bytes = 100 };
+    coroutine_run_sync(bs_co, &b);
+    assert_int_equal(b.pnum, 0);
+    assert_int_equal(b.ret, BDRV_BLOCK_EOF);
+
+    /* without read-zeroes nothing is allocated */
+    BlockDriverState *n = open_node("driver=null-co,node-name=n,size=65536");
+    b = (BsCo){ .bs = n, .offset = 0, .bytes = 65536 };
+    coroutine_run_sync(bs_co, &b);
+    assert_int_equal(b.ret, BDRV_BLOCK_OFFSET_VALID | BDRV_BLOCK_EOF);
+
+    /* reads of null-co without read-zeroes leave the buffer alone */
+    BlockBackend *blk = rw_blk(n);
+    uint8_t buf[512];
+    memset(buf, 0x5a, sizeof(buf));
+    assert_int_equal(do_req(blk, OP_READ, 0, 512, buf, 0), 0);
+    assert_int_equal(buf[0], 0x5a);
+    blk_unref(blk);
+}
+
+/* ---- block_resize and queries through the QMP handlers ---- */
+
+typedef struct ResizeCo {
+    const char *node;
+    int64_t size;
+    GError *err;
+} ResizeCo;
+
+static void coroutine_fn resize_co(void *opaque)
+{
+    ResizeCo *r = opaque;
+    q_obj_block_resize_arg arg = { 0 };
+    arg.has_node_name = true;
+    arg.node_name = (char *)r->node;
+    arg.size = r->size;
+    qmp_block_resize(&arg, &r->err);
+}
+
+static char *resize(const char *node, int64_t size)
+{
+    ResizeCo r = { node, size, NULL };
+    coroutine_run_sync(resize_co, &r);
+    char *msg = r.err ? g_strdup(r.err->message) : NULL;
+    g_clear_error(&r.err);
+    return msg;
+}
+
+static int resized_calls;
+static void dev_resize(void *opaque)
+{
+    resized_calls++;
+}
+
+static void test_resize(void **state)
+{
+    md_reset(512);
+    /* a fixed window: cannot resize, and forbids resizing its file */
+    open_node("driver=null-aio,node-name=m1,size=65536");
+    open_node("driver=raw,node-name=r1,file=m1,size=4096");
+    char *msg = resize("r1", 8192);
+    assert_string_equal(msg, "Cannot resize fixed-size raw disks");
+    g_free(msg);
+    msg = resize("m1", 8192);
+    assert_string_equal(msg, "Permission conflict on node 'm1': permissions "
+                             "'resize' are both required by an unnamed block "
+                             "device (uses node 'm1' as 'root' child) and "
+                             "unshared by node 'r1' (uses node 'm1' as 'file' "
+                             "child).");
+    g_free(msg);
+
+    BlockDriverState *m0 = open_node("driver=null-aio,node-name=m0,size=65536");
+    BlockDriverState *r0 = open_node("driver=raw,node-name=r0,file=m0");
+    BlockBackend *reader = blk_new(BLK_PERM_CONSISTENT_READ, BLK_PERM_ALL);
+    static const BlockDevOps ops = { .resize = dev_resize };
+    blk_set_dev_ops(reader, &ops, NULL);
+    assert_int_equal(blk_insert_bs(reader, r0, NULL), 0);
+    msg = resize("r0", -1);
+    assert_string_equal(msg, "Parameter 'size' expects a >0 size");
+    g_free(msg);
+    msg = resize("nope", 1);
+    assert_string_equal(msg, "Cannot find device='' nor node-name='nope'");
+    g_free(msg);
+
+    resized_calls = 0;
+    assert_null(resize("r0", 131072));
+    assert_int_equal(bdrv_getlength(r0), 131072);
+    assert_int_equal(bdrv_getlength(m0), 131072);
+    assert_int_equal(blk_getlength(reader), 131072);
+    assert_int_equal(resized_calls, 1);
+    assert_null(resize("r0", 4096)); /* shrink */
+    assert_int_equal(bdrv_getlength(r0), 4096);
+    assert_int_equal(resized_calls, 2);
+    /* resizing the file below the filter-like raw moves raw along */
+    assert_null(resize("m0", 8192));
+    assert_int_equal(bdrv_getlength(r0), 8192);
+    assert_int_equal(resized_calls, 3);
+    blk_unref(reader);
+
+    open_node("driver=null-co,node-name=ro,read-only=on");
+    msg = resize("ro", 4096);
+    assert_string_equal(msg, "Image is read-only");
+    g_free(msg);
+    open_node("driver=null-co,node-name=nc");
+    msg = resize("nc", 4096);
+    assert_string_equal(msg, "Image format driver does not support resize");
+    g_free(msg);
+}
+
+typedef struct QueryCo {
+    bool flat;
+    BlockDeviceInfoList *list;
+    GError *err;
+} QueryCo;
+
+static void coroutine_fn query_co(void *opaque)
+{
+    QueryCo *q = opaque;
+    q_obj_query_named_block_nodes_arg arg = { .has_flat = true,
+                                              .flat = q->flat };
+    q->list = qmp_query_named_block_nodes(&arg, &q->err);
+}
+
+/* qemu-storage-daemon 7.2's answer for these nodes, field by field. */
+static const char *expected_json =
+    "[{\"iops_rd\": 0, \"detect_zeroes\": \"off\", \"image\": "
+    "{\"virtual-size\": 1024, \"filename\": \"json:{\\\"offset\\\": 512, "
+    "\\\"driver\\\": \\\"raw\\\", \\\"size\\\": 1024, \\\"file\\\": "
+    "{\\\"driver\\\": \\\"null-co\\\"}}\", \"format\": \"raw\", "
+    "\"actual-size\": 0}, \"iops_wr\": 0, \"ro\": false, \"node-name\": "
+    "\"fmt2\", \"backing_file_depth\": 0, \"drv\": \"raw\", \"iops\": 0, "
+    "\"bps_wr\": 0, \"write_threshold\": 0, \"encrypted\": false, \"bps\": "
+    "0, \"bps_rd\": 0, \"cache\": {\"no-flush\": false, \"direct\": false, "
+    "\"writeback\": true}, \"file\": \"json:{\\\"offset\\\": 512, "
+    "\\\"driver\\\": \\\"raw\\\", \\\"size\\\": 1024, \\\"file\\\": "
+    "{\\\"driver\\\": \\\"null-co\\\"}}\"},"
+    " {\"iops_rd\": 0, \"detect_zeroes\": \"on\", \"image\": "
+    "{\"virtual-size\": 4096, \"filename\": \"json:{\\\"read-zeroes\\\": "
+    "true, \\\"driver\\\": \\\"null-co\\\", \\\"size\\\": 4096}\", "
+    "\"format\": \"null-co\", \"actual-size\": 0}, \"iops_wr\": 0, \"ro\": "
+    "true, \"node-name\": \"n2\", \"backing_file_depth\": 0, \"drv\": "
+    "\"null-co\", \"iops\": 0, \"bps_wr\": 0, \"write_threshold\": 0, "
+    "\"encrypted\": false, \"bps\": 0, \"bps_rd\": 0, \"cache\": "
+    "{\"no-flush\": true, \"direct\": true, \"writeback\": true}, \"file\": "
+    "\"json:{\\\"read-zeroes\\\": true, \\\"driver\\\": \\\"null-co\\\", "
+    "\\\"size\\\": 4096}\"},"
+    " {\"iops_rd\": 0, \"detect_zeroes\": \"off\", \"image\": "
+    "{\"virtual-size\": 1073741824, \"filename\": \"null-co://\", "
+    "\"format\": \"null-co\", \"actual-size\": 0}, \"iops_wr\": 0, \"ro\": "
+    "false, \"node-name\": \"n0\", \"backing_file_depth\": 0, \"drv\": "
+    "\"null-co\", \"iops\": 0, \"bps_wr\": 0, \"write_threshold\": 0, "
+    "\"encrypted\": false, \"bps\": 0, \"bps_rd\": 0, \"cache\": "
+    "{\"no-flush\": false, \"direct\": false, \"writeback\": true}, "
+    "\"file\": \"null-co://\"}]";
+
+static void test_query(void **state)
+{
+    open_node("driver=null-co,node-name=n0,latency-ns=5");
+    open_node("driver=null-co,node-name=n2,read-only=on,size=4096,"
+              "read-zeroes=on,cache.direct=on,cache.no-flush=on,"
+              "detect-zeroes=on");
+    open_node("driver=raw,node-name=fmt2,offset=512,size=1024,"
+              "file.driver=null-co,file.node-name=inner");
+    BlockDriverState *inner = bdrv_find_node("inner");
+    /* drop the inline child from the listing by comparing without it */
+    for (int flat = 0; flat <= 1; flat++) {
+        QueryCo q = { .flat = flat };
+        coroutine_run_sync(query_co, &q);
+        assert_null(q.err);
+        JsonNode *got = qapi_BlockDeviceInfoList_to_json(q.list);
+        JsonArray *ga = json_node_get_array(got);
+        /* newest first: fmt2, inner (child registers before parent, so it
+         * comes after it in the reversed list), n2, n0 */
+        assert_int_equal(json_array_get_length(ga), 4);
+        JsonObject *o1 = json_array_get_object_element(ga, 1);
+        assert_string_equal(json_object_get_string_member(o1, "node-name"),
+                            inner->node_name);
+        json_array_remove_element(ga, 1);
+        JsonNode *want = json_from_string(expected_json, NULL);
+        if (!json_node_equal(got, want)) {
+            g_autofree char *s = json_to_string(got, FALSE);
+            fail_msg("got %s", s);
+        }
+        json_node_unref(want);
+        json_node_unref(got);
+        qapi_free_BlockDeviceInfoList(q.list);
+    }
+    assert_null(qmp_query_block(NULL));
+}
+
+int main(void)
+{
+    GError *err = NULL;
+    if (!aio_init(&err)) {
+        fprintf(stderr, "aio_init: %s\n", err->message);
+        return 1;
+    }
+#define T(fn) cmocka_unit_test_setup_teardown(fn, setup_memdrv, teardown)
+    const struct CMUnitTest tests[] = {
+        T(test_rmw_512),
+        T(test_rmw_4096),
+        T(test_rmw_through_raw_window),
+        T(test_read_past_end_zero),
+        T(test_concurrent_rmw),
+        T(test_write_zeroes_fallback),
+        T(test_detect_zeroes),
+        T(test_max_transfer),
+        T(test_flush),
+        T(test_cache_no_flush),
+        T(test_request_perms),
+        T(test_drain),
+        T(test_drain_in_coroutine),
+        T(test_block_status),
+        T(test_resize),
+        T(test_query),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
