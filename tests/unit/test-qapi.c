@@ -15,6 +15,7 @@
 #include "qapi/qapi-events.h"
 #include "qapi/qapi-introspect.h"
 #include "qapi/qapi-types.h"
+#include "util/keyval.h"
 
 static JsonNode *J(const char *text)
 {
@@ -530,6 +531,67 @@ static void test_keyval(void **state)
     assert_true(qapi_strtosz("1kk", &v) == false);
 }
 
+/* Command-line strings through util/keyval into the parsers. */
+static void test_keyval_cli(void **state)
+{
+    GError *err = NULL;
+    JsonNode *n = keyval_parse("driver=raw,node-name=r,file.driver=file,"
+                               "file.filename=/x,,y,file.aio=io_uring,"
+                               "offset=512,read-only=on", NULL, &err);
+    assert_non_null(n);
+    BlockdevOptions *o = qapi_BlockdevOptions_from_json(n, true, &err);
+    json_node_unref(n);
+    if (!o) {
+        fail_msg("%s", err->message);
+    }
+    assert_int_equal(o->driver, BLOCKDEV_DRIVER_RAW);
+    assert_string_equal(o->node_name, "r");
+    assert_true(o->read_only);
+    assert_int_equal(o->u.raw.offset, 512);
+    assert_int_equal(o->u.raw.file->type, QTYPE_QDICT);
+    assert_string_equal(o->u.raw.file->u.definition.u.file.filename, "/x,y");
+    assert_int_equal(o->u.raw.file->u.definition.u.file.aio,
+                     BLOCKDEV_AIO_OPTIONS_IO_URING);
+    qapi_free_BlockdevOptions(o);
+
+    n = keyval_parse("type=nbd,id=e,node-name=n,name=disk,writable=on,"
+                     "bitmaps.0=b1,bitmaps.1.node=n2,bitmaps.1.name=b2",
+                     NULL, &err);
+    assert_non_null(n);
+    BlockExportOptions *e = qapi_BlockExportOptions_from_json(n, true, &err);
+    json_node_unref(n);
+    if (!e) {
+        fail_msg("%s", err->message);
+    }
+    assert_true(e->writable);
+    assert_string_equal(e->u.nbd.name, "disk");
+    assert_string_equal(e->u.nbd.bitmaps->value->u.local, "b1");
+    assert_string_equal(e->u.nbd.bitmaps->next->value->u.external.name, "b2");
+    qapi_free_BlockExportOptions(e);
+
+    n = keyval_parse("addr.type=unix,addr.path=/p,max-connections=4", NULL,
+                     &err);
+    assert_non_null(n);
+    NbdServerOptions *s = qapi_NbdServerOptions_from_json(n, true, &err);
+    json_node_unref(n);
+    if (!s) {
+        fail_msg("%s", err->message);
+    }
+    assert_int_equal(s->addr->type, SOCKET_ADDRESS_TYPE_UNIX);
+    assert_string_equal(s->addr->u.q_unix.path, "/p");
+    assert_int_equal(s->max_connections, 4);
+    qapi_free_NbdServerOptions(s);
+
+    n = keyval_parse("addr.type=inet,addr.host=h,addr.port=1,"
+                     "max-connections=99999999999", NULL, &err);
+    s = qapi_NbdServerOptions_from_json(n, true, &err);
+    json_node_unref(n);
+    assert_null(s);
+    assert_string_equal(err->message,
+                        "Parameter 'max-connections' expects uint32_t");
+    g_clear_error(&err);
+}
+
 /* to_json(from_json(x)) == x for canonical input, and clones are deep. */
 static void test_round_trip_and_clone(void **state)
 {
@@ -758,6 +820,7 @@ int main(void)
         cmocka_unit_test(test_alternates),
         cmocka_unit_test(test_lists),
         cmocka_unit_test(test_keyval),
+        cmocka_unit_test(test_keyval_cli),
         cmocka_unit_test(test_round_trip_and_clone),
         cmocka_unit_test(test_enums),
         cmocka_unit_test(test_events),
