@@ -174,6 +174,8 @@ bool qapi_list_begin(JsonNode *node, const char *path, JsonArray **arr,
 bool qapi_str_parse(JsonNode *node, const char *path, const char *name,
                     bool keyval, char **out, GError **errp)
 {
+    (void)name;
+    (void)keyval;
     if (!node_is_string(node)) {
         qapi_error_type(errp, full(path), "string");
         return false;
@@ -213,6 +215,8 @@ static bool str_to_u64(const char *s, uint64_t *out)
 bool qapi_int_parse(JsonNode *node, const char *path, const char *name,
                     bool keyval, int64_t *out, GError **errp)
 {
+    (void)name;
+    (void)keyval;
     if (keyval && node_is_string(node)) {
         if (!str_to_i64(json_node_get_string(node), out)) {
             qapi_error_value(errp, full(path), "integer");
@@ -231,6 +235,8 @@ bool qapi_int_parse(JsonNode *node, const char *path, const char *name,
 bool qapi_int64_parse(JsonNode *node, const char *path, const char *name,
                       bool keyval, int64_t *out, GError **errp)
 {
+    (void)name;
+    (void)keyval;
     return qapi_int_parse(node, path, name, keyval, out, errp);
 }
 
@@ -294,6 +300,8 @@ bool qapi_int32_parse(JsonNode *node, const char *path, const char *name,
 bool qapi_uint64_parse(JsonNode *node, const char *path, const char *name,
                        bool keyval, uint64_t *out, GError **errp)
 {
+    (void)name;
+    (void)keyval;
     if (keyval && node_is_string(node)) {
         if (!str_to_u64(json_node_get_string(node), out)) {
             qapi_error_value(errp, full(path), "integer");
@@ -444,6 +452,8 @@ bool qapi_strtosz(const char *s, uint64_t *out)
 bool qapi_size_parse(JsonNode *node, const char *path, const char *name,
                      bool keyval, uint64_t *out, GError **errp)
 {
+    (void)name;
+    (void)keyval;
     if (keyval && node_is_string(node)) {
         if (!qapi_strtosz(json_node_get_string(node), out)) {
             qapi_error_value(errp, full(path), "size");
@@ -472,6 +482,8 @@ bool qapi_str_to_bool(const char *s, bool *out)
 bool qapi_bool_parse(JsonNode *node, const char *path, const char *name,
                      bool keyval, bool *out, GError **errp)
 {
+    (void)name;
+    (void)keyval;
     if (keyval && node_is_string(node)) {
         if (!qapi_str_to_bool(json_node_get_string(node), out)) {
             error_setg(errp, "Parameter '%s' expects 'on' or 'off'",
@@ -492,6 +504,8 @@ bool qapi_bool_parse(JsonNode *node, const char *path, const char *name,
 bool qapi_number_parse(JsonNode *node, const char *path, const char *name,
                        bool keyval, double *out, GError **errp)
 {
+    (void)name;
+    (void)keyval;
     if (keyval && node_is_string(node)) {
         const char *s = json_node_get_string(node);
         char *end;
@@ -515,6 +529,8 @@ bool qapi_number_parse(JsonNode *node, const char *path, const char *name,
 bool qapi_any_parse(JsonNode *node, const char *path, const char *name,
                     bool keyval, JsonNode **out, GError **errp)
 {
+    (void)name;
+    (void)keyval;
     if (!node) {
         qapi_error_type(errp, full(path), "value");
         return false;
@@ -526,6 +542,8 @@ bool qapi_any_parse(JsonNode *node, const char *path, const char *name,
 bool qapi_null_parse(JsonNode *node, const char *path, const char *name,
                      bool keyval, GError **errp)
 {
+    (void)name;
+    (void)keyval;
     if (!node || !JSON_NODE_HOLDS_NULL(node)) {
         qapi_error_type(errp, full(path), "null");
         return false;
