@@ -476,6 +476,48 @@ static void test_slow_reader(void **state)
     client_free(fast);
 }
 
+/* A client that never reads while events pile up is disconnected. */
+static void test_event_flood(void **state)
+{
+    Client *c = client_negotiated();
+    Client *other = client_negotiated();
+    JsonObject *data = json_object_new();
+    char *blob = g_malloc(1024 * 1024 + 1);
+    size_t got = 0;
+    char *line;
+    int lines = 0;
+
+    (void)state;
+    memset(blob, 'e', 1024 * 1024);
+    blob[1024 * 1024] = '\0';
+    json_object_set_string_member(data, "blob", blob);
+    for (int i = 0; i < 100; i++) { /* 100 MiB: over the 64 MiB cap */
+        qapi_event_emit("TEST_FLOOD", data);
+        /* The other client reads and keeps up. */
+        line = client_line(other);
+        assert_non_null(strstr(line, "TEST_FLOOD"));
+        g_free(line);
+    }
+    json_object_unref(data);
+    g_free(blob);
+    /*
+     * c gets what its socket buffer took before the cap (possibly only
+     * part of a line), then end of stream.
+     */
+    while ((line = client_line(c))) {
+        got += strlen(line);
+        lines++;
+        g_free(line);
+    }
+    assert_true(lines < 100);
+    assert_true(got <= 65 * 1024 * 1024);
+    /* The other session is unaffected. */
+    client_send(other, "{\"execute\": \"test-oob\"}");
+    expect(other, "{\"return\": \"oob\"}");
+    client_free(c);
+    client_free(other);
+}
+
 /*
  * A client that leaves mid-command: the command completes, the reply is
  * dropped, the session goes away (its slot is free again) and nothing
@@ -600,6 +642,7 @@ int main(void)
         cmocka_unit_test(test_ordering),
         cmocka_unit_test(test_events),
         cmocka_unit_test(test_slow_reader),
+        cmocka_unit_test(test_event_flood),
         cmocka_unit_test(test_disconnect_mid_command),
         cmocka_unit_test(test_limits),
         cmocka_unit_test(test_quit),
