@@ -89,8 +89,9 @@ BlockDriverState *bdrv_find_node(const char *node_name);
 BlockDriverState *bdrv_next_node(BlockDriverState *prev);
 /* Nodes that blockdev-add created (monitor-owned), in creation order. */
 BlockDriverState *bdrv_next_monitor_owned(BlockDriverState *prev);
-/* A node by node-name, or DeviceNotFound "Cannot find device=%s nor
- * node-name=%s" as QEMU words it (device is always absent here). */
+/* A node by node-name, or the GenericError "Cannot find device='%s' nor
+ * node-name='%s'" as qemu-storage-daemon 7.2 words and classes it (absent
+ * arguments print as ''; there are no named devices here). */
 BlockDriverState *bdrv_lookup_bs(const char *device, const char *node_name,
                                  GError **errp);
 /* node-name rules: <=31 chars, starts with a letter, [A-Za-z0-9-._]. */
@@ -191,8 +192,10 @@ int coroutine_fn bdrv_co_is_allocated(BlockDriverState *bs, int64_t offset,
 
 /*
  * Drain: stop new requests from BlockBackends above bs (they wait) and
- * wait until no request is in flight in bs and below.  Nests.  Callable
- * from a coroutine (yields) or from outside one (polls the loop).
+ * wait until no request is in flight in bs or in any node above it (as in
+ * QEMU; requests bs sends to its children are counted in bs itself).
+ * Nests.  Callable from a coroutine (yields) or from outside one (polls
+ * the loop).
  */
 void bdrv_drained_begin(BlockDriverState *bs);
 void bdrv_drained_end(BlockDriverState *bs);

@@ -81,7 +81,9 @@ struct BlockDriver {
      */
     int coroutine_fn (*bdrv_open)(BlockDriverState *bs,
                                   const BlockdevOptions *opts, GError **errp);
-    /* Release driver state; children are detached by the core afterwards. */
+    /* Release driver state; children are detached by the core afterwards.
+     * Called in coroutine context after a drain and a flush, so a driver
+     * may still write metadata to its children here. */
     void (*bdrv_close)(BlockDriverState *bs);
     /* Set bs->bl from the children's limits and the driver's needs. The
      * default takes request_alignment etc. from the primary child. */
@@ -124,7 +126,10 @@ struct BlockDriver {
                                          GError **errp);
     int64_t coroutine_fn (*bdrv_co_get_allocated_file_size)(
         BlockDriverState *bs);
-    /* Fill driver-specific image info (cluster-size, format-specific...). */
+    /* Fill driver-specific image info (cluster-size, format-specific...).
+     * Returning >= 0 also makes queries report dirty-flag (false unless
+     * set), as QEMU does for drivers with get_info (file, raw, qcow2;
+     * null-co has none).  -ENOTSUP: no info. */
     int coroutine_fn (*bdrv_co_get_info)(BlockDriverState *bs,
                                          ImageInfo *info, GError **errp);
 
