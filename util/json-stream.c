@@ -34,7 +34,8 @@ typedef enum LexState {
     LEX_STRING,   /* inside a string */
     LEX_ESCAPE,   /* after a backslash */
     LEX_UNICODE,  /* collecting the hex digits of \uXXXX */
-    LEX_WORD,     /* a number or keyword */
+    LEX_KEYWORD,  /* [a-z]+: true, false, null or an error */
+    LEX_NUMBER,   /* see NumState */
     LEX_RECOVER,  /* after a lexical error: skip to a sync character */
 } LexState;
 
@@ -51,6 +52,18 @@ typedef enum GramState {
 } GramState;
 
 typedef enum TokKind { TOK_STRING, TOK_SCALAR, TOK_OPEN } TokKind;
+
+/* Where a number stands: -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][-+]?[0-9]+)? */
+typedef enum NumState {
+    N_MINUS,
+    N_ZERO,
+    N_INT,
+    N_DOT,
+    N_FRAC,
+    N_EXP,
+    N_EXP_SIGN,
+    N_EXP_DIGITS,
+} NumState;
 
 struct JsonStream {
     size_t max_size;
@@ -81,7 +94,8 @@ struct JsonStream {
     unsigned high;    /* pending high surrogate, 0 if none */
     char high_txt[5];
 
-    GString *word;
+    GString *word;    /* the keyword or number being lexed */
+    NumState num;
 };
 
 JsonStream *json_stream_new(size_t max_size, int max_depth,
@@ -366,84 +380,120 @@ static bool account(JsonStream *s, size_t n)
     return true;
 }
 
-static bool is_word_char(unsigned char c)
+/* The state after c, or -1 when c does not continue the number. */
+static int num_next(NumState st, unsigned char c)
 {
-    return g_ascii_isalnum(c) || c == '-' || c == '+' || c == '.';
+    bool digit = g_ascii_isdigit(c);
+    bool exp = c == 'e' || c == 'E';
+
+    switch (st) {
+    case N_MINUS:
+        return c == '0' ? N_ZERO : digit ? N_INT : -1;
+    case N_ZERO:
+        return c == '.' ? N_DOT : exp ? N_EXP : -1;
+    case N_INT:
+        return digit ? N_INT : c == '.' ? N_DOT : exp ? N_EXP : -1;
+    case N_DOT:
+        return digit ? N_FRAC : -1;
+    case N_FRAC:
+        return digit ? N_FRAC : exp ? N_EXP : -1;
+    case N_EXP:
+        return c == '+' || c == '-' ? N_EXP_SIGN : digit ? N_EXP_DIGITS : -1;
+    case N_EXP_SIGN:
+    case N_EXP_DIGITS:
+        return digit ? N_EXP_DIGITS : -1;
+    }
+    return -1;
 }
 
-/* JSON number grammar; *is_int when there is no fraction or exponent. */
-static bool is_json_number(const char *w, bool *is_int)
+static bool num_complete(NumState st)
 {
-    const char *p = w;
-
-    *is_int = true;
-    if (*p == '-') {
-        p++;
-    }
-    if (*p == '0') {
-        p++;
-    } else if (g_ascii_isdigit(*p)) {
-        while (g_ascii_isdigit(*p)) {
-            p++;
-        }
-    } else {
-        return false;
-    }
-    if (*p == '.') {
-        *is_int = false;
-        p++;
-        if (!g_ascii_isdigit(*p)) {
-            return false;
-        }
-        while (g_ascii_isdigit(*p)) {
-            p++;
-        }
-    }
-    if (*p == 'e' || *p == 'E') {
-        *is_int = false;
-        p++;
-        if (*p == '+' || *p == '-') {
-            p++;
-        }
-        if (!g_ascii_isdigit(*p)) {
-            return false;
-        }
-        while (g_ascii_isdigit(*p)) {
-            p++;
-        }
-    }
-    return *p == '\0';
+    return st == N_ZERO || st == N_INT || st == N_FRAC || st == N_EXP_DIGITS;
 }
 
-/* A number or keyword has ended. */
-static void finish_word(JsonStream *s)
+/* A scalar ended; at the top level it is a message of its own. */
+static void scalar_done(JsonStream *s)
+{
+    g_string_truncate(s->word, 0);
+    s->lex = LEX_VALUE;
+    if (s->braces == 0 && s->brackets == 0) {
+        finish_msg(s);
+    }
+}
+
+static void finish_keyword(JsonStream *s)
 {
     const char *w = s->word->str;
-    bool is_int;
 
-    s->lex = LEX_VALUE;
     gram_value(s, TOK_SCALAR);
-    if (is_json_number(w, &is_int)) {
+    if (!strcmp(w, "true") || !strcmp(w, "false") || !strcmp(w, "null")) {
         append(s, w, s->word->len);
-        if (is_int) {
-            errno = 0;
-            g_ascii_strtoll(w, NULL, 10);
-            if (errno == ERANGE) {
-                /* Beyond int64: json-glib would wrap it; keep magnitude. */
-                append(s, ".0", 2);
-            }
-        }
-    } else if (!strcmp(w, "true") || !strcmp(w, "false") ||
-               !strcmp(w, "null")) {
-        append(s, w, s->word->len);
-    } else if (g_ascii_isalpha(w[0])) {
-        defer_error(s, "JSON parse error, invalid keyword '%.64s'", w);
     } else {
-        defer_error(s, "JSON parse error, stray '%.64s'", w);
+        defer_error(s, "JSON parse error, invalid keyword '%.64s'", w);
     }
-    g_string_truncate(s->word, 0);
-    if (s->braces == 0 && s->brackets == 0) {
-        finish_msg(s); /* a top-level scalar is a message of its own */
+    scalar_done(s);
+}
+
+static void finish_number(JsonStream *s)
+{
+    const char *w = s->word->str;
+
+    gram_value(s, TOK_SCALAR);
+    append(s, w, s->word->len);
+    if (!strpbrk(w, ".eE")) {
+        errno = 0;
+        g_ascii_strtoll(w, NULL, 10);
+        if (errno == ERANGE) {
+            /* Beyond int64: json-glib would wrap it; keep the magnitude. */
+            append(s, ".0", 2);
+        }
+    }
+    scalar_done(s);
+}
+
+static void word_append(JsonStream *s, unsigned char c)
+{
+    account(s, 1);
+    if (!s->discarding) {
+        g_string_append_c(s->word, c);
+    }
+}
+
+/*
+ * A keyword or number continues with c, or ends.  Returns true when c
+ * was consumed.
+ */
+static bool word_char(JsonStream *s, unsigned char c)
+{
+    if (s->lex == LEX_KEYWORD) {
+        if (c >= 'a' && c <= 'z') {
+            word_append(s, c);
+            return true;
+        }
+        finish_keyword(s);
+        return false;
+    }
+    {
+        int next = num_next(s->num, c);
+
+        if (next >= 0) {
+            s->num = next;
+            word_append(s, c);
+            return true;
+        }
+        if (num_complete(s->num) && !(s->num == N_ZERO && g_ascii_isdigit(c))) {
+            finish_number(s);
+            return false;
+        }
+        /* "-}", "1.x", "01": the offending character is part of the error */
+        {
+            g_autofree char *tok = g_strdup_printf("%.63s%c", s->word->str, c);
+
+            account(s, 1);
+            g_string_truncate(s->word, 0);
+            lex_error(s, tok, strlen(tok));
+        }
+        return true;
     }
 }
 
@@ -515,9 +565,15 @@ static void string_char(JsonStream *s, const char *p)
 
     switch (s->lex) {
     case LEX_UNICODE:
-        if (hexval(c) < 0) {
-            defer_error(s, "JSON parse error, invalid hex escape sequence "
-                        "in string");
+        if (c == (unsigned char)s->quote || c == '\\' || c < 0x20 ||
+            c >= 0xFE) {
+            /* Cut short: QEMU names what it got, a closing quote too. */
+            if (c == (unsigned char)s->quote) {
+                s->uhex[s->nhex++] = c;
+            }
+            s->uhex[s->nhex] = '\0';
+            defer_error(s, "JSON parse error, \\u%s is not a valid Unicode "
+                        "character", s->uhex);
             s->lex = LEX_STRING;
             string_char(s, p); /* c is an ordinary character again */
             return;
@@ -525,7 +581,13 @@ static void string_char(JsonStream *s, const char *p)
         s->uhex[s->nhex++] = c;
         if (s->nhex == 4) {
             s->uhex[4] = '\0';
-            finish_unicode(s);
+            if (strspn(s->uhex, "0123456789abcdefABCDEF") == 4) {
+                finish_unicode(s);
+            } else {
+                defer_error(s, "JSON parse error, \\u%s is not a valid "
+                            "Unicode character", s->uhex);
+                s->lex = LEX_STRING;
+            }
         }
         return;
     case LEX_ESCAPE:
@@ -554,8 +616,8 @@ static void string_char(JsonStream *s, const char *p)
             append(s, "'", 1);
             return;
         default:
-            if (c < 0x20) {
-                break; /* a control character: the lexical error below */
+            if (c < 0x20 || c >= 0xFE) {
+                break; /* the lexical error below */
             }
             defer_error(s, "JSON parse error, invalid escape sequence in "
                         "string");
@@ -566,8 +628,9 @@ static void string_char(JsonStream *s, const char *p)
         break;
     }
 
-    if (c < 0x20) {
-        /* Raw control characters end a string: QEMU's lexer rejects them. */
+    if (c < 0x20 || c >= 0xFE) {
+        /* Raw control characters (and bytes never in UTF-8) end a string:
+         * QEMU's lexer rejects them. */
         size_t start = MIN(s->str_start, s->buf->len);
         g_autofree char *tok = g_strdup_printf(
             "%.*s%c", (int)MIN(s->buf->len - start, 63),
@@ -664,15 +727,10 @@ static void feed_byte(JsonStream *s, const char *p)
             return;
         }
     }
-    if (s->lex == LEX_WORD) {
-        if (is_word_char(c)) {
-            account(s, 1);
-            if (!s->discarding) {
-                g_string_append_c(s->word, c);
-            }
+    if (s->lex == LEX_KEYWORD || s->lex == LEX_NUMBER) {
+        if (word_char(s, c)) {
             return;
         }
-        finish_word(s);
         /* c starts the next token */
     }
     if (s->lex != LEX_VALUE) {
@@ -701,8 +759,13 @@ static void feed_byte(JsonStream *s, const char *p)
         structural(s, c);
         return;
     }
-    if (is_word_char(c)) {
-        s->lex = LEX_WORD;
+    if (c >= 'a' && c <= 'z') {
+        s->lex = LEX_KEYWORD;
+    } else if (c == '-' || g_ascii_isdigit(c)) {
+        s->lex = LEX_NUMBER;
+        s->num = c == '-' ? N_MINUS : c == '0' ? N_ZERO : N_INT;
+    }
+    if (s->lex != LEX_VALUE) {
         if (!s->discarding) {
             g_string_append_c(s->word, c);
         }
@@ -724,8 +787,11 @@ void json_stream_feed(JsonStream *s, const char *buf, size_t len)
 
 void json_stream_flush(JsonStream *s)
 {
-    if (s->lex == LEX_WORD) {
-        finish_word(s); /* a top-level number ends with the input */
+    /* A top-level scalar ends with the input. */
+    if (s->lex == LEX_KEYWORD) {
+        finish_keyword(s);
+    } else if (s->lex == LEX_NUMBER && num_complete(s->num)) {
+        finish_number(s);
     }
     if (s->lex == LEX_RECOVER) {
         s->lex = LEX_VALUE;

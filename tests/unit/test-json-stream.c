@@ -176,9 +176,20 @@ static void test_strings(void **state)
     check("[\"a\\x\"]",
           (const char *const[]){ "E:JSON parse error, invalid escape "
                                  "sequence in string", NULL });
-    check("[\"\xff\"]",
+    check("[\"\x80\"]",
           (const char *const[]){ "E:JSON parse error, invalid UTF-8 "
                                  "sequence in string", NULL });
+    /* Bytes that are never UTF-8 are lexical errors, as in QEMU. */
+    check("[\"x\xff\"]\n[1]",
+          (const char *const[]){ "E:JSON parse error, stray '\"x\xff'",
+                                 "E:JSON parse error, expecting value",
+                                 "M:[1]", NULL });
+    /* A short or non-hex \u escape. */
+    check("[\"\\u12\"] [\"\\uzzzz\"]",
+          (const char *const[]){ "E:JSON parse error, \\u12\" is not a "
+                                 "valid Unicode character",
+                                 "E:JSON parse error, \\uzzzz is not a "
+                                 "valid Unicode character", NULL });
 }
 
 static void test_garbage_recovery(void **state)
@@ -206,7 +217,21 @@ static void test_garbage_recovery(void **state)
               "E:JSON parse error, duplicate key",
               "E:JSON parse error, expecting value",
               "E:JSON parse error, stray '01'",
+              "E:JSON parse error, expecting value",
               "M:[3]", NULL });
+    /* Numbers and keywords lexed as QEMU does. */
+    check("[-} [1.} [.5] [+1] [True] [-1.5e+3, 0, -0.25E-2, 1e5] [tru]",
+          (const char *const[]){
+              "E:JSON parse error, stray '-}'",
+              "E:JSON parse error, stray '1.}'",
+              "E:JSON parse error, stray '.'",
+              "E:JSON parse error, expecting value",
+              "E:JSON parse error, stray '+'",
+              "E:JSON parse error, expecting value",
+              "E:JSON parse error, stray 'T'",
+              "E:JSON parse error, expecting value",
+              "M:[-1500, 0, -0.0025000000000000001, 100000]",
+              "E:JSON parse error, invalid keyword 'tru'", NULL });
     /* An unclosed value waits for more input (here: until the end). */
     check("{\"a\": ",
           (const char *const[]){ "E:JSON parse error, premature end of input",
