@@ -292,21 +292,15 @@ static int64_t coroutine_fn file_rw_once(BDRVFileState *s, bool write,
  * over short transfers and over vectors longer than IOV_MAX.  A read that
  * meets end of file fills the rest with zeroes.
  */
-static int coroutine_fn file_rw(BlockDriverState *bs, bool write,
-                                int64_t offset, int64_t bytes,
-                                IOVector *qiov)
+static int coroutine_fn file_rw_direct(BlockDriverState *bs, bool write,
+                                       int64_t offset, int64_t bytes,
+                                       IOVector *qiov)
 {
     BDRVFileState *s = bs->opaque;
     IOVector work;
     int64_t done = 0;
     int ret = 0;
 
-    if (bytes <= 0) {
-        return 0;
-    }
-    if ((size_t)bytes > qiov->size) {
-        return -EINVAL;
-    }
     qiov_init(&work, qiov->niov);
     qiov_concat(&work, qiov, 0, bytes);
 
@@ -346,6 +340,74 @@ static int coroutine_fn file_rw(BlockDriverState *bs, bool write,
         }
     }
     qiov_destroy(&work);
+    return ret;
+}
+
+/* Whether O_DIRECT can take qiov's first `bytes` as they are: every
+ * piece's address and length aligned. */
+static bool file_qiov_aligned(BDRVFileState *s, IOVector *qiov,
+                              int64_t bytes)
+{
+    int64_t left = bytes;
+
+    for (int i = 0; i < qiov->niov && left > 0; i++) {
+        size_t len = MIN(qiov->iov[i].iov_len, (size_t)left);
+        if ((uintptr_t)qiov->iov[i].iov_base % s->buf_align ||
+            len % s->request_alignment) {
+            return false;
+        }
+        left -= len;
+    }
+    return true;
+}
+
+/* Bounce buffer size for misaligned vectors under O_DIRECT. */
+#define FILE_BOUNCE_MAX (4 * 1024 * 1024)
+
+static int coroutine_fn file_rw(BlockDriverState *bs, bool write,
+                                int64_t offset, int64_t bytes,
+                                IOVector *qiov)
+{
+    BDRVFileState *s = bs->opaque;
+    int ret = 0;
+
+    if (bytes <= 0) {
+        return 0;
+    }
+    if ((size_t)bytes > qiov->size) {
+        return -EINVAL;
+    }
+    if (!s->o_direct || file_qiov_aligned(s, qiov, bytes)) {
+        ret = file_rw_direct(bs, write, offset, bytes, qiov);
+    } else {
+        /*
+         * The core pads unaligned requests with its own buffers, and
+         * callers' buffers may sit anywhere: go through an aligned bounce
+         * buffer (offset and bytes are aligned already).
+         */
+        size_t blen = MIN(bytes, FILE_BOUNCE_MAX);
+        blen -= blen % s->request_alignment;
+        if (blen == 0) {
+            blen = s->request_alignment;
+        }
+        void *buf = blk_memalign(MAX(s->buf_align, 4096), blen);
+        for (int64_t done = 0; done < bytes && ret == 0;) {
+            size_t n = MIN((int64_t)blen, bytes - done);
+            IOVector bq;
+            qiov_init_buf(&bq, buf, n);
+            if (write) {
+                qiov_to_buf(qiov, done, buf, n);
+                ret = file_rw_direct(bs, true, offset + done, n, &bq);
+            } else {
+                ret = file_rw_direct(bs, false, offset + done, n, &bq);
+                if (ret == 0) {
+                    qiov_from_buf(qiov, done, buf, n);
+                }
+            }
+            done += n;
+        }
+        blk_vfree(buf);
+    }
     if (ret == 0 && write && offset + bytes > bs->total_bytes) {
         /* A format allocating past our end grows the file. */
         bs->total_bytes = offset + bytes;
