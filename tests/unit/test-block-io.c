@@ -255,10 +255,13 @@ static void fill_random(uint8_t *p, size_t n, GRand *rnd)
     }
 }
 
+static const BlockDriver cowdrv; /* below */
+
 static int teardown(void **state)
 {
     bdrv_close_all();
     bdrv_unregister_test_driver(&memdrv);
+    bdrv_unregister_test_driver(&cowdrv);
     assert_null(bdrv_next_node(NULL));
     return 0;
 }
@@ -669,6 +672,194 @@ static void test_block_status(void **state)
     blk_unref(blk);
 }
 
+/* ---- backing chains: a copy-on-write test driver ---- */
+
+#define COW_CLUSTER 4096
+
+typedef struct CowState {
+    uint8_t *buf;
+    bool *alloc; /* per cluster */
+} CowState;
+
+static int coroutine_fn cow_open(BlockDriverState *bs,
+                                 const BlockdevOptions *opts, GError **errp)
+{
+    CowState *s = bs->opaque;
+    bs->total_bytes = opts->u.null_aio.size;
+    s->buf = g_malloc0(bs->total_bytes);
+    s->alloc = g_new0(bool, bs->total_bytes / COW_CLUSTER + 1);
+    return 0;
+}
+
+static void cow_close(BlockDriverState *bs)
+{
+    CowState *s = bs->opaque;
+    g_free(s->buf);
+    g_free(s->alloc);
+}
+
+static int coroutine_fn cow_pwritev(BlockDriverState *bs, int64_t offset,
+                                    int64_t bytes, IOVector *qiov,
+                                    BdrvRequestFlags flags)
+{
+    CowState *s = bs->opaque;
+    qiov_to_buf(qiov, 0, s->buf + offset, bytes);
+    for (int64_t c = offset / COW_CLUSTER;
+         c <= (offset + bytes - 1) / COW_CLUSTER; c++) {
+        s->alloc[c] = true;
+    }
+    return 0;
+}
+
+static int coroutine_fn cow_status(BlockDriverState *bs, bool want_zero,
+                                   int64_t offset, int64_t bytes,
+                                   int64_t *pnum, int64_t *map,
+                                   BlockDriverState **file)
+{
+    CowState *s = bs->opaque;
+    bool a = s->alloc[offset / COW_CLUSTER];
+    int64_t end = offset;
+    while (end < offset + bytes && s->alloc[end / COW_CLUSTER] == a) {
+        end = (end / COW_CLUSTER + 1) * COW_CLUSTER;
+    }
+    *pnum = MIN(end, offset + bytes) - offset;
+    *map = offset;
+    *file = bs;
+    return a ? BDRV_BLOCK_DATA | BDRV_BLOCK_OFFSET_VALID : 0;
+}
+
+static const BlockDriver cowdrv = {
+    .version = BLOCK_DRIVER_VERSION,
+    .format_name = "null-aio",
+    .driver = BLOCKDEV_DRIVER_NULL_AIO,
+    .instance_size = sizeof(CowState),
+    .supports_backing = true,
+    .bdrv_open = cow_open,
+    .bdrv_close = cow_close,
+    .bdrv_co_pwritev = cow_pwritev,
+    .bdrv_co_block_status = cow_status,
+};
+
+typedef struct BsaCo {
+    BlockDriverState *bs, *base;
+    int64_t offset, bytes, pnum;
+    BlockDriverState *file;
+    int ret;
+} BsaCo;
+
+static void coroutine_fn bsa_co(void *opaque)
+{
+    BsaCo *b = opaque;
+    int64_t map;
+    b->ret = bdrv_co_block_status_above(b->bs, b->base, b->offset, b->bytes,
+                                        &b->pnum, &map, &b->file);
+}
+
+static int status_above(BlockDriverState *bs, BlockDriverState *base,
+                        int64_t offset, int64_t bytes, int64_t *pnum,
+                        BlockDriverState **file)
+{
+    BsaCo b = { bs, base, offset, bytes, 0, NULL, 0 };
+    coroutine_run_sync(bsa_co, &b);
+    *pnum = b.pnum;
+    if (file) {
+        *file = b.file;
+    }
+    return b.ret;
+}
+
+static void test_backing_chain(void **state)
+{
+    bdrv_register_test_driver(&cowdrv);
+    BlockDriverState *base =
+        open_node("driver=null-aio,node-name=base,size=32768");
+    BlockDriverState *top =
+        open_node("driver=null-aio,node-name=top,size=65536");
+    GError *err = NULL;
+    assert_int_equal(bdrv_set_backing_hd(top, base, &err), 0);
+    assert_ptr_equal(bdrv_backing_bs(top), base);
+    assert_true(top->backing->role & BDRV_CHILD_COW);
+    assert_ptr_equal(bdrv_filter_or_cow_child(top), top->backing);
+    /* a cycle is refused */
+    assert_true(bdrv_set_backing_hd(base, top, &err) < 0);
+    assert_string_equal(err->message, "Making 'top' a backing child of "
+                                      "'base' would create a cycle");
+    g_clear_error(&err);
+
+    BlockBackend *bt = rw_blk(top), *bb = rw_blk(base);
+    uint8_t buf[4096];
+    memset(buf, 1, sizeof(buf));
+    assert_int_equal(do_req(bt, OP_WRITE, 0, 4096, buf, 0), 0);
+    assert_int_equal(do_req(bb, OP_WRITE, 8192, 4096, buf, 0), 0);
+
+    int64_t pnum;
+    BlockDriverState *file;
+    int ret = status_above(top, NULL, 0, 65536, &pnum, &file);
+    assert_int_equal(ret, BDRV_BLOCK_DATA | BDRV_BLOCK_ALLOCATED |
+                              BDRV_BLOCK_OFFSET_VALID);
+    assert_int_equal(pnum, 4096);
+    assert_ptr_equal(file, top);
+    /* unallocated everywhere: the bottom (no backing) reads zero */
+    ret = status_above(top, NULL, 4096, 65536, &pnum, &file);
+    assert_int_equal(ret, BDRV_BLOCK_ZERO);
+    assert_int_equal(pnum, 4096);
+    /* allocated in the backing file */
+    ret = status_above(top, NULL, 8192, 4096, &pnum, &file);
+    assert_int_equal(ret, BDRV_BLOCK_DATA | BDRV_BLOCK_ALLOCATED |
+                              BDRV_BLOCK_OFFSET_VALID);
+    assert_ptr_equal(file, base);
+    /* past the shorter backing file's end: zeroes */
+    ret = status_above(top, NULL, 32768, 65536, &pnum, &file);
+    assert_true(ret & BDRV_BLOCK_ZERO);
+    assert_true(ret & BDRV_BLOCK_EOF);
+    assert_int_equal(pnum, 32768);
+    /* with base given, the backing layer is not consulted */
+    ret = status_above(top, base, 8192, 4096, &pnum, &file);
+    assert_false(ret & BDRV_BLOCK_ALLOCATED);
+    /* query: the nested form shows the chain, the flat form not */
+    BlockDeviceInfo *info = bdrv_block_device_info(top, false, &err);
+    assert_non_null(info);
+    assert_int_equal(info->backing_file_depth, 1);
+    assert_true(info->image->has_backing_image);
+    assert_string_equal(info->image->backing_image->format, "null-aio");
+    qapi_free_BlockDeviceInfo(info);
+    info = bdrv_block_device_info(top, true, &err);
+    assert_int_equal(info->backing_file_depth, 0);
+    assert_false(info->image->has_backing_image);
+    qapi_free_BlockDeviceInfo(info);
+
+    /* a job holding the edge blocks changing it */
+    bdrv_child_graph_mod_inc(top->backing, "stream");
+    assert_true(bdrv_set_backing_hd(top, NULL, &err) < 0);
+    assert_string_equal(err->message, "Node 'base' is busy: block device is "
+                                      "in use by block job: stream");
+    g_clear_error(&err);
+    assert_ptr_equal(bdrv_backing_bs(top), base);
+    bdrv_child_graph_mod_dec(top->backing);
+    assert_int_equal(bdrv_set_backing_hd(top, NULL, &err), 0);
+    assert_null(top->backing);
+    ret = status_above(top, NULL, 8192, 4096, &pnum, &file);
+    assert_int_equal(ret, BDRV_BLOCK_ZERO);
+    blk_unref(bt);
+    blk_unref(bb);
+    bdrv_unregister_test_driver(&cowdrv);
+}
+
+static void test_disable_queuing(void **state)
+{
+    md_reset(512);
+    BlockDriverState *m0 = open_node("driver=null-aio,node-name=m0,size=65536");
+    BlockBackend *blk = rw_blk(m0);
+    blk_set_disable_request_queuing(blk, true);
+    uint8_t buf[512] = { 3 };
+    bdrv_drained_begin(m0);
+    /* a job's own I/O goes through while drained */
+    assert_int_equal(do_req(blk, OP_WRITE, 0, 512, buf, 0), 0);
+    assert_int_equal(md_mem[0], 3);
+    bdrv_drained_end(m0);
+    blk_unref(blk);
+}
+
 /* ---- block_resize and queries through the QMP handlers ---- */
 
 typedef struct ResizeCo {
@@ -861,6 +1052,8 @@ int main(void)
         T(test_drain),
         T(test_drain_in_coroutine),
         T(test_block_status),
+        T(test_backing_chain),
+        T(test_disable_queuing),
         T(test_resize),
         T(test_query),
     };
