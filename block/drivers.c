@@ -1,28 +1,18 @@
 /*
  * The one table of block drivers.  A new driver is one `extern` line and
- * one table entry here.
- *
- * Drivers written by other modules are referenced weakly: while a driver's
- * source has not landed yet the program still links and that driver is
- * simply absent (its address is NULL and the lookup skips it).
+ * one table entry here.  The references are strong on purpose: drivers
+ * live in a static library, and only a real reference makes the linker
+ * pull a driver's object into a program.
  */
 #include <string.h>
 
 #include "block/block_int.h"
 
-#define WEAK __attribute__((weak))
-
+extern const BlockDriver bdrv_file;
 extern const BlockDriver bdrv_raw;
 extern const BlockDriver bdrv_null_co;
 extern const BlockDriver bdrv_null_aio;
-extern const BlockDriver bdrv_file WEAK;
-extern const BlockDriver bdrv_qcow2 WEAK;
-extern const BlockDriver bdrv_add_cow WEAK;
-extern const BlockDriver bdrv_copy_before_write WEAK;
-extern const BlockDriver bdrv_copy_on_read WEAK;
-extern const BlockDriver bdrv_snapshot_access WEAK;
-extern const BlockDriver bdrv_blkdebug WEAK;
-extern const BlockDriver bdrv_nbd WEAK;
+extern const BlockDriver bdrv_qcow2;
 
 static const BlockDriver *const driver_table[] = {
     &bdrv_file,
@@ -30,12 +20,6 @@ static const BlockDriver *const driver_table[] = {
     &bdrv_null_co,
     &bdrv_null_aio,
     &bdrv_qcow2,
-    &bdrv_add_cow,
-    &bdrv_copy_before_write,
-    &bdrv_copy_on_read,
-    &bdrv_snapshot_access,
-    &bdrv_blkdebug,
-    &bdrv_nbd,
 };
 
 /* Drivers registered by unit tests; searched before the table so a test
