@@ -973,8 +973,21 @@ static int coroutine_fn file_co_create(BlockdevCreateOptions *opts,
                           fo->has_nocow && fo->nocow, errp);
 }
 
+/* QEMU's file driver answers get_info (so queries show dirty-flag: false)
+ * and has "filename" as its one option that decides what it reads (for
+ * the json:{...} names of nodes above it).  Added by the block core. */
+static int coroutine_fn file_co_get_info(BlockDriverState *bs,
+                                         ImageInfo *info, GError **errp)
+{
+    return 0;
+}
+
+static const char *const file_strong_opts[] = { "filename", NULL };
+
 const BlockDriver bdrv_file = {
     .version = BLOCK_DRIVER_VERSION,
+    .strong_opts = file_strong_opts,
+    .bdrv_co_get_info = file_co_get_info,
     .format_name = "file",
     .driver = BLOCKDEV_DRIVER_FILE,
     .instance_size = sizeof(BDRVFileState),
