@@ -100,6 +100,8 @@ void nbd_client_close(NBDClient *client);
 /* Stop listening and close every client (nbd-server-stop, shutdown);
  * no-op when not running. */
 void nbd_server_stop_all(void);
+/* The server's max-connections (0: unlimited, or no server). */
+uint32_t nbd_server_max_connections(void);
 /* Number of live clients (all phases); for tests and the fuzz target. */
 unsigned nbd_client_count(void);
 

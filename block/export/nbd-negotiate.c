@@ -133,8 +133,16 @@ static uint16_t nbd_tx_flags(NBDClient *client, BlockExport *exp)
         flags |= NBD_FLAG_SEND_TRIM | NBD_FLAG_SEND_WRITE_ZEROES |
                  NBD_FLAG_SEND_FAST_ZERO;
     } else {
-        /* Nothing changes, so any connection sees what another wrote. */
-        flags |= NBD_FLAG_READ_ONLY | NBD_FLAG_CAN_MULTI_CONN;
+        flags |= NBD_FLAG_READ_ONLY;
+    }
+    /*
+     * All connections to an export share its one BlockBackend, so a flush
+     * or FUA on one covers writes made through the others: multi-conn is
+     * safe whenever more than one connection may exist (qsd 7.2 advertises
+     * it on the same condition).  Read-only exports always qualify.
+     */
+    if (!exp->writable || nbd_server_max_connections() != 1) {
+        flags |= NBD_FLAG_CAN_MULTI_CONN;
     }
     if (client->structured_reply) {
         flags |= NBD_FLAG_SEND_DF;

@@ -35,6 +35,11 @@ bool nbd_server_is_running(void)
     return server != NULL;
 }
 
+uint32_t nbd_server_max_connections(void)
+{
+    return server ? server->max_connections : 0;
+}
+
 unsigned nbd_client_count(void)
 {
     return nb_clients;
