@@ -326,6 +326,13 @@ static int coroutine_fn file_rw_direct(BlockDriverState *bs, bool write,
             break;
         }
         done += r;
+        if (!write && done < bytes && s->o_direct &&
+            (offset + done) % s->request_alignment) {
+            /* A short O_DIRECT read ending unaligned is the end of the
+             * file; asking again at an unaligned offset would fail. */
+            qiov_memset(qiov, done, 0, bytes - done);
+            break;
+        }
         /* Skip what was transferred. */
         while (r > 0 && first < work.niov) {
             if ((size_t)r >= work.iov[first].iov_len) {

@@ -262,6 +262,27 @@ static void test_rw_direct(void **state)
     BlockDriverState *bs = open_file("cache.direct=on,aio=native");
     assert_true(bs->bl.request_alignment >= 512);
     assert_true(bs->bl.min_mem_alignment >= 512);
+
+    /* A file ending off the alignment: the tail reads as zeroes. */
+    int fd = open(img, O_WRONLY | O_TRUNC);
+    uint8_t data[1000], r[2048];
+    pattern(data, sizeof(data), 11);
+    assert_int_equal(write(fd, data, sizeof(data)), sizeof(data));
+    close(fd);
+    bs = open_file("cache.direct=on,node-name=unaligned");
+    BlockBackend *blk = rw_blk(bs);
+    int64_t len = blk_getlength(blk);
+    assert_true(len >= 1000 && len <= 4096);
+    memset(r, 0xcc, sizeof(r));
+    assert_int_equal(do_req(blk, OP_READ, 0, len, r, 0), 0);
+    assert_memory_equal(r, data, sizeof(data));
+    assert_true(buffer_is_zero(r + 1000, len - 1000));
+    /* Unaligned request over the end through the bounce path. */
+    memset(r, 0xcc, sizeof(r));
+    assert_int_equal(do_req(blk, OP_READ, 999, len - 999, r, 0), 0);
+    assert_int_equal(r[0], data[999]);
+    assert_true(buffer_is_zero(r + 1, len - 1000));
+    blk_unref(blk);
 }
 
 static void test_rw_readonly(void **state)
