@@ -35,7 +35,10 @@ int64_t coroutine_fn aio_co_pwritev(int fd, const struct iovec *iov,
 int coroutine_fn aio_co_fsync(int fd, bool datasync);
 int coroutine_fn aio_co_fallocate(int fd, int mode, int64_t offset,
                                   int64_t len);
-/* Wait until `fd` is readable (POLLIN) / writable (POLLOUT); 0 or -errno. */
+/* Wait until `fd` is readable (POLLIN) / writable (POLLOUT); 0 or -errno.
+ * Hang-ups and errors also end the wait (with 0).  To wake a coroutine
+ * waiting on a socket, shutdown() the socket: close() alone does not end
+ * the wait. */
 int coroutine_fn aio_co_poll(int fd, short events);
 
 /*

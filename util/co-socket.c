@@ -259,8 +259,9 @@ int sock_listen_inet(const char *host, const char *port, GError **errp)
     }
     freeaddrinfo(res);
     if (fd < 0) {
+        /* QEMU's wording (it also tries port ranges). */
         error_setg_errno(errp, saved_errno ? saved_errno : EADDRNOTAVAIL,
-                         "Failed to bind socket");
+                         "Failed to find an available port");
     }
     return fd;
 }

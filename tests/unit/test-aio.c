@@ -518,6 +518,40 @@ static void test_sock_epipe(void **state)
     g_free(w.buf);
 }
 
+/* shutdown() wakes a reader waiting for data that never comes. */
+static void coroutine_fn sock_wait_entry(void *opaque)
+{
+    SockState *s = opaque;
+    uint8_t b[16];
+    s->ret = co_sock_read_some(s->fd, b, sizeof(b));
+    s->done = true;
+}
+
+static gboolean shutdown_later(gpointer opaque)
+{
+    shutdown(*(int *)opaque, SHUT_RDWR);
+    return G_SOURCE_REMOVE;
+}
+
+static void test_sock_shutdown_wakes(void **state)
+{
+    int sv[2];
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+    assert_int_equal(sock_set_nonblocking(sv[0]), 0);
+    SockState r = { .fd = sv[0], .ret = -1 };
+
+    coroutine_enter(coroutine_create(sock_wait_entry, &r));
+    for (int i = 0; i < 5; i++) {
+        aio_poll(false);
+    }
+    assert_false(r.done);
+    g_timeout_add(10, shutdown_later, &sv[0]);
+    AIO_WAIT_WHILE(!r.done);
+    assert_int_equal(r.ret, 0);
+    close(sv[0]);
+    close(sv[1]);
+}
+
 /* ---- listening sockets ---- */
 
 static void test_listen_unix(void **state)
@@ -596,7 +630,8 @@ static void test_listen_inet(void **state)
 
     /* The port is taken now. */
     assert_int_equal(sock_listen_inet("127.0.0.1", port, &err), -1);
-    assert_non_null(err);
+    assert_string_equal(err->message, "Failed to find an available port: "
+                                      "Address already in use");
     g_clear_error(&err);
     close(lfd);
 
@@ -650,6 +685,7 @@ int main(void)
         cmocka_unit_test(test_sock_read),
         cmocka_unit_test(test_sock_write),
         cmocka_unit_test(test_sock_epipe),
+        cmocka_unit_test(test_sock_shutdown_wakes),
         cmocka_unit_test(test_listen_unix),
         cmocka_unit_test(test_listen_inet),
     };
@@ -661,6 +697,7 @@ int main(void)
         cmocka_unit_test(test_poll),
         cmocka_unit_test(test_sock_read),
         cmocka_unit_test(test_sock_write),
+        cmocka_unit_test(test_sock_shutdown_wakes),
     };
     int fails = cmocka_run_group_tests_name("io_uring", ring_tests,
                                             setup_ring, teardown);
