@@ -837,6 +837,39 @@ static void json_append(GString *out, JsonNode *node)
     }
 }
 
+/* The backing file the image header names, as a path from here (NULL if
+ * none or not resolvable): what opening the image alone would attach. */
+static char *header_backing_path(BlockDriverState *bs)
+{
+    const char *b = bs->backing_file;
+    if (!b[0]) {
+        return NULL;
+    }
+    if (b[0] == '/' || strstr(b, "://") || !strncmp(b, "json:", 5)) {
+        return g_strdup(b);
+    }
+    const char *img = bs->file ? bs->file->bs->filename : bs->filename;
+    if (!img[0] || !strncmp(img, "json:", 5)) {
+        return NULL;
+    }
+    g_autofree char *dir = g_path_get_dirname(img);
+    return g_build_filename(dir, b, NULL);
+}
+
+/* Whether the backing child differs from what the header would give
+ * (QEMU then describes the node with json:{...} naming its backing). */
+static bool backing_overridden(BlockDriverState *bs)
+{
+    if (!bs->drv->supports_backing) {
+        return false;
+    }
+    if (!bs->backing) {
+        return bs->backing_file[0] != 0;
+    }
+    g_autofree char *auto_path = header_backing_path(bs);
+    return !auto_path || strcmp(auto_path, bs->backing->bs->filename);
+}
+
 /* The options that decide what bs reads: driver, its strong options as
  * given, and each child's own dictionary.  Caller frees. */
 static JsonNode *strong_options(BlockDriverState *bs)
@@ -859,9 +892,16 @@ static JsonNode *strong_options(BlockDriverState *bs)
     LIST_FOREACH(c, &bs->children, next) {
         g_ptr_array_insert(kids, 0, c); /* attach order */
     }
+    bool overridden = backing_overridden(bs);
     for (guint i = 0; i < kids->len; i++) {
         c = kids->pdata[i];
+        if ((c->role & BDRV_CHILD_COW) && !overridden) {
+            continue; /* the header brings it back by itself */
+        }
         json_object_set_member(obj, c->name, strong_options(c->bs));
+    }
+    if (overridden && !bs->backing) {
+        json_object_set_null_member(obj, "backing"); /* forced off */
     }
     g_ptr_array_free(kids, TRUE);
     if (all) {
@@ -901,6 +941,9 @@ static void refresh_filename(BlockDriverState *bs)
     BdrvChild *primary = NULL, *c;
     int nchildren = 0;
     LIST_FOREACH(c, &bs->children, next) {
+        if (c->role & BDRV_CHILD_COW) {
+            continue; /* judged by backing_overridden() */
+        }
         nchildren++;
         if (c->role & (BDRV_CHILD_PRIMARY | BDRV_CHILD_FILTERED)) {
             primary = c;
@@ -909,6 +952,7 @@ static void refresh_filename(BlockDriverState *bs)
     /* Only a protocol child's plain name will do: opening that name with
      * this driver must give the same tree (QEMU's rule). */
     if (primary && nchildren == 1 && !has_strong_options(bs) &&
+        !backing_overridden(bs) &&
         !bs->drv->is_filter && LIST_EMPTY(&primary->bs->children) &&
         primary->bs->filename[0] && strncmp(primary->bs->filename, "json:", 5)) {
         g_strlcpy(bs->filename, primary->bs->filename, sizeof(bs->filename));
@@ -958,8 +1002,19 @@ static Inherited inherited_from(BlockDriverState *parent, BdrvChildRole role)
     return in;
 }
 
+/* Enter bs in the registry (once).  QEMU names a node after opening its
+ * `file` but before its backing file, and lists nodes in that order. */
+static void registry_add(BlockDriverState *bs)
+{
+    if (!g_ptr_array_find(all_nodes, bs, NULL)) {
+        bs->node_seq = node_seq_counter++;
+        g_ptr_array_add(all_nodes, bs);
+    }
+}
+
 static void bdrv_free(BlockDriverState *bs)
 {
+    g_ptr_array_remove(all_nodes, bs);
     qapi_free_BlockdevOptions(bs->options);
     g_free(bs->opaque);
     g_free(bs);
@@ -1079,9 +1134,13 @@ bdrv_open_inherit(const BlockdevOptions *opts, BlockDriverState *parent,
         bdrv_free(bs);
         return NULL;
     }
+    /* Protocols name themselves; a node with children is named by the
+     * core from them (plain name or json:{...}), whatever it wrote. */
+    if (!LIST_EMPTY(&bs->children)) {
+        bs->filename[0] = 0;
+    }
     refresh_filename(bs);
-    bs->node_seq = node_seq_counter++;
-    g_ptr_array_add(all_nodes, bs);
+    registry_add(bs);
     return bs;
 }
 
@@ -1127,6 +1186,9 @@ BdrvChild *coroutine_fn bdrv_open_child(BlockDriverState *parent,
             return NULL;
         }
         return bdrv_attach_child(parent, child, name, role, errp);
+    }
+    if (role & BDRV_CHILD_COW) {
+        registry_add(parent);
     }
     BlockDriverState *child = bdrv_open_inherit(&ref->u.definition, parent,
                                                 role, errp);

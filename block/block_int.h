@@ -77,7 +77,9 @@ struct BlockDriver {
      * Required.  Open the node from its options (opts->u.<driver>).  The
      * core has already applied the generic options (read-only, cache,
      * discard, detect-zeroes, node-name) to bs.  The driver opens its
-     * children with bdrv_open_child() and sets bs->total_bytes.
+     * children with bdrv_open_child() and sets bs->total_bytes.  A
+     * protocol (no children) sets bs->filename; for nodes with children
+     * the core sets it afterwards, as QEMU would (see strong_opts).
      */
     int coroutine_fn (*bdrv_open)(BlockDriverState *bs,
                                   const BlockdevOptions *opts, GError **errp);

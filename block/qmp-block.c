@@ -19,12 +19,18 @@ static char *full_backing_filename(BlockDriverState *bs)
     if (b[0] == '/' || strstr(b, "://") || !strncmp(b, "json:", 5)) {
         return g_strdup(b);
     }
-    if (!bs->filename[0] || !strncmp(bs->filename, "json:", 5) ||
-        strstr(bs->filename, "://")) {
+    /* The directory is that of the protocol node at the bottom of the
+     * primary children (QEMU's bdrv_dirname()). */
+    BlockDriverState *p = bs;
+    while (p->file) {
+        p = p->file->bs;
+    }
+    const char *img = p->filename;
+    if (!img[0] || !strncmp(img, "json:", 5) || strstr(img, "://")) {
         return NULL;
     }
-    g_autofree char *dir = g_path_get_dirname(bs->filename);
-    if (!strcmp(dir, ".") && bs->filename[0] != '.') {
+    g_autofree char *dir = g_path_get_dirname(img);
+    if (!strcmp(dir, ".") && img[0] != '.') {
         return g_strdup(b);
     }
     return g_build_filename(dir, b, NULL);
@@ -108,9 +114,11 @@ static void coroutine_fn block_device_info_co(void *opaque)
     info->ro = bs->read_only;
     info->drv = g_strdup(bdrv_get_format_name(bs));
     info->encrypted = bs->encrypted;
-    if (bs->backing_file[0]) {
+    /* The node actually below, not the header's name for it. */
+    BlockDriverState *cow = bdrv_backing_bs(bs);
+    if (cow) {
         info->has_backing_file = true;
-        info->backing_file = g_strdup(bs->backing_file);
+        info->backing_file = g_strdup(cow->filename);
     }
     info->detect_zeroes = bs->detect_zeroes;
     info->cache = g_new0(BlockdevCacheInfo, 1);
