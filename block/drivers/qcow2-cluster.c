@@ -962,7 +962,8 @@ out:
 /* ---- preallocation ---- */
 
 int coroutine_fn qcow2_preallocate(BlockDriverState *bs, uint64_t offset,
-                                   uint64_t bytes, uint64_t *host_end)
+                                   uint64_t bytes, bool known_zero,
+                                   uint64_t *host_end)
 {
     BDRVQcow2State *s = bs->opaque;
     int ret = 0;
@@ -986,7 +987,7 @@ int coroutine_fn qcow2_preallocate(BlockDriverState *bs, uint64_t offset,
                 ret = (int)h;
                 break;
             }
-            if ((uint64_t)h < fresh_before) {
+            if ((uint64_t)h < fresh_before && !known_zero) {
                 /* Reused space may hold old data; the guest must see
                  * zeroes there. */
                 ret = bdrv_co_pwrite_zeroes(bs->file, h,

@@ -112,6 +112,12 @@ static int coroutine_fn write_layout(BlockBackend *blk,
         ret = -ENOSPC;
         goto out;
     }
+    /* A backend writes only inside the node: make room first. */
+    ret = blk_co_truncate(blk, (int64_t)(total * cs), false, PREALLOC_MODE_OFF,
+                          0, errp);
+    if (ret < 0) {
+        goto out;
+    }
     ret = blk_co_pwrite(blk, 0, (int64_t)cs, buf, 0);
     if (ret < 0) {
         goto io_err;
@@ -199,7 +205,30 @@ int coroutine_fn qcow2_co_create_on_node(BlockDriverState *file,
         return ret;
     }
 
-    /* Preallocation through the driver: open the new image on the node. */
+    /* Preallocation through the driver: open the new image on the node.
+     * For falloc/full, first reserve (an upper bound of) the space it
+     * needs with the file's own preallocation, then trim the excess. */
+    uint64_t cs = p.cluster_size;
+    if (p.preallocation != PREALLOC_MODE_METADATA) {
+        uint64_t n_data = (p.size + cs - 1) / cs;
+        uint64_t n_l2 = (n_data + cs / 8 - 1) / (cs / 8);
+        uint64_t per_block = (cs * 8) / (uint64_t)p.refcount_bits;
+        int64_t flen = bdrv_getlength(file);
+        uint64_t n = (flen > 0 ? (uint64_t)flen / cs : 0) + n_data + n_l2;
+        n += n / per_block + 4;
+        blk = blk_new(BLK_PERM_CONSISTENT_READ | BLK_PERM_WRITE |
+                          BLK_PERM_RESIZE,
+                      BLK_PERM_ALL);
+        ret = blk_insert_bs(blk, file, errp);
+        if (ret == 0) {
+            ret = blk_co_truncate(blk, (int64_t)(n * cs), false,
+                                  p.preallocation, 0, errp);
+        }
+        blk_unref(blk);
+        if (ret < 0) {
+            return ret;
+        }
+    }
     BlockdevOptions *o = g_new0(BlockdevOptions, 1);
     o->driver = BLOCKDEV_DRIVER_QCOW2;
     o->u.qcow2.file = g_new0(BlockdevRef, 1);
@@ -214,23 +243,36 @@ int coroutine_fn qcow2_co_create_on_node(BlockDriverState *file,
         return -EIO;
     }
     uint64_t host_end = 0;
-    ret = qcow2_preallocate(bs, 0, p.size, &host_end);
+    ret = qcow2_preallocate(bs, 0, p.size, true, &host_end);
     if (ret < 0) {
         error_setg_errno(errp, -ret, "Could not preallocate metadata");
     } else {
-        ret = bdrv_co_flush(bs);
+        ret = bs->drv->bdrv_co_flush_to_os(bs);
+        if (ret == 0) {
+            ret = bdrv_co_flush(bs->file->bs);
+        }
         if (ret < 0) {
             error_setg_errno(errp, -ret, "Could not flush the new image");
         }
     }
-    if (ret == 0 && host_end) {
+    if (ret == 0) {
+        /* The file ends exactly after the last allocated cluster. */
+        BDRVQcow2State *s = bs->opaque;
         int64_t flen = bdrv_getlength(file);
-        if (flen >= 0 && (uint64_t)flen < host_end) {
-            ret = bdrv_co_truncate(bs->file, (int64_t)host_end, false,
-                                   p.preallocation == PREALLOC_MODE_METADATA
-                                       ? PREALLOC_MODE_OFF
-                                       : p.preallocation,
-                                   0, errp);
+        uint64_t idx = flen > 0 ? ROUND_UP((uint64_t)flen, cs) / cs : 0;
+        while (idx > 0) {
+            uint64_t rc;
+            ret = qcow2_get_refcount(bs, idx - 1, &rc);
+            if (ret < 0 || rc) {
+                break;
+            }
+            idx--;
+        }
+        uint64_t end = MAX(host_end, idx << s->cluster_bits);
+        ret = 0;
+        if (flen >= 0 && (uint64_t)flen != end) {
+            ret = bdrv_co_truncate(bs->file, (int64_t)end, false,
+                                   PREALLOC_MODE_OFF, 0, errp);
         }
     }
     bdrv_unref(bs);

@@ -1018,6 +1018,24 @@ static int coroutine_fn qcow2_open(BlockDriverState *bs,
 static void qcow2_close(BlockDriverState *bs)
 {
     BDRVQcow2State *s = bs->opaque;
+    /* The core flushed already, unless nothing went through the request
+     * path (metadata-only changes such as preallocation). */
+    if (s->writable && in_coroutine() && s->l2_cache &&
+        (qcow2_cache_has_dirty(s->l2_cache) ||
+         qcow2_cache_has_dirty(s->rc_cache))) {
+        int ret = qcow2_cache_write(bs, s->l2_cache);
+        if (ret == 0) {
+            ret = qcow2_cache_write(bs, s->rc_cache);
+        }
+        if (ret == 0) {
+            ret = bdrv_co_flush(bs->file->bs);
+        }
+        if (ret < 0) {
+            warn_report("qcow2: could not write back metadata of '%s' on "
+                        "close: %s",
+                        bs->node_name, g_strerror(-ret));
+        }
+    }
     qcow2_free_state(s);
 }
 
@@ -1288,7 +1306,8 @@ static int coroutine_fn qcow2_co_truncate(BlockDriverState *bs,
     }
     if (new_size > old_size && prealloc != PREALLOC_MODE_OFF) {
         uint64_t host_end = 0;
-        ret = qcow2_preallocate(bs, old_size, new_size - old_size, &host_end);
+        ret = qcow2_preallocate(bs, old_size, new_size - old_size, false,
+                                &host_end);
         if (ret < 0) {
             error_setg_errno(errp, -ret, "Preallocation failed");
             return ret;

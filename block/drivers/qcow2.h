@@ -457,9 +457,12 @@ int coroutine_fn qcow2_any_allocated_from(BlockDriverState *bs,
 int coroutine_fn qcow2_co_pwrite_compressed(BlockDriverState *bs,
                                             uint64_t offset, uint64_t bytes,
                                             IOVector *qiov);
-/* Preallocate host clusters for guest [offset, offset+bytes) (metadata). */
+/* Preallocate host clusters for guest [offset, offset+bytes) (metadata).
+ * known_zero: the free space of the file reads as zeroes (a new image),
+ * so reused clusters need not be zeroed. */
 int coroutine_fn qcow2_preallocate(BlockDriverState *bs, uint64_t offset,
-                                   uint64_t bytes, uint64_t *host_end);
+                                   uint64_t bytes, bool known_zero,
+                                   uint64_t *host_end);
 
 /* ---- qcow2-compress.c ---- */
 /* Inflate `src` (raw deflate) into exactly `dst_len` bytes of `dst`.
