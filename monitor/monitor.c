@@ -364,6 +364,16 @@ static void session_start(MonitorListener *l, int fd)
     coroutine_enter(s->reader);
 }
 
+static gboolean listener_ready(gint lfd, GIOCondition cond, gpointer opaque);
+
+static gboolean listener_resume(gpointer opaque)
+{
+    MonitorListener *l = opaque;
+
+    l->watch = g_unix_fd_add(l->fd, G_IO_IN, listener_ready, l);
+    return G_SOURCE_REMOVE;
+}
+
 static gboolean listener_ready(gint lfd, GIOCondition cond, gpointer opaque)
 {
     MonitorListener *l = opaque;
@@ -375,6 +385,15 @@ static gboolean listener_ready(gint lfd, GIOCondition cond, gpointer opaque)
         if (fd < 0) {
             if (errno == EINTR) {
                 continue;
+            }
+            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS ||
+                errno == ENOMEM) {
+                /* The connection stays queued and the socket readable:
+                 * back off instead of spinning on it. */
+                warn_report("QMP listener %s: accept: %s (pausing)", l->id,
+                            g_strerror(errno));
+                l->watch = g_timeout_add(200, listener_resume, l);
+                return G_SOURCE_REMOVE;
             }
             if (errno != EAGAIN && errno != EWOULDBLOCK &&
                 errno != ECONNABORTED) {
