@@ -837,27 +837,26 @@ static void json_append(GString *out, JsonNode *node)
     }
 }
 
-/* The backing file the image header names, as a path from here (NULL if
- * none or not resolvable): what opening the image alone would attach. */
-static char *header_backing_path(BlockDriverState *bs)
+/* Whether bs's options name its backing child explicitly (a reference,
+ * inline options, or null) rather than leaving it to the image header. */
+static bool backing_given(BlockDriverState *bs)
 {
-    const char *b = bs->backing_file;
-    if (!b[0]) {
-        return NULL;
+    if (!bs->options) {
+        return false;
     }
-    if (b[0] == '/' || strstr(b, "://") || !strncmp(b, "json:", 5)) {
-        return g_strdup(b);
+    JsonNode *all = qapi_BlockdevOptions_to_json(bs->options);
+    bool given = all && JSON_NODE_HOLDS_OBJECT(all) &&
+                 json_object_has_member(json_node_get_object(all), "backing");
+    if (all) {
+        json_node_unref(all);
     }
-    const char *img = bs->file ? bs->file->bs->filename : bs->filename;
-    if (!img[0] || !strncmp(img, "json:", 5)) {
-        return NULL;
-    }
-    g_autofree char *dir = g_path_get_dirname(img);
-    return g_build_filename(dir, b, NULL);
+    return given;
 }
 
 /* Whether the backing child differs from what the header would give
- * (QEMU then describes the node with json:{...} naming its backing). */
+ * (QEMU then describes the node with json:{...} naming its backing).  As
+ * in QEMU, a backing child given explicitly counts as the header's only
+ * if the header names exactly its filename. */
 static bool backing_overridden(BlockDriverState *bs)
 {
     if (!bs->drv->supports_backing) {
@@ -866,8 +865,21 @@ static bool backing_overridden(BlockDriverState *bs)
     if (!bs->backing) {
         return bs->backing_file[0] != 0;
     }
-    g_autofree char *auto_path = header_backing_path(bs);
-    return !auto_path || strcmp(auto_path, bs->backing->bs->filename);
+    if (!backing_given(bs)) {
+        return false; /* opened from the header */
+    }
+    return strcmp(bs->backing_file, bs->backing->bs->filename) != 0;
+}
+
+const char *bdrv_backing_user(BlockDriverState *bs)
+{
+    BdrvChild *c;
+    LIST_FOREACH(c, &bs->parents, next_parent) {
+        if (c->klass->parent_is_bds && (c->role & BDRV_CHILD_COW)) {
+            return ((BlockDriverState *)c->opaque)->node_name;
+        }
+    }
+    return NULL;
 }
 
 /* The options that decide what bs reads: driver, its strong options as
@@ -1290,6 +1302,12 @@ int coroutine_fn bdrv_co_blockdev_del(BlockDriverState *bs, GError **errp)
         if (!bdrv_child_graph_mod_check(c, errp)) {
             return -EBUSY;
         }
+    }
+    const char *user = bdrv_backing_user(bs);
+    if (user) {
+        error_setg(errp, "Node '%s' is busy: node is used as backing hd of "
+                   "'%s'", bs->node_name, user);
+        return -EBUSY;
     }
     if (!bs->monitor_owned) {
         error_setg(errp, "Node %s is not owned by the monitor",

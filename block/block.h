@@ -137,6 +137,10 @@ BdrvChild *bdrv_filter_or_cow_child(BlockDriverState *bs);
 BlockDriverState *bdrv_backing_bs(BlockDriverState *bs);
 /* Skip implicit filters: the first node below bs that is not a filter. */
 BlockDriverState *bdrv_skip_filters(BlockDriverState *bs);
+/* If bs is the backing file of a node, that node's name (the newest such
+ * parent), else NULL.  QEMU refuses most operations on backing nodes
+ * (blockdev-del, block_resize) naming it. */
+const char *bdrv_backing_user(BlockDriverState *bs);
 /* Description of the user of an edge: "node 'fmt0'", "block export 'e0'",
  * "block job 'job0'"; caller frees. */
 char *bdrv_child_user_desc(const BdrvChild *c);

@@ -235,6 +235,12 @@ void qmp_block_resize(q_obj_block_resize_arg *arg, GError **errp)
         error_setg(errp, "Parameter 'size' expects a >0 size");
         return;
     }
+    if (bdrv_backing_user(bs)) {
+        /* qemu-storage-daemon 7.2 prints the absent device as (null) */
+        error_setg(errp, "Device '%s' is in use",
+                   arg->has_device ? arg->device : "(null)");
+        return;
+    }
     BlockBackend *blk = blk_new(BLK_PERM_RESIZE, BLK_PERM_ALL);
     if (blk_insert_bs(blk, bs, errp) < 0) {
         blk_unref(blk);
