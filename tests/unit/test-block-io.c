@@ -15,6 +15,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 #include <glib.h>
@@ -355,6 +356,66 @@ static void test_read_past_end_zero(void **state)
     assert_int_equal(do_req(blk, OP_WRITE, 5120, 1, buf, 0), -EIO);
     assert_int_equal(md.misaligned, 0);
     blk_unref(blk);
+}
+
+static void test_rmw_file_direct(void **state)
+{
+    /* raw over the real file driver with O_DIRECT: the file node has a
+     * request alignment of 512 or more, and unaligned requests from above
+     * must reach the disk intact. */
+    char path[] = "/tmp/test-block-io-XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    enum { SIZE = 256 * 1024 };
+    assert_int_equal(ftruncate(fd, SIZE), 0);
+    g_autofree char *opts = g_strdup_printf(
+        "driver=raw,node-name=rf,file.driver=file,file.filename=%s,"
+        "file.cache.direct=on", path);
+    OpenCo oc = { .opts = opts };
+    coroutine_run_sync(open_co, &oc);
+    if (!oc.bs) {
+        /* a file system without O_DIRECT (tmpfs) */
+        g_error_free(oc.err);
+        close(fd);
+        unlink(path);
+        skip();
+    }
+    bdrv_set_monitor_owned(oc.bs);
+    BlockDriverState *f = oc.bs->file->bs;
+    assert_true(f->bl.request_alignment >= 512);
+    BlockBackend *blk = rw_blk(oc.bs);
+    uint8_t *shadow = g_malloc0(SIZE), *buf = g_malloc(20000),
+            *rbuf = g_malloc(20000), *disk = g_malloc(SIZE);
+    GRand *rnd = g_rand_new_with_seed(42);
+    static const int64_t offs[] = { 0, 1, 511, 513, 4095, 4097, 65535 };
+    static const int64_t lens[] = { 1, 100, 511, 512, 4097, 12289 };
+    for (size_t i = 0; i < G_N_ELEMENTS(offs); i++) {
+        for (size_t j = 0; j < G_N_ELEMENTS(lens); j++) {
+            fill_random(buf, lens[j], rnd);
+            assert_int_equal(do_req(blk, OP_WRITE, offs[i], lens[j], buf, 0),
+                             0);
+            memcpy(shadow + offs[i], buf, lens[j]);
+            assert_int_equal(do_req(blk, OP_READ, offs[i], lens[j], rbuf, 0),
+                             0);
+            assert_memory_equal(rbuf, shadow + offs[i], lens[j]);
+        }
+    }
+    assert_int_equal(do_req(blk, OP_FLUSH, 0, 0, NULL, 0), 0);
+    assert_int_equal(pread(fd, disk, SIZE, 0), SIZE);
+    assert_memory_equal(disk, shadow, SIZE);
+    /* zeroes at unaligned edges */
+    assert_int_equal(do_req(blk, OP_ZERO, 3, 9000, NULL, 0), 0);
+    memset(shadow + 3, 0, 9000);
+    assert_int_equal(pread(fd, disk, SIZE, 0), SIZE);
+    assert_memory_equal(disk, shadow, SIZE);
+    g_rand_free(rnd);
+    g_free(shadow);
+    g_free(buf);
+    g_free(rbuf);
+    g_free(disk);
+    blk_unref(blk);
+    close(fd);
+    unlink(path);
 }
 
 /* ---- serialisation ---- */
@@ -1042,6 +1103,7 @@ int main(void)
         T(test_rmw_4096),
         T(test_rmw_through_raw_window),
         T(test_read_past_end_zero),
+        T(test_rmw_file_direct),
         T(test_concurrent_rmw),
         T(test_write_zeroes_fallback),
         T(test_detect_zeroes),
