@@ -659,7 +659,13 @@ int coroutine_fn qcow2_co_pwritev_data(BlockDriverState *bs, uint64_t offset,
             break;
         }
         if (type == QCOW2_CLUSTER_NORMAL && (entry & QCOW_OFLAG_COPIED)) {
-            /* In place: no metadata changes. */
+            /* In place: no metadata changes, but a damaged L2 entry must
+             * not make guest data overwrite metadata. */
+            ret = qcow2_pre_write_overlap_check(bs, 0, (int64_t)host,
+                                                (int64_t)cur);
+            if (ret < 0) {
+                break;
+            }
             co_mutex_unlock(&s->lock);
             IOVector sub;
             slice_init(&sub, qiov, qoff, cur);
@@ -695,6 +701,42 @@ int coroutine_fn qcow2_co_pwritev_data(BlockDriverState *bs, uint64_t offset,
 }
 
 /* ---- zero clusters and discard ---- */
+
+/*
+ * Discard in the file the host clusters of `entries` that are now free
+ * (contiguous ones together).  Done with s->lock held, so nothing can
+ * reuse a cluster before its discard completes.  Failures are ignored:
+ * discard is advisory.
+ */
+static void coroutine_fn pass_discards(BlockDriverState *bs,
+                                       const uint64_t *entries, uint64_t n)
+{
+    BDRVQcow2State *s = bs->opaque;
+    uint64_t run_start = 0, run_len = 0;
+    for (uint64_t i = 0; i <= n; i++) {
+        uint64_t host = 0;
+        if (i < n) {
+            Qcow2ClusterType t = qcow2_l2_entry_type(entries[i], s->version);
+            if (t == QCOW2_CLUSTER_NORMAL || t == QCOW2_CLUSTER_ZERO_ALLOC) {
+                uint64_t rc = 1;
+                host = entries[i] & L2E_OFFSET_MASK;
+                if (qcow2_get_refcount(bs, host >> s->cluster_bits, &rc) < 0 ||
+                    rc != 0) {
+                    host = 0;
+                }
+            }
+        }
+        if (host && run_len && host == run_start + run_len) {
+            run_len += s->cluster_size;
+            continue;
+        }
+        if (run_len) {
+            bdrv_co_pdiscard(bs->file, (int64_t)run_start, (int64_t)run_len);
+        }
+        run_start = host;
+        run_len = host ? s->cluster_size : 0;
+    }
+}
 
 /*
  * Apply `op` to whole guest clusters [offset, offset+bytes) (the end may
@@ -795,6 +837,9 @@ static int coroutine_fn cluster_op(BlockDriverState *bs, uint64_t offset,
                     for (uint64_t j = 0; j < nfreed; j++) {
                         qcow2_free_any_cluster(bs, freed[j]);
                     }
+                    if (op == OP_DISCARD && s->discard_passthrough) {
+                        pass_discards(bs, freed, nfreed);
+                    }
                     nfreed = 0;
                 }
                 freed[nfreed++] = o;
@@ -806,6 +851,9 @@ static int coroutine_fn cluster_op(BlockDriverState *bs, uint64_t offset,
         qcow2_cache_put(s->l2_cache, (void **)&table);
         for (uint64_t j = 0; j < nfreed; j++) {
             qcow2_free_any_cluster(bs, freed[j]);
+        }
+        if (op == OP_DISCARD && s->discard_passthrough) {
+            pass_discards(bs, freed, nfreed);
         }
         offset += chunk;
         bytes -= chunk;

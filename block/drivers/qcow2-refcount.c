@@ -31,8 +31,12 @@ int coroutine_fn qcow2_refcount_init(BlockDriverState *bs, GError **errp)
             return ret;
         }
     }
+    s->reftable_used = 0;
     for (uint64_t i = 0; i < s->reftable_size; i++) {
         s->reftable[i] = qcow2_be64(&s->reftable[i]);
+        if (s->reftable[i]) {
+            s->reftable_used = i + 1;
+        }
     }
     return 0;
 }
@@ -91,7 +95,7 @@ int coroutine_fn qcow2_get_refcount(BlockDriverState *bs,
 bool qcow2_overlaps_refblock(BDRVQcow2State *s, uint64_t offset,
                              uint64_t size)
 {
-    for (uint64_t i = 0; i < s->reftable_size; i++) {
+    for (uint64_t i = 0; i < s->reftable_used; i++) {
         uint64_t b = s->reftable[i] & REFT_OFFSET_MASK;
         if (b && offset < b + s->cluster_size && b < offset + size) {
             return true;
@@ -159,6 +163,7 @@ static int coroutine_fn create_refblock(BlockDriverState *bs, uint64_t b,
     }
     note_allocated(s, host, s->cluster_size);
     s->reftable[b] = host;
+    s->reftable_used = MAX(s->reftable_used, b + 1);
     ret = write_reftable_entry(bs, b);
     if (ret < 0) {
         s->reftable[b] = 0;
@@ -278,6 +283,7 @@ static int coroutine_fn grow_reftable(BlockDriverState *bs, uint64_t start)
         s->reftable_offset = host;
         s->reftable_clusters = (uint32_t)tclusters;
         s->reftable_size = new_entries;
+        s->reftable_used = first_block + nblocks;
         note_allocated(s, start << s->cluster_bits,
                        total << s->cluster_bits);
         if (old_bytes) {

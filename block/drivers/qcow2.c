@@ -1113,13 +1113,17 @@ static int coroutine_fn cluster_reads_zero(BlockDriverState *bs,
            (type == QCOW2_CLUSTER_UNALLOCATED && !bs->backing);
 }
 
-/* Write zero data over [offset, offset+bytes) (within one cluster). */
+/* Write zero data over [offset, offset+bytes) (within one cluster);
+ * with NO_FALLBACK only if the cluster reads as zeroes already. */
 static int coroutine_fn write_zero_data(BlockDriverState *bs, uint64_t offset,
-                                        uint64_t bytes)
+                                        uint64_t bytes, BdrvRequestFlags flags)
 {
     int r = cluster_reads_zero(bs, offset);
     if (r != 0) {
         return r < 0 ? r : 0;
+    }
+    if (flags & BDRV_REQ_NO_FALLBACK) {
+        return -ENOTSUP;
     }
     void *z = g_malloc0(bytes);
     IOVector q;
@@ -1152,18 +1156,18 @@ static int coroutine_fn qcow2_co_pwrite_zeroes(BlockDriverState *bs,
                 return qcow2_cluster_zeroize(bs, off, mid - off,
                                              flags & BDRV_REQ_MAY_UNMAP);
             }
-            ret = write_zero_data(bs, off, mid - off);
+            ret = write_zero_data(bs, off, mid - off, flags);
             if (ret < 0) {
                 return ret;
             }
         }
         if (mid < end) {
-            ret = write_zero_data(bs, mid, end - mid);
+            ret = write_zero_data(bs, mid, end - mid, flags);
         }
         return ret < 0 ? ret : 0;
     }
     if (off < astart) {
-        ret = write_zero_data(bs, off, astart - off);
+        ret = write_zero_data(bs, off, astart - off, flags);
         if (ret < 0) {
             return ret;
         }
@@ -1174,7 +1178,7 @@ static int coroutine_fn qcow2_co_pwrite_zeroes(BlockDriverState *bs,
         return ret;
     }
     if (aend < end) {
-        ret = write_zero_data(bs, aend, end - aend);
+        ret = write_zero_data(bs, aend, end - aend, flags);
     }
     return ret;
 }

@@ -154,6 +154,7 @@ typedef struct BDRVQcow2State {
     uint32_t reftable_clusters;
     uint64_t reftable_size; /* entries */
     uint64_t *reftable;     /* host byte order */
+    uint64_t reftable_used; /* entries up to the last non-empty one */
     uint32_t nb_snapshots;
     uint64_t snapshots_offset;
     uint64_t snapshots_size; /* bytes of the table on disk */

@@ -676,6 +676,58 @@ static void test_bad_headers(void **state)
     bdrv_unref(c.bs);
 }
 
+static void coroutine_fn corrupt_write_co(void *opaque)
+{
+    MiscCo *m = opaque;
+    uint8_t b[4096];
+    memset(b, 0xee, sizeof(b));
+    m->ret = blk_co_pwrite(m->c->blk, 0, 4096, b, 0);
+}
+
+/* A damaged L2 entry pointing at the refcount table: the write is refused,
+ * the image marked corrupt, the metadata untouched, no crash. */
+static void test_corruption(void **state)
+{
+    if (!have_qemu) {
+        skip();
+    }
+    assert_int_equal(
+        sh("qemu-img create -q -f qcow2 cor.qcow2 1M && "
+           "qemu-io -c 'write -P 0x11 0 64k' cor.qcow2 >/dev/null && "
+           "qemu-img map --output=json cor.qcow2 | grep -q '\"offset\": "
+           "327680' && "
+           "printf '\\200\\000\\000\\000\\000\\001\\000\\000' | dd of=cor.qcow2 "
+           "bs=1 seek=262144 conv=notrunc status=none && "
+           "dd if=cor.qcow2 of=cor.reftable bs=65536 skip=1 count=1 "
+           "status=none"),
+        0);
+    Ctx c = { .image = "cor.qcow2" };
+    open_blk(&c, true);
+    MiscCo m = { &c, 0 };
+    coroutine_run_sync(corrupt_write_co, &m);
+    assert_int_equal(m.ret, -EIO);
+    /* further writes fail too */
+    coroutine_run_sync(corrupt_write_co, &m);
+    assert_true(m.ret < 0);
+    close_blk(&c);
+    assert_int_equal(sh("qemu-img info cor.qcow2 | grep -q 'corrupt: true'"),
+                     0);
+    assert_int_equal(sh("dd if=cor.qcow2 bs=65536 skip=1 count=1 status=none "
+                        "| cmp -s - cor.reftable"),
+                     0);
+    /* read-only open still works; read/write open is refused */
+    c.extra = "read-only=on";
+    coroutine_run_sync(open_co, &c);
+    assert_non_null(c.bs);
+    bdrv_unref(c.bs);
+    c.extra = NULL;
+    c.bs = NULL;
+    coroutine_run_sync(open_co, &c);
+    assert_null(c.bs);
+    assert_non_null(strstr(c.err->message, "corrupt"));
+    g_clear_error(&c.err);
+}
+
 int main(void)
 {
     GError *err = NULL;
@@ -687,8 +739,9 @@ int main(void)
     if (!g_mkdtemp(tmpdir)) {
         return 1;
     }
-    have_qemu = g_find_program_in_path("qemu-img") &&
-                g_find_program_in_path("qemu-io");
+    g_autofree char *qimg = g_find_program_in_path("qemu-img");
+    g_autofree char *qio = g_find_program_in_path("qemu-io");
+    have_qemu = qimg && qio;
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_read_corpus),
         cmocka_unit_test(test_write_random),
@@ -697,6 +750,7 @@ int main(void)
         cmocka_unit_test(test_compressed_discard),
         cmocka_unit_test(test_truncate),
         cmocka_unit_test(test_bad_headers),
+        cmocka_unit_test(test_corruption),
     };
     int ret = cmocka_run_group_tests(tests, NULL, NULL);
     bdrv_close_all();
