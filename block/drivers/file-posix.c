@@ -884,9 +884,10 @@ typedef struct FileCreateCo {
 
 static int coroutine_fn file_create_co(const char *filename, int64_t size,
                                        PreallocMode prealloc, bool nocow,
-                                       GError **errp)
+                                       uint64_t extent_size_hint,
+                                       bool explicit_hint, GError **errp)
 {
-    BDRVFileState s = { .fd = -1, .buf_align = 1, .use_threads = false };
+    BDRVFileState s = { .fd = -1, .buf_align = 1, .request_alignment = 1 };
     uint64_t locked_perm = 0, locked_unshared = 0;
     int ret;
 
@@ -894,8 +895,13 @@ static int coroutine_fn file_create_co(const char *filename, int64_t size,
         error_setg(errp, "Image size cannot be negative");
         return -EINVAL;
     }
+    if (extent_size_hint > UINT32_MAX) {
+        error_setg(errp, "Extent size hint is too large");
+        return -EINVAL;
+    }
     if (prealloc != PREALLOC_MODE_OFF && prealloc != PREALLOC_MODE_FALLOC &&
         prealloc != PREALLOC_MODE_FULL) {
+        /* Before touching an existing file. */
         error_setg(errp, "Unsupported preallocation mode: %s",
                    PreallocMode_str(prealloc));
         return -ENOTSUP;
@@ -903,20 +909,13 @@ static int coroutine_fn file_create_co(const char *filename, int64_t size,
     s.fd = open(filename, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
     if (s.fd < 0) {
         ret = -errno;
-        error_setg_errno(errp, -ret, "Could not create file");
+        error_setg_errno(errp, -ret, "Could not create '%s'", filename);
         return ret;
     }
-    if (nocow) {
-        /* btrfs: only effective on an empty file; ignore failure. */
-        int attr;
-        if (ioctl(s.fd, FS_IOC_GETFLAGS, &attr) == 0) {
-            attr |= FS_NOCOW_FL;
-            ioctl(s.fd, FS_IOC_SETFLAGS, &attr);
-        }
-    }
     /*
-     * Lock as a writer that refuses resizes, and make sure nobody else has
-     * the image open before we destroy its contents.
+     * Lock as a writer that refuses resizes (we promise the size), and
+     * make sure nobody else has the image open before destroying its
+     * contents.
      */
     ret = apply_lock_bytes(s.fd, &locked_perm, &locked_unshared,
                            BLK_PERM_WRITE | BLK_PERM_RESIZE, BLK_PERM_RESIZE,
@@ -928,10 +927,31 @@ static int coroutine_fn file_create_co(const char *filename, int64_t size,
     if (ret < 0) {
         goto out;
     }
-    if (ftruncate(s.fd, 0) < 0) {
-        ret = -errno;
-        error_setg_errno(errp, -ret, "Could not clear file");
+    ret = file_resize(&s, 0, PREALLOC_MODE_OFF, errp);
+    if (ret < 0) {
         goto out;
+    }
+    if (nocow) {
+        /* btrfs: only effective on an empty file; failure is harmless. */
+        int attr;
+        if (ioctl(s.fd, FS_IOC_GETFLAGS, &attr) == 0) {
+            attr |= FS_NOCOW_FL;
+            ioctl(s.fd, FS_IOC_SETFLAGS, &attr);
+        }
+    }
+    if (extent_size_hint) {
+        /* XFS allocates in extents of this size; others refuse. */
+        struct fsxattr attr;
+        int r = ioctl(s.fd, FS_IOC_FSGETXATTR, &attr);
+        if (r == 0) {
+            attr.fsx_xflags |= FS_XFLAG_EXTSIZE;
+            attr.fsx_extsize = extent_size_hint;
+            r = ioctl(s.fd, FS_IOC_FSSETXATTR, &attr);
+        }
+        if (r < 0 && explicit_hint) {
+            warn_report("Failed to set extent size hint: %s",
+                        g_strerror(errno));
+        }
     }
     ret = file_resize(&s, size, prealloc, errp);
 
@@ -949,7 +969,7 @@ static void coroutine_fn file_create_entry(void *opaque)
     FileCreateCo *c = opaque;
 
     c->ret = file_create_co(c->filename, c->size, c->prealloc, false,
-                            c->errp);
+                            1024 * 1024, false, c->errp);
 }
 
 int file_create(const char *filename, int64_t size, PreallocMode prealloc,
@@ -977,7 +997,10 @@ static int coroutine_fn file_co_create(BlockdevCreateOptions *opts,
     return file_create_co(fo->filename, (int64_t)fo->size,
                           fo->has_preallocation ? fo->preallocation
                                                 : PREALLOC_MODE_OFF,
-                          fo->has_nocow && fo->nocow, errp);
+                          fo->has_nocow && fo->nocow,
+                          fo->has_extent_size_hint ? fo->extent_size_hint
+                                                   : 1024 * 1024,
+                          fo->has_extent_size_hint, errp);
 }
 
 /* QEMU's file driver answers get_info (so queries show dirty-flag: false)

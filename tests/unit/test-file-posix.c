@@ -462,8 +462,10 @@ static void test_create(void **state)
     g_clear_error(&err);
     char *bad = g_strdup_printf("%s/no/such/dir", tmpdir);
     assert_true(file_create(bad, 4096, PREALLOC_MODE_OFF, &err) < 0);
-    assert_string_equal(err->message,
-                        "Could not create file: No such file or directory");
+    char *want = g_strdup_printf("Could not create '%s': No such file or "
+                                 "directory", bad);
+    assert_string_equal(err->message, want);
+    g_free(want);
     g_clear_error(&err);
     g_free(bad);
 
