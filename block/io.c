@@ -479,7 +479,8 @@ static int coroutine_fn do_pwrite_zeroes(BlockDriverState *bs,
     int64_t max_write = max_transfer(bs, align);
     bool need_flush = false;
     void *buf = NULL;
-    size_t buf_len = 0;
+    /* Big enough for every fallback write of this request. */
+    size_t buf_len = MIN(MIN(bytes, max_write), (int64_t)ZERO_BOUNCE_MAX);
     int ret = 0;
 
     if (zalign & (zalign - 1)) {
@@ -525,7 +526,6 @@ static int coroutine_fn do_pwrite_zeroes(BlockDriverState *bs,
             while (done < num && ret == 0) {
                 int64_t n = MIN(num - done, MIN(max_write, ZERO_BOUNCE_MAX));
                 if (!buf) {
-                    buf_len = MIN(MIN(num, max_write), ZERO_BOUNCE_MAX);
                     buf = blk_memalign(mem_align(bs), buf_len);
                     memset(buf, 0, buf_len);
                 }

@@ -29,6 +29,7 @@
 static struct {
     uint32_t align;
     int64_t max_transfer;
+    int64_t pwz_align;    /* pwrite_zeroes_alignment */
     bool zeroes;          /* implements write_zeroes */
     int64_t latency_ns;   /* sleep inside each read and write */
     int misaligned;       /* requests that broke the alignment contract */
@@ -70,6 +71,7 @@ static void md_limits(BlockDriverState *bs, GError **errp)
 {
     bs->bl.request_alignment = md.align;
     bs->bl.max_transfer = md.max_transfer;
+    bs->bl.pwrite_zeroes_alignment = md.pwz_align;
 }
 
 static void md_check(BlockDriverState *bs, int64_t offset, int64_t bytes)
@@ -265,6 +267,12 @@ static int teardown(void **state)
     bdrv_unregister_test_driver(&cowdrv);
     assert_null(bdrv_next_node(NULL));
     return 0;
+}
+
+/* Drop every node (between phases of one test). */
+static void blockdev_del_all(void)
+{
+    bdrv_close_all();
 }
 
 static int setup_memdrv(void **state)
@@ -484,6 +492,20 @@ static void test_write_zeroes_fallback(void **state)
     assert_true(md.writes > 0);
     assert_true(md.max_seen <= 8192);
     assert_int_equal(md.misaligned, 0);
+
+    /* pieces split at the zero alignment: a small head, a big middle */
+    md.pwz_align = 4096;
+    blk_unref(blk);
+    blockdev_del_all();
+    bs = open_node("driver=null-aio,node-name=m1,size=65536");
+    blk = rw_blk(bs);
+    memset(md_mem, 0xff, 65536);
+    assert_int_equal(do_req(blk, OP_ZERO, 1024, 40960, NULL, 0), 0);
+    for (int i = 0; i < 65536; i++) {
+        assert_int_equal(md_mem[i], (i >= 1024 && i < 41984) ? 0 : 0xff);
+    }
+    assert_int_equal(md.misaligned, 0);
+    memset(md_mem, 0xff, 65536);
 
     /* NO_FALLBACK: refuse rather than write zeroes slowly */
     assert_int_equal(do_req(blk, OP_ZERO, 32768, 4096, NULL,
