@@ -564,7 +564,6 @@ static int coroutine_fn file_co_block_status(BlockDriverState *bs,
     BDRVFileState *s = bs->opaque;
     int ret = BDRV_BLOCK_DATA;
     int64_t n = bytes;
-    int64_t len = bs->total_bytes;
 
     if (want_zero) {
         off_t data = lseek(s->fd, offset, SEEK_DATA);
@@ -595,10 +594,8 @@ static int coroutine_fn file_co_block_status(BlockDriverState *bs,
     *pnum = n;
     *map = offset;
     *file = bs;
+    /* The end of the node (EOF) is the core's to report. */
     ret |= BDRV_BLOCK_OFFSET_VALID | BDRV_BLOCK_ALLOCATED;
-    if (len >= 0 && offset + n >= len) {
-        ret |= BDRV_BLOCK_EOF;
-    }
     return ret;
 }
 
