@@ -301,8 +301,30 @@ static int coroutine_fn file_rw_direct(BlockDriverState *bs, bool write,
     int64_t done = 0;
     int ret = 0;
 
+    /* The common case: one system call for the caller's whole vector,
+     * with no copy of it. */
+    if (qiov->size == (size_t)bytes && qiov->niov <= IOV_MAX) {
+        int64_t r = file_rw_once(s, write, qiov->iov, qiov->niov, offset);
+        if (r == bytes) {
+            return 0;
+        }
+        if (r < 0 && r != -EINTR && r != -EAGAIN) {
+            return r;
+        }
+        if (r > 0) {
+            done = r;
+        }
+    }
+
     qiov_init(&work, qiov->niov);
-    qiov_concat(&work, qiov, 0, bytes);
+    qiov_concat(&work, qiov, done, bytes - done);
+    if (done > 0 && !write && s->o_direct &&
+        (offset + done) % s->request_alignment) {
+        /* Short O_DIRECT read ending unaligned: end of file (below). */
+        qiov_memset(qiov, done, 0, bytes - done);
+        qiov_destroy(&work);
+        return 0;
+    }
 
     int first = 0; /* first element of work not yet done */
     while (done < bytes) {

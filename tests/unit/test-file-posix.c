@@ -304,6 +304,56 @@ static void test_rw_readonly(void **state)
     g_clear_error(&err);
 }
 
+/* Vectors longer than IOV_MAX go down in several system calls. */
+typedef struct VecReq {
+    BlockBackend *blk;
+    IOVector *q;
+    bool write;
+    int ret;
+} VecReq;
+
+static void coroutine_fn vec_co(void *opaque)
+{
+    VecReq *v = opaque;
+    v->ret = v->write ? blk_co_pwritev(v->blk, 0, v->q->size, v->q, 0)
+                      : blk_co_preadv(v->blk, 0, v->q->size, v->q, 0);
+}
+
+static void test_long_vector(void **state)
+{
+    enum { N = 2500, PIECE = 100 };
+    make_file(N * PIECE);
+    BlockDriverState *bs = open_file("");
+    BlockBackend *blk = rw_blk(bs);
+    /* Pieces with gaps between them so they cannot merge. */
+    uint8_t *wmem = g_malloc(N * (PIECE + 1));
+    uint8_t *rmem = g_malloc0(N * (PIECE + 1));
+    IOVector wq, rq;
+    qiov_init(&wq, N);
+    qiov_init(&rq, N);
+    pattern(wmem, N * (PIECE + 1), 4);
+    for (int i = 0; i < N; i++) {
+        qiov_add(&wq, wmem + i * (PIECE + 1), PIECE);
+        qiov_add(&rq, rmem + i * (PIECE + 1), PIECE);
+    }
+    assert_int_equal(wq.niov, N);
+    VecReq v = { blk, &wq, true, -1 };
+    coroutine_run_sync(vec_co, &v);
+    assert_int_equal(v.ret, 0);
+    v = (VecReq){ blk, &rq, false, -1 };
+    coroutine_run_sync(vec_co, &v);
+    assert_int_equal(v.ret, 0);
+    for (int i = 0; i < N; i++) {
+        assert_memory_equal(rmem + i * (PIECE + 1), wmem + i * (PIECE + 1),
+                            PIECE);
+    }
+    qiov_destroy(&wq);
+    qiov_destroy(&rq);
+    g_free(wmem);
+    g_free(rmem);
+    blk_unref(blk);
+}
+
 /* A format node writing past the protocol node's end grows it. */
 static void test_write_extends(void **state)
 {
@@ -788,6 +838,7 @@ int main(void)
         T(test_rw_threads),
         T(test_rw_direct),
         T(test_rw_readonly),
+        T(test_long_vector),
         T(test_write_extends),
         T(test_zeroes_and_status),
         T(test_discard_ignored),
