@@ -61,9 +61,14 @@ static int coroutine_fn md_open(BlockDriverState *bs,
     return 0;
 }
 
+static GString *close_log; /* "flush:m0 close:m0 ..." */
+
 static void md_close(BlockDriverState *bs)
 {
     MemState *s = bs->opaque;
+    if (close_log) {
+        g_string_append_printf(close_log, "close:%s ", bs->node_name);
+    }
     g_free(s->buf);
 }
 
@@ -133,6 +138,9 @@ static int coroutine_fn md_pwrite_zeroes(BlockDriverState *bs, int64_t offset,
 static int coroutine_fn md_flush(BlockDriverState *bs)
 {
     md.flushes++;
+    if (close_log) {
+        g_string_append_printf(close_log, "flush:%s ", bs->node_name);
+    }
     return 0;
 }
 
@@ -601,6 +609,56 @@ static void test_cache_no_flush(void **state)
     assert_int_equal(do_req(blk, OP_FLUSH, 0, 0, NULL, 0), 0);
     assert_int_equal(md.flushes, 0);
     blk_unref(blk);
+}
+
+static void test_close_all(void **state)
+{
+    md_reset(512);
+    /* two formats over one memory node, plus an unrelated one */
+    open_node("driver=null-aio,node-name=m0,size=65536");
+    BlockDriverState *a = open_node("driver=raw,node-name=a,file=m0");
+    open_node("driver=raw,node-name=b,file=m0,size=4096");
+    open_node("driver=null-aio,node-name=m1,size=65536");
+    BlockBackend *blk = rw_blk(a);
+    uint8_t buf[512] = { 9 };
+    assert_int_equal(do_req(blk, OP_WRITE, 0, 512, buf, 0), 0);
+    blk_unref(blk);
+    close_log = g_string_new(NULL);
+    bdrv_close_all();
+    /* the written node is flushed before it closes; m0 outlives both
+     * raw nodes that use it; nothing is left */
+    const char *log = close_log->str;
+    const char *fl = strstr(log, "flush:m0");
+    const char *cl = strstr(log, "close:m0");
+    assert_non_null(fl);
+    assert_non_null(cl);
+    assert_true(fl < cl);
+    assert_non_null(strstr(log, "close:m1"));
+    assert_null(bdrv_next_node(NULL));
+    assert_null(bdrv_find_node("a"));
+    g_string_free(close_log, TRUE);
+    close_log = NULL;
+}
+
+static void test_inherited_options(void **state)
+{
+    md_reset(512);
+    BlockDriverState *r = open_node(
+        "driver=raw,node-name=r,read-only=on,cache.direct=on,"
+        "cache.no-flush=on,file.driver=null-aio,file.size=65536");
+    BlockDriverState *f = r->file->bs;
+    assert_true(bdrv_is_read_only(f));
+    assert_true(f->open_flags & BDRV_O_NOCACHE);
+    assert_true(f->open_flags & BDRV_O_NO_FLUSH);
+    /* a format's file child may pass discards down by default */
+    assert_true(f->open_flags & BDRV_O_UNMAP);
+    assert_false(r->open_flags & BDRV_O_UNMAP);
+    /* a child's own setting wins */
+    BlockDriverState *r2 = open_node(
+        "driver=raw,node-name=r2,read-only=on,file.driver=null-aio,"
+        "file.size=65536,file.read-only=off,file.discard=ignore");
+    assert_false(bdrv_is_read_only(r2->file->bs));
+    assert_false(r2->file->bs->open_flags & BDRV_O_UNMAP);
 }
 
 /* ---- permissions on the request path ---- */
@@ -1132,6 +1190,8 @@ int main(void)
         T(test_max_transfer),
         T(test_flush),
         T(test_cache_no_flush),
+        T(test_close_all),
+        T(test_inherited_options),
         T(test_request_perms),
         T(test_drain),
         T(test_drain_in_coroutine),
