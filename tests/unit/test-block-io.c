@@ -663,6 +663,20 @@ static void test_inherited_options(void **state)
 
 /* ---- permissions on the request path ---- */
 
+typedef struct TruncCo {
+    BlockBackend *blk;
+    int64_t size;
+    GError *err;
+    int ret;
+} TruncCo;
+
+static void coroutine_fn trunc_co(void *opaque)
+{
+    TruncCo *t = opaque;
+    t->ret = blk_co_truncate(t->blk, t->size, false, PREALLOC_MODE_OFF, 0,
+                             &t->err);
+}
+
 static void test_request_perms(void **state)
 {
     md_reset(512);
@@ -675,6 +689,14 @@ static void test_request_perms(void **state)
     assert_int_equal(do_req(ro, OP_DISCARD, 0, 512, NULL, 0), -EPERM);
     assert_int_equal(do_req(ro, OP_READ, 0, 512, buf, 0), 0);
     assert_int_equal(md.writes, 0);
+    /* truncate needs the resize permission on the edge */
+    TruncCo t = { ro, 4096, NULL, 0 };
+    coroutine_run_sync(trunc_co, &t);
+    assert_int_equal(t.ret, -EPERM);
+    assert_string_equal(t.err->message,
+                        "Node 'm0' may not be resized by this user");
+    g_clear_error(&t.err);
+    assert_int_equal(bdrv_getlength(bs), 65536);
     blk_unref(ro);
 }
 
