@@ -626,9 +626,30 @@ static int coroutine_fn file_write_zero_fill(BDRVFileState *s, int64_t from,
                                              int64_t to)
 {
     const size_t chunk = 1024 * 1024;
-    void *buf = blk_memalign(MAX(s->buf_align, 4096), chunk);
+    int64_t align = s->o_direct ? s->request_alignment : 1;
+    int64_t astart = (from + align - 1) / align * align;
+    int64_t aend = to / align * align;
     int ret = 0;
 
+    if (astart >= aend) {
+        astart = aend = to;
+    }
+    /*
+     * O_DIRECT cannot write the partial blocks at either end; they read
+     * as zeroes already (the file was extended), so allocating them is
+     * enough (best effort: a filesystem without fallocate keeps them
+     * sparse).
+     */
+    if (from < astart) {
+        aio_co_fallocate(s->fd, 0, from, astart - from);
+    }
+    if (aend < to) {
+        aio_co_fallocate(s->fd, 0, aend, to - aend);
+    }
+    from = astart;
+    to = aend;
+
+    void *buf = blk_memalign(MAX(s->buf_align, 4096), chunk);
     memset(buf, 0, chunk);
     while (from < to) {
         struct iovec iov = { buf, MIN((int64_t)chunk, to - from) };

@@ -492,6 +492,15 @@ static void test_truncate(void **state)
     assert_int_equal(file_size(), 1000);
     assert_int_equal(bs->total_bytes, 1000);
     blk_unref(blk);
+
+    /* Full preallocation under O_DIRECT from and to unaligned sizes. */
+    bs = open_file("cache.direct=on,node-name=direct");
+    blk = rw_blk(bs);
+    assert_int_equal(do_truncate(blk, 3 * MB + 1000, PREALLOC_MODE_FULL,
+                                 NULL), 0);
+    assert_int_equal(file_size(), 3 * MB + 1000);
+    assert_true(file_blocks() >= 3 * MB);
+    blk_unref(blk);
 }
 
 static void test_create(void **state)
