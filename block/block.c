@@ -1032,6 +1032,21 @@ static void bdrv_free(BlockDriverState *bs)
     g_free(bs);
 }
 
+/* Undo a failed open: the driver's state (if its open succeeded), the
+ * children it attached, the name, the node. */
+static void open_failed(BlockDriverState *bs, bool drv_opened)
+{
+    if (drv_opened && bs->drv->bdrv_close) {
+        bs->drv->bdrv_close(bs);
+    }
+    BdrvChild *c;
+    while ((c = LIST_FIRST(&bs->children))) {
+        detach_child(bs, c);
+    }
+    g_hash_table_remove(reserved_names, bs->node_name);
+    bdrv_free(bs);
+}
+
 static BlockDriverState *coroutine_fn
 bdrv_open_inherit(const BlockdevOptions *opts, BlockDriverState *parent,
                   BdrvChildRole role, GError **errp)
@@ -1115,12 +1130,12 @@ bdrv_open_inherit(const BlockdevOptions *opts, BlockDriverState *parent,
             error_setg_errno(&err, -ret, "Could not open node '%s'", name);
         }
         error_propagate(errp, err);
-        BdrvChild *c;
-        while ((c = LIST_FIRST(&bs->children))) {
-            detach_child(bs, c);
-        }
-        g_hash_table_remove(reserved_names, name);
-        bdrv_free(bs);
+        open_failed(bs, false);
+        return NULL;
+    }
+    if (bs->total_bytes > BDRV_MAX_LENGTH || bs->total_bytes < 0) {
+        error_setg_errno(errp, EFBIG, "Could not refresh total sector count");
+        open_failed(bs, true);
         return NULL;
     }
     /* The driver may change its read-only state while opening
@@ -1135,15 +1150,7 @@ bdrv_open_inherit(const BlockdevOptions *opts, BlockDriverState *parent,
     }
     if (err) {
         error_propagate(errp, err);
-        if (drv->bdrv_close) {
-            drv->bdrv_close(bs);
-        }
-        BdrvChild *c;
-        while ((c = LIST_FIRST(&bs->children))) {
-            detach_child(bs, c);
-        }
-        g_hash_table_remove(reserved_names, name);
-        bdrv_free(bs);
+        open_failed(bs, true);
         return NULL;
     }
     /* Protocols name themselves; a node with children is named by the

@@ -31,7 +31,9 @@ typedef struct BlockBackend BlockBackend;
 #define BDRV_SECTOR_SIZE (1ULL << BDRV_SECTOR_BITS)
 /* Largest request the generic layer passes down in one piece. */
 #define BDRV_REQUEST_MAX_BYTES (INT32_MAX & ~(int64_t)(4096 - 1))
-#define BDRV_MAX_LENGTH (INT64_MAX & ~(int64_t)(4096 - 1))
+/* Largest node size: INT64_MAX rounded down to QEMU's largest alignment
+ * (1 GiB), the same limit and error texts as qemu-storage-daemon. */
+#define BDRV_MAX_LENGTH (INT64_MAX & ~((INT64_C(1) << 30) - 1))
 
 /* ---- permissions (bit numbers are the file-lock offsets' bits) ---- */
 enum {
