@@ -107,6 +107,9 @@ static int coroutine_fn entry_write(BlockDriverState *bs, Qcow2Cache *c,
         }
         c->depends_on_flush = false;
     }
+    if (!e->dirty) {
+        return 0; /* written meanwhile (a dependency cycle came back here) */
+    }
     ret = qcow2_pre_write_overlap_check(bs, c->overlap_ign, (int64_t)e->offset,
                                         (int64_t)c->table_size);
     if (ret < 0) {
@@ -130,6 +133,13 @@ int coroutine_fn qcow2_cache_write(BlockDriverState *bs, Qcow2Cache *c)
         if (ret < 0 && result != -ENOSPC) {
             result = ret;
         }
+    }
+    if (c->ndirty == 0) {
+        /* Nothing of c is pending, so nothing needs ordering: dropping
+         * the dependency keeps the two caches from waiting on each other
+         * in a cycle. */
+        c->depends = NULL;
+        c->depends_on_flush = false;
     }
     return result;
 }

@@ -676,6 +676,41 @@ static void test_bad_headers(void **state)
     bdrv_unref(c.bs);
 }
 
+/* Writes to an image with an internal snapshot copy shared clusters and
+ * L2 tables; the snapshot keeps its content and the refcounts add up. */
+static void test_snapshot_cow(void **state)
+{
+    if (!have_qemu) {
+        skip();
+    }
+    const int64_t len = 16 * 1024 * 1024;
+    assert_int_equal(
+        sh("qemu-img create -q -f qcow2 sn.qcow2 16M && "
+           "qemu-io -c 'write -P 0x31 0 6M' -c 'write -c -P 0x32 8M 64k' "
+           "-c 'write -z 9M 64k' sn.qcow2 >/dev/null && "
+           "qemu-img snapshot -c s1 sn.qcow2 && "
+           "qemu-img convert -O raw sn.qcow2 sn.s1.raw && "
+           "cp sn.s1.raw sn.ref"),
+        0);
+    g_autofree char *refp = path("sn.ref");
+    gchar *ref;
+    gsize rlen;
+    assert_true(g_file_get_contents(refp, &ref, &rlen, NULL));
+    assert_int_equal((int64_t)rlen, len);
+    run_writes("sn.qcow2", NULL, len, (uint8_t *)ref, 1, 300);
+    write_file("sn.ref", ref, len);
+    g_free(ref);
+    check_image("sn.qcow2", "sn.ref");
+    /* the snapshot still reads as it was */
+    assert_int_equal(sh("cp sn.qcow2 sn2.qcow2 && qemu-img snapshot -a s1 "
+                        "sn2.qcow2 && qemu-img compare -q -f qcow2 -F raw "
+                        "sn2.qcow2 sn.s1.raw && qemu-img check sn2.qcow2 | "
+                        "grep -q 'No errors'"),
+                     0);
+    /* blockd reads an image whose active layer shares nothing anymore */
+    check_reads_like_qemu("sn.qcow2", NULL);
+}
+
 static void coroutine_fn corrupt_write_co(void *opaque)
 {
     MiscCo *m = opaque;
@@ -751,6 +786,7 @@ int main(void)
         cmocka_unit_test(test_truncate),
         cmocka_unit_test(test_bad_headers),
         cmocka_unit_test(test_corruption),
+        cmocka_unit_test(test_snapshot_cow),
     };
     int ret = cmocka_run_group_tests(tests, NULL, NULL);
     bdrv_close_all();
