@@ -642,9 +642,9 @@ static gboolean cache_clean_timer(gpointer opaque)
 
 static void qcow2_free_state(BDRVQcow2State *s)
 {
-    if (s->cache_clean_interval > 0) {
-        g_source_remove_by_user_data(s->bs);
-        s->cache_clean_interval = 0;
+    if (s->cache_clean_source) {
+        g_source_remove(s->cache_clean_source);
+        s->cache_clean_source = 0;
     }
     qcow2_cache_destroy(s->l2_cache);
     qcow2_cache_destroy(s->rc_cache);
@@ -937,8 +937,8 @@ static int coroutine_fn qcow2_do_open(BlockDriverState *bs,
         return -EINVAL;
     }
     if (s->cache_clean_interval > 0) {
-        g_timeout_add_seconds((guint)s->cache_clean_interval,
-                              cache_clean_timer, bs);
+        s->cache_clean_source = g_timeout_add_seconds(
+            (guint)s->cache_clean_interval, cache_clean_timer, bs);
     }
 
     s->overlap_check = parse_overlap(o);

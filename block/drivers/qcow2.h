@@ -183,6 +183,7 @@ typedef struct BDRVQcow2State {
     bool discard_passthrough;
     bool lazy_refcounts;
     int64_t cache_clean_interval;
+    guint cache_clean_source; /* GLib timeout id, 0: none */
 } BDRVQcow2State;
 
 /* ---- small pure helpers (unit-tested) ---- */

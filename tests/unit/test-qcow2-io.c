@@ -336,6 +336,20 @@ static void test_write_random(void **state)
     write_file("w.ref", ref, len);
     check_image("w.qcow2", "w.ref");
 
+    /* tiny caches: evictions of dirty tables in every order */
+    assert_int_equal(
+        sh("qemu-img create -q -f qcow2 -o cluster_size=4k -b wbase.qcow2 "
+           "-F qcow2 tiny.qcow2 32M && qemu-io -c 'write -P 0x21 0 3M' "
+           "tiny.qcow2 >/dev/null && qemu-img snapshot -c s tiny.qcow2"),
+        0);
+    memset(ref, 0x5a, 20 * 1024 * 1024);
+    memset(ref + 20 * 1024 * 1024, 0, len - 20 * 1024 * 1024);
+    memset(ref, 0x21, 3 * 1024 * 1024);
+    run_writes("tiny.qcow2", "l2-cache-size=8192,refcount-cache-size=16384",
+               len, ref, 1, 600);
+    write_file("tiny.ref", ref, len);
+    check_image("tiny.qcow2", "tiny.ref");
+
     /* 512-byte clusters with 1-bit refcounts (table growth), no backing */
     assert_int_equal(
         sh("qemu-img create -q -f qcow2 -o cluster_size=512,refcount_bits=1 "
