@@ -395,6 +395,12 @@ static int coroutine_fn find_free(BlockDriverState *bs, uint64_t n,
     BDRVQcow2State *s = bs->opaque;
     uint64_t idx = MAX(s->free_cluster_index, 1);
     uint64_t limit = QCOW2_MAX_HOST_OFFSET >> s->cluster_bits;
+    /* Nothing beyond the end of the file (or what we allocated there) can
+     * be in use; a refcount there is damage, and scanning on would take
+     * forever on a table full of bogus blocks. */
+    int64_t flen = bdrv_getlength(bs->file->bs);
+    uint64_t end = MAX(flen > 0 ? (uint64_t)flen : 0, s->fresh_start);
+    uint64_t end_index = (end + s->cluster_size - 1) >> s->cluster_bits;
     for (;;) {
         if (idx + n > limit) {
             return -EFBIG;
@@ -407,6 +413,13 @@ static int coroutine_fn find_free(BlockDriverState *bs, uint64_t n,
                 return ret;
             }
             if (rc) {
+                if (idx + j >= end_index) {
+                    return qcow2_signal_corruption(
+                        bs, true, (int64_t)((idx + j) << s->cluster_bits), -1,
+                        "Cluster %#" PRIx64 " beyond the end of the image "
+                        "file has a refcount",
+                        (idx + j) << s->cluster_bits);
+                }
                 break;
             }
         }
