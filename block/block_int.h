@@ -341,6 +341,10 @@ void bdrv_dec_in_flight(BlockDriverState *bs);
  * requests...): re-evaluate waiting drains. */
 void bdrv_wakeup(void);
 
+/* Set bs->filename from its children and options (filename.c), for a
+ * node whose driver left it empty. */
+void bdrv_refresh_filename(BlockDriverState *bs);
+
 /* Tell the parents of bs that its size changed (after a truncate). */
 void bdrv_parent_cb_resize(BlockDriverState *bs);
 
