@@ -801,10 +801,67 @@ void json_stream_flush(JsonStream *s)
 
         reset_msg(s);
         if (!quiet) {
-            report(s, "JSON parse error, premature end of input");
+            report(s, "JSON parse error, premature EOI");
         }
     }
     s->lex = LEX_VALUE;
+}
+
+/* ---- one complete text ---- */
+
+typedef struct ParseText {
+    JsonNode *value;
+    GError *err;
+} ParseText;
+
+static void text_msg(void *opaque, JsonNode *msg)
+{
+    ParseText *pt = opaque;
+
+    if (!pt->value && !pt->err) {
+        pt->value = msg;
+        return;
+    }
+    json_node_unref(msg);
+    if (!pt->err) {
+        error_setg(&pt->err, "Expecting at most one JSON value");
+    }
+}
+
+static void text_err(void *opaque, const GError *err)
+{
+    ParseText *pt = opaque;
+
+    if (pt->err) {
+        return;
+    }
+    if (pt->value) {
+        error_setg(&pt->err, "Expecting at most one JSON value");
+    } else {
+        pt->err = g_error_copy(err);
+    }
+}
+
+JsonNode *json_parse_text(const char *text, size_t len, GError **errp)
+{
+    ParseText pt = { 0 };
+    /* No size limit for a text we hold already; QEMU's nesting limit. */
+    JsonStream *s = json_stream_new(len + 1, 1024, text_msg, text_err, &pt);
+
+    json_stream_feed(s, text, len);
+    json_stream_flush(s);
+    json_stream_free(s);
+    if (!pt.err && !pt.value) {
+        error_setg(&pt.err, "Expecting a JSON value");
+    }
+    if (pt.err) {
+        if (pt.value) {
+            json_node_unref(pt.value);
+        }
+        g_propagate_error(errp, pt.err);
+        return NULL;
+    }
+    return pt.value;
 }
 
 /* ---- serialisation ---- */

@@ -30,6 +30,14 @@ void json_stream_feed(JsonStream *s, const char *buf, size_t len);
 void json_stream_flush(JsonStream *s);
 void json_stream_free(JsonStream *s);
 
+/*
+ * Parse one complete JSON text (a command-line argument, a file) with the
+ * same lexer and messages as QMP input: "JSON parse error, ...", or
+ * "Expecting at most one JSON value" when more follows.  NULL with *errp
+ * set on error.
+ */
+JsonNode *json_parse_text(const char *text, size_t len, GError **errp);
+
 /* Serialise compactly (no newlines), as QMP replies are sent. */
 char *json_to_string_compact(JsonNode *node);
 

@@ -234,7 +234,7 @@ static void test_garbage_recovery(void **state)
               "E:JSON parse error, invalid keyword 'tru'", NULL });
     /* An unclosed value waits for more input (here: until the end). */
     check("{\"a\": ",
-          (const char *const[]){ "E:JSON parse error, premature end of input",
+          (const char *const[]){ "E:JSON parse error, premature EOI",
                                  NULL });
 }
 
@@ -352,6 +352,44 @@ static void test_serialise(void **state)
     json_node_unref(n);
 }
 
+static void check_text(const char *text, const char *expect)
+{
+    GError *err = NULL;
+    JsonNode *n = json_parse_text(text, strlen(text), &err);
+
+    if (g_str_has_prefix(expect, "M:")) {
+        char *txt;
+
+        assert_non_null(n);
+        assert_null(err);
+        txt = json_to_string_compact(n);
+        assert_string_equal(txt, expect + 2);
+        g_free(txt);
+        json_node_unref(n);
+    } else {
+        assert_null(n);
+        assert_non_null(err);
+        assert_string_equal(err->message, expect + 2);
+        g_error_free(err);
+    }
+}
+
+/* One complete text, as the command line's JSON arguments are parsed. */
+static void test_parse_text(void **state)
+{
+    (void)state;
+    check_text(" {'driver': 'null-co', \"size\": 512} ",
+               "M:{\"driver\": \"null-co\", \"size\": 512}");
+    check_text("{\"driver\":", "E:JSON parse error, premature EOI");
+    check_text("{\"driver\": xyz}",
+               "E:JSON parse error, invalid keyword 'xyz'");
+    check_text("{\"a\": 1,}", "E:JSON parse error, expecting value");
+    check_text("{\"a\": 1} {}", "E:Expecting at most one JSON value");
+    check_text("{\"a\": 1}}", "E:Expecting at most one JSON value");
+    check_text("42", "M:42");
+    check_text("  ", "E:Expecting a JSON value");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -364,6 +402,7 @@ int main(void)
         cmocka_unit_test(test_flush),
         cmocka_unit_test(test_numbers),
         cmocka_unit_test(test_serialise),
+        cmocka_unit_test(test_parse_text),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
