@@ -20,7 +20,7 @@ struct BlockBackend {
     int quiesce_counter;
     unsigned in_flight;
     bool disable_request_queuing;
-    int64_t notified_len; /* size the user last heard of */
+    int64_t notified_len;    /* size the user last heard of */
     CoQueue queued_requests; /* requests held back while drained */
 };
 
@@ -116,11 +116,9 @@ int blk_insert_bs(BlockBackend *blk, BlockDriverState *bs, GError **errp)
         error_setg(errp, "The block backend already has a node");
         return -EBUSY;
     }
-    BdrvChild *c = bdrv_root_attach_child(bs, "root", &child_root,
-                                          BDRV_CHILD_FILTERED |
-                                              BDRV_CHILD_PRIMARY,
-                                          blk->perm, blk->shared_perm, blk,
-                                          errp);
+    BdrvChild *c = bdrv_root_attach_child(
+        bs, "root", &child_root, BDRV_CHILD_FILTERED | BDRV_CHILD_PRIMARY,
+        blk->perm, blk->shared_perm, blk, errp);
     if (!c) {
         return -EPERM;
     }
@@ -282,9 +280,8 @@ static int coroutine_fn blk_co_rw(BlockBackend *blk, BlkOp op, int64_t offset,
     return ret;
 }
 
-int coroutine_fn blk_co_preadv(BlockBackend *blk, int64_t offset,
-                               int64_t bytes, IOVector *qiov,
-                               BdrvRequestFlags flags)
+int coroutine_fn blk_co_preadv(BlockBackend *blk, int64_t offset, int64_t bytes,
+                               IOVector *qiov, BdrvRequestFlags flags)
 {
     return blk_co_rw(blk, BLK_READ, offset, bytes, qiov, flags);
 }
@@ -296,9 +293,8 @@ int coroutine_fn blk_co_pwritev(BlockBackend *blk, int64_t offset,
     return blk_co_rw(blk, BLK_WRITE, offset, bytes, qiov, flags);
 }
 
-int coroutine_fn blk_co_pread(BlockBackend *blk, int64_t offset,
-                              int64_t bytes, void *buf,
-                              BdrvRequestFlags flags)
+int coroutine_fn blk_co_pread(BlockBackend *blk, int64_t offset, int64_t bytes,
+                              void *buf, BdrvRequestFlags flags)
 {
     IOVector q;
     if (bytes < 0) {
@@ -308,9 +304,8 @@ int coroutine_fn blk_co_pread(BlockBackend *blk, int64_t offset,
     return blk_co_preadv(blk, offset, bytes, &q, flags);
 }
 
-int coroutine_fn blk_co_pwrite(BlockBackend *blk, int64_t offset,
-                               int64_t bytes, const void *buf,
-                               BdrvRequestFlags flags)
+int coroutine_fn blk_co_pwrite(BlockBackend *blk, int64_t offset, int64_t bytes,
+                               const void *buf, BdrvRequestFlags flags)
 {
     IOVector q;
     if (bytes < 0) {
@@ -341,9 +336,9 @@ int coroutine_fn blk_co_flush(BlockBackend *blk)
     return ret;
 }
 
-int coroutine_fn blk_co_truncate(BlockBackend *blk, int64_t offset,
-                                 bool exact, PreallocMode prealloc,
-                                 BdrvRequestFlags flags, GError **errp)
+int coroutine_fn blk_co_truncate(BlockBackend *blk, int64_t offset, bool exact,
+                                 PreallocMode prealloc, BdrvRequestFlags flags,
+                                 GError **errp)
 {
     if (!blk->root) {
         error_setg(errp, "No medium inserted");
@@ -352,8 +347,7 @@ int coroutine_fn blk_co_truncate(BlockBackend *blk, int64_t offset,
     /* Not held back while drained: resizing is done inside a drained
      * section (block_resize) by design. */
     blk_inc_in_flight(blk);
-    int ret = bdrv_co_truncate(blk->root, offset, exact, prealloc, flags,
-                               errp);
+    int ret = bdrv_co_truncate(blk->root, offset, exact, prealloc, flags, errp);
     blk_dec_in_flight(blk);
     return ret;
 }

@@ -30,8 +30,8 @@ static void registry_init(void)
     if (!all_nodes) {
         all_nodes = g_ptr_array_new();
         monitor_nodes = g_ptr_array_new();
-        reserved_names = g_hash_table_new_full(g_str_hash, g_str_equal,
-                                               g_free, NULL);
+        reserved_names =
+            g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
     }
 }
 
@@ -176,7 +176,8 @@ int64_t bdrv_getlength(BlockDriverState *bs)
     }
     /* QEMU keeps sizes in sectors, rounding up: a 4097-byte file is a
      * 4608-byte node.  Reads past the real end return zeroes. */
-    return (bs->total_bytes + BDRV_SECTOR_SIZE - 1) & ~(int64_t)(BDRV_SECTOR_SIZE - 1);
+    return (bs->total_bytes + BDRV_SECTOR_SIZE - 1) &
+           ~(int64_t)(BDRV_SECTOR_SIZE - 1);
 }
 
 int64_t coroutine_fn bdrv_co_get_allocated_file_size(BlockDriverState *bs)
@@ -197,9 +198,9 @@ int64_t coroutine_fn bdrv_co_get_allocated_file_size(BlockDriverState *bs)
     /* A format's data lives in its storage children (not its backing). */
     int64_t sum = 0;
     BdrvChild *c;
-    LIST_FOREACH(c, &bs->children, next) {
-        if (c->role & (BDRV_CHILD_DATA | BDRV_CHILD_METADATA |
-                       BDRV_CHILD_FILTERED)) {
+    LIST_FOREACH (c, &bs->children, next) {
+        if (c->role &
+            (BDRV_CHILD_DATA | BDRV_CHILD_METADATA | BDRV_CHILD_FILTERED)) {
             int64_t n = bdrv_co_get_allocated_file_size(c->bs);
             if (n < 0) {
                 return n;
@@ -224,7 +225,7 @@ BdrvChild *bdrv_filter_or_cow_child(BlockDriverState *bs)
     }
     if (bs->drv->is_filter) {
         BdrvChild *c;
-        LIST_FOREACH(c, &bs->children, next) {
+        LIST_FOREACH (c, &bs->children, next) {
             if (c->role & BDRV_CHILD_FILTERED) {
                 return c;
             }
@@ -308,7 +309,7 @@ static const BdrvChildClass child_of_bds = {
 void bdrv_parent_cb_resize(BlockDriverState *bs)
 {
     BdrvChild *c, *next;
-    LIST_FOREACH_SAFE(c, &bs->parents, next_parent, next) {
+    LIST_FOREACH_SAFE (c, &bs->parents, next_parent, next) {
         if (c->klass->resize) {
             c->klass->resize(c);
         }
@@ -339,7 +340,7 @@ static void bdrv_unquiesce(BlockDriverState *bs)
 void bdrv_quiesce_parents(BlockDriverState *bs)
 {
     BdrvChild *c;
-    LIST_FOREACH(c, &bs->parents, next_parent) {
+    LIST_FOREACH (c, &bs->parents, next_parent) {
         c->parent_quiesce_counter++;
         if (c->klass->drained_begin) {
             c->klass->drained_begin(c);
@@ -350,7 +351,7 @@ void bdrv_quiesce_parents(BlockDriverState *bs)
 void bdrv_unquiesce_parents(BlockDriverState *bs)
 {
     BdrvChild *c, *next;
-    LIST_FOREACH_SAFE(c, &bs->parents, next_parent, next) {
+    LIST_FOREACH_SAFE (c, &bs->parents, next_parent, next) {
         if (c->parent_quiesce_counter > 0) {
             c->parent_quiesce_counter--;
             if (c->klass->drained_end) {
@@ -388,7 +389,7 @@ static bool bdrv_recurse_has_child(BlockDriverState *bs,
         return true;
     }
     BdrvChild *c;
-    LIST_FOREACH(c, &bs->children, next) {
+    LIST_FOREACH (c, &bs->children, next) {
         if (bdrv_recurse_has_child(c->bs, needle)) {
             return true;
         }
@@ -437,8 +438,7 @@ static int edge_link_checked(BdrvChild *c, GError **errp)
 BdrvChild *bdrv_root_attach_child(BlockDriverState *child, const char *name,
                                   const BdrvChildClass *klass,
                                   BdrvChildRole role, uint64_t perm,
-                                  uint64_t shared, void *opaque,
-                                  GError **errp)
+                                  uint64_t shared, void *opaque, GError **errp)
 {
     BdrvChild *c = edge_new(child, name, klass, role, perm, shared, opaque);
     if (edge_link_checked(c, errp) < 0) {
@@ -449,8 +449,8 @@ BdrvChild *bdrv_root_attach_child(BlockDriverState *child, const char *name,
 }
 
 /* What a node parent needs of an edge, given its own cumulative perms. */
-void bdrv_child_perm_of(BlockDriverState *parent, BdrvChild *c,
-                        uint64_t *nperm, uint64_t *nshared)
+void bdrv_child_perm_of(BlockDriverState *parent, BdrvChild *c, uint64_t *nperm,
+                        uint64_t *nshared)
 {
     const BlockDriver *drv = parent->drv;
     if (drv && drv->bdrv_child_perm) {
@@ -465,17 +465,17 @@ void bdrv_child_perm_of(BlockDriverState *parent, BdrvChild *c,
     }
 }
 
-BdrvChild *bdrv_attach_child(BlockDriverState *parent,
-                             BlockDriverState *child, const char *name,
-                             BdrvChildRole role, GError **errp)
+BdrvChild *bdrv_attach_child(BlockDriverState *parent, BlockDriverState *child,
+                             const char *name, BdrvChildRole role,
+                             GError **errp)
 {
     if (bdrv_recurse_has_child(child, parent)) {
         error_setg(errp, "Making '%s' a %s child of '%s' would create a cycle",
                    child->node_name, name, parent->node_name);
         return NULL;
     }
-    BdrvChild *c = edge_new(child, name, &child_of_bds, role, 0,
-                            BLK_PERM_ALL, parent);
+    BdrvChild *c =
+        edge_new(child, name, &child_of_bds, role, 0, BLK_PERM_ALL, parent);
     bdrv_child_perm_of(parent, c, &c->perm, &c->shared_perm);
     if (edge_link_checked(c, errp) < 0) {
         edge_free(c);
@@ -579,8 +579,10 @@ bool bdrv_child_graph_mod_check(const BdrvChild *c, GError **errp)
             g_string_append_printf(who, "%s%s", who->len ? ", " : "", h);
         }
     }
-    error_setg(errp, "Node '%s' is busy: block device is in use by block "
-               "job: %s", c->bs ? c->bs->node_name : "", who->str);
+    error_setg(errp,
+               "Node '%s' is busy: block device is in use by block "
+               "job: %s",
+               c->bs ? c->bs->node_name : "", who->str);
     g_string_free(who, TRUE);
     return false;
 }
@@ -599,8 +601,10 @@ int bdrv_set_backing_hd(BlockDriverState *bs, BlockDriverState *backing_bs,
     }
     if (backing_bs && bs->drv && !bs->drv->supports_backing &&
         !bs->drv->is_filter) {
-        error_setg(errp, "Driver '%s' of node '%s' does not support backing "
-                   "files", bs->drv->format_name, bs->node_name);
+        error_setg(errp,
+                   "Driver '%s' of node '%s' does not support backing "
+                   "files",
+                   bs->drv->format_name, bs->node_name);
         return -ENOTSUP;
     }
     BdrvChildRole role = (bs->drv && bs->drv->is_filter)
@@ -613,7 +617,8 @@ int bdrv_set_backing_hd(BlockDriverState *bs, BlockDriverState *backing_bs,
         if (bdrv_recurse_has_child(backing_bs, bs)) {
             error_setg(errp,
                        "Making '%s' a backing child of '%s' would create a "
-                       "cycle", backing_bs->node_name, bs->node_name);
+                       "cycle",
+                       backing_bs->node_name, bs->node_name);
             bdrv_drained_end(bs);
             return -EINVAL;
         }
@@ -648,7 +653,7 @@ int bdrv_replace_node(BlockDriverState *from, BlockDriverState *to,
     BdrvChild *c;
     /* A parent that is `to` itself (a filter being inserted above or
      * removed from `from`) keeps its edge. */
-    LIST_FOREACH(c, &from->parents, next_parent) {
+    LIST_FOREACH (c, &from->parents, next_parent) {
         if (c->klass->parent_is_bds && c->opaque == to) {
             continue;
         }
@@ -656,8 +661,7 @@ int bdrv_replace_node(BlockDriverState *from, BlockDriverState *to,
             g_ptr_array_free(moved, TRUE);
             return -EBUSY;
         }
-        if (c->klass->parent_is_bds &&
-            bdrv_recurse_has_child(to, c->opaque)) {
+        if (c->klass->parent_is_bds && bdrv_recurse_has_child(to, c->opaque)) {
             BlockDriverState *p = c->opaque;
             error_setg(errp,
                        "Making '%s' a %s child of '%s' would create a cycle",
@@ -720,10 +724,10 @@ static void merge_limits(BlockLimits *dst, const BlockLimits *src)
 #define MIN_NON_ZERO(a, b) ((a) == 0 ? (b) : ((b) == 0 ? (a) : MIN(a, b)))
     dst->opt_transfer = MAX(dst->opt_transfer, src->opt_transfer);
     dst->max_transfer = MIN_NON_ZERO(dst->max_transfer, src->max_transfer);
-    dst->opt_mem_alignment = MAX(dst->opt_mem_alignment,
-                                 src->opt_mem_alignment);
-    dst->min_mem_alignment = MAX(dst->min_mem_alignment,
-                                 src->min_mem_alignment);
+    dst->opt_mem_alignment =
+        MAX(dst->opt_mem_alignment, src->opt_mem_alignment);
+    dst->min_mem_alignment =
+        MAX(dst->min_mem_alignment, src->min_mem_alignment);
 #undef MIN_NON_ZERO
 }
 
@@ -736,9 +740,9 @@ void bdrv_refresh_limits(BlockDriverState *bs, GError **errp)
     bs->bl.request_alignment = 1;
     bool have_limits = false;
     BdrvChild *c;
-    LIST_FOREACH(c, &bs->children, next) {
-        if (c->role & (BDRV_CHILD_DATA | BDRV_CHILD_FILTERED |
-                       BDRV_CHILD_COW)) {
+    LIST_FOREACH (c, &bs->children, next) {
+        if (c->role &
+            (BDRV_CHILD_DATA | BDRV_CHILD_FILTERED | BDRV_CHILD_COW)) {
             merge_limits(&bs->bl, &c->bs->bl);
             have_limits = true;
         }
@@ -762,7 +766,7 @@ void bdrv_refresh_limits(BlockDriverState *bs, GError **errp)
 const char *bdrv_backing_user(BlockDriverState *bs)
 {
     BdrvChild *c;
-    LIST_FOREACH(c, &bs->parents, next_parent) {
+    LIST_FOREACH (c, &bs->parents, next_parent) {
         if (c->klass->parent_is_bds && (c->role & BDRV_CHILD_COW)) {
             return ((BlockDriverState *)c->opaque)->node_name;
         }
@@ -785,7 +789,7 @@ typedef struct Inherited {
 
 static Inherited inherited_from(BlockDriverState *parent, BdrvChildRole role)
 {
-    Inherited in = { 0 };
+    Inherited in = {0};
     if (!parent) {
         return in;
     }
@@ -852,10 +856,10 @@ bdrv_open_inherit(const BlockdevOptions *opts, BlockDriverState *parent,
     }
     Inherited in = inherited_from(parent, role);
     bool read_only = opts->has_read_only ? opts->read_only : in.read_only;
-    bool auto_ro = opts->has_auto_read_only ? opts->auto_read_only
-                                            : in.auto_read_only;
-    bool force_share = opts->has_force_share ? opts->force_share
-                                             : in.force_share;
+    bool auto_ro =
+        opts->has_auto_read_only ? opts->auto_read_only : in.auto_read_only;
+    bool force_share =
+        opts->has_force_share ? opts->force_share : in.force_share;
     bool direct = in.direct, no_flush = in.no_flush;
     if (opts->has_cache && opts->cache) {
         if (opts->cache->has_direct) {
@@ -868,9 +872,9 @@ bdrv_open_inherit(const BlockdevOptions *opts, BlockDriverState *parent,
     bool unmap = opts->has_discard
                      ? opts->discard == BLOCKDEV_DISCARD_OPTIONS_UNMAP
                      : in.discard_unmap;
-    BlockdevDetectZeroesOptions dz =
-        opts->has_detect_zeroes ? opts->detect_zeroes
-                                : BLOCKDEV_DETECT_ZEROES_OPTIONS_OFF;
+    BlockdevDetectZeroesOptions dz = opts->has_detect_zeroes
+                                         ? opts->detect_zeroes
+                                         : BLOCKDEV_DETECT_ZEROES_OPTIONS_OFF;
 
     if (force_share && !read_only) {
         error_setg(errp,
@@ -899,12 +903,11 @@ bdrv_open_inherit(const BlockdevOptions *opts, BlockDriverState *parent,
     g_strlcpy(bs->node_name, name, sizeof(bs->node_name));
     bs->options = qapi_BlockdevOptions_clone(opts);
     bs->read_only = read_only;
-    bs->open_flags = (read_only ? 0 : BDRV_O_RDWR) |
-                     (direct ? BDRV_O_NOCACHE : 0) |
-                     (no_flush ? BDRV_O_NO_FLUSH : 0) |
-                     (unmap ? BDRV_O_UNMAP : 0) |
-                     (auto_ro ? BDRV_O_AUTO_RDONLY : 0) |
-                     (force_share ? BDRV_O_FORCE_SHARE : 0);
+    bs->open_flags =
+        (read_only ? 0 : BDRV_O_RDWR) | (direct ? BDRV_O_NOCACHE : 0) |
+        (no_flush ? BDRV_O_NO_FLUSH : 0) | (unmap ? BDRV_O_UNMAP : 0) |
+        (auto_ro ? BDRV_O_AUTO_RDONLY : 0) |
+        (force_share ? BDRV_O_FORCE_SHARE : 0);
     bs->detect_zeroes = dz;
     bs->refcnt = 1;
     LIST_INIT(&bs->children);
@@ -991,8 +994,8 @@ BdrvChild *coroutine_fn bdrv_open_child(BlockDriverState *parent,
         return NULL;
     }
     if (ref->type == QTYPE_QSTRING) {
-        BlockDriverState *child = bdrv_lookup_bs(ref->u.reference,
-                                                 ref->u.reference, errp);
+        BlockDriverState *child =
+            bdrv_lookup_bs(ref->u.reference, ref->u.reference, errp);
         if (!child) {
             return NULL;
         }
@@ -1001,8 +1004,8 @@ BdrvChild *coroutine_fn bdrv_open_child(BlockDriverState *parent,
     if (role & BDRV_CHILD_COW) {
         registry_add(parent);
     }
-    BlockDriverState *child = bdrv_open_inherit(&ref->u.definition, parent,
-                                                role, errp);
+    BlockDriverState *child =
+        bdrv_open_inherit(&ref->u.definition, parent, role, errp);
     if (!child) {
         return NULL;
     }
@@ -1082,7 +1085,7 @@ bool bdrv_is_monitor_owned(const BlockDriverState *bs)
 static bool bdrv_has_blk(BlockDriverState *bs)
 {
     BdrvChild *c;
-    LIST_FOREACH(c, &bs->parents, next_parent) {
+    LIST_FOREACH (c, &bs->parents, next_parent) {
         if (!c->klass->parent_is_bds) {
             return true;
         }
@@ -1097,20 +1100,21 @@ int coroutine_fn bdrv_co_blockdev_del(BlockDriverState *bs, GError **errp)
         return -EBUSY;
     }
     BdrvChild *c;
-    LIST_FOREACH(c, &bs->parents, next_parent) {
+    LIST_FOREACH (c, &bs->parents, next_parent) {
         if (!bdrv_child_graph_mod_check(c, errp)) {
             return -EBUSY;
         }
     }
     const char *user = bdrv_backing_user(bs);
     if (user) {
-        error_setg(errp, "Node '%s' is busy: node is used as backing hd of "
-                   "'%s'", bs->node_name, user);
+        error_setg(errp,
+                   "Node '%s' is busy: node is used as backing hd of "
+                   "'%s'",
+                   bs->node_name, user);
         return -EBUSY;
     }
     if (!bs->monitor_owned) {
-        error_setg(errp, "Node %s is not owned by the monitor",
-                   bs->node_name);
+        error_setg(errp, "Node %s is not owned by the monitor", bs->node_name);
         return -EINVAL;
     }
     if (bs->refcnt > 1 || !LIST_EMPTY(&bs->parents)) {

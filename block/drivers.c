@@ -13,13 +13,11 @@ extern const BlockDriver bdrv_raw;
 extern const BlockDriver bdrv_null_co;
 extern const BlockDriver bdrv_null_aio;
 extern const BlockDriver bdrv_qcow2;
+extern const BlockDriver bdrv_blkdebug;
 
 static const BlockDriver *const driver_table[] = {
-    &bdrv_file,
-    &bdrv_raw,
-    &bdrv_null_co,
-    &bdrv_null_aio,
-    &bdrv_qcow2,
+    &bdrv_file,     &bdrv_raw,   &bdrv_null_co,
+    &bdrv_null_aio, &bdrv_qcow2, &bdrv_blkdebug,
 };
 
 /* Drivers registered by unit tests; searched before the table so a test

@@ -121,18 +121,16 @@ static bool backing_overridden(BlockDriverState *bs)
     return strcmp(bs->backing_file, bs->backing->bs->filename) != 0;
 }
 
-
 /* The options that decide what bs reads: driver, its strong options as
  * given, and each child's own dictionary.  Caller frees. */
 static JsonNode *strong_options(BlockDriverState *bs)
 {
     JsonObject *obj = json_object_new();
     json_object_set_string_member(obj, "driver", bs->drv->format_name);
-    JsonNode *all = bs->options ? qapi_BlockdevOptions_to_json(bs->options)
-                                : NULL;
-    JsonObject *allo = all && JSON_NODE_HOLDS_OBJECT(all)
-                           ? json_node_get_object(all)
-                           : NULL;
+    JsonNode *all =
+        bs->options ? qapi_BlockdevOptions_to_json(bs->options) : NULL;
+    JsonObject *allo =
+        all && JSON_NODE_HOLDS_OBJECT(all) ? json_node_get_object(all) : NULL;
     for (const char *const *k = bs->drv->strong_opts; k && *k; k++) {
         if (allo && json_object_has_member(allo, *k)) {
             json_object_set_member(
@@ -141,7 +139,7 @@ static JsonNode *strong_options(BlockDriverState *bs)
     }
     BdrvChild *c;
     GPtrArray *kids = g_ptr_array_new();
-    LIST_FOREACH(c, &bs->children, next) {
+    LIST_FOREACH (c, &bs->children, next) {
         g_ptr_array_insert(kids, 0, c); /* attach order */
     }
     bool overridden = backing_overridden(bs);
@@ -192,7 +190,7 @@ void bdrv_refresh_filename(BlockDriverState *bs)
     }
     BdrvChild *primary = NULL, *c;
     int nchildren = 0;
-    LIST_FOREACH(c, &bs->children, next) {
+    LIST_FOREACH (c, &bs->children, next) {
         if (c->role & BDRV_CHILD_COW) {
             continue; /* judged by backing_overridden() */
         }
@@ -204,9 +202,9 @@ void bdrv_refresh_filename(BlockDriverState *bs)
     /* Only a protocol child's plain name will do: opening that name with
      * this driver must give the same tree (QEMU's rule). */
     if (primary && nchildren == 1 && !has_strong_options(bs) &&
-        !backing_overridden(bs) &&
-        !bs->drv->is_filter && LIST_EMPTY(&primary->bs->children) &&
-        primary->bs->filename[0] && strncmp(primary->bs->filename, "json:", 5)) {
+        !backing_overridden(bs) && !bs->drv->is_filter &&
+        LIST_EMPTY(&primary->bs->children) && primary->bs->filename[0] &&
+        strncmp(primary->bs->filename, "json:", 5)) {
         g_strlcpy(bs->filename, primary->bs->filename, sizeof(bs->filename));
         return;
     }
@@ -217,4 +215,3 @@ void bdrv_refresh_filename(BlockDriverState *bs)
     g_strlcpy(bs->filename, s->str, sizeof(bs->filename));
     g_string_free(s, TRUE);
 }
-

@@ -16,8 +16,8 @@
 #include "block/block_int.h"
 #include "util/aio.h"
 
-#define ROUND_DOWN(n, a) ((n) & ~((int64_t)(a) - 1))
-#define ROUND_UP(n, a) ROUND_DOWN((n) + (a) - 1, a)
+#define ROUND_DOWN(n, a) ((n) & ~((int64_t)(a)-1))
+#define ROUND_UP(n, a) ROUND_DOWN((n) + (a)-1, a)
 #define MIN_NON_ZERO(a, b) ((a) == 0 ? (b) : ((b) == 0 ? (a) : MIN(a, b)))
 
 /* Zero-write fallback buffer size. */
@@ -62,7 +62,7 @@ void bdrv_dec_in_flight(BlockDriverState *bs)
 static void drain_wait(bool (*cond)(void *), void *opaque)
 {
     if (in_coroutine()) {
-        CoSleep w = { 0 };
+        CoSleep w = {0};
         while (cond(opaque)) {
             drain_sleepers = g_slist_prepend(drain_sleepers, &w);
             co_sleep_ns_wakeable(&w, 10 * 1000 * 1000);
@@ -84,7 +84,7 @@ bool bdrv_drain_poll_node(BlockDriverState *bs)
         return true;
     }
     BdrvChild *c;
-    LIST_FOREACH(c, &bs->parents, next_parent) {
+    LIST_FOREACH (c, &bs->parents, next_parent) {
         if (c->klass->drained_poll && c->klass->drained_poll(c)) {
             return true;
         }
@@ -242,7 +242,7 @@ static void coroutine_fn wait_serialising(BdrvTrackedRequest *req)
     do {
         retry = false;
         BdrvTrackedRequest *o;
-        LIST_FOREACH(o, &bs->tracked_requests, list) {
+        LIST_FOREACH (o, &bs->tracked_requests, list) {
             if (o == req) {
                 break; /* only older requests */
             }
@@ -285,8 +285,8 @@ static uint32_t req_align(BlockDriverState *bs)
 
 static int64_t max_transfer(BlockDriverState *bs, uint32_t align)
 {
-    int64_t mt = MIN_NON_ZERO(bs->bl.max_transfer,
-                              (int64_t)BDRV_REQUEST_MAX_BYTES);
+    int64_t mt =
+        MIN_NON_ZERO(bs->bl.max_transfer, (int64_t)BDRV_REQUEST_MAX_BYTES);
     mt = MIN(mt, (int64_t)BDRV_REQUEST_MAX_BYTES);
     mt = ROUND_DOWN(mt, align);
     return mt > 0 ? mt : align;
@@ -334,8 +334,8 @@ typedef int coroutine_fn DrvRw(BlockDriverState *bs, int64_t offset,
                                BdrvRequestFlags flags);
 
 static int coroutine_fn split_rw(DrvRw *fn, BlockDriverState *bs,
-                                 int64_t offset, int64_t bytes,
-                                 IOVector *qiov, size_t qoff, int64_t max,
+                                 int64_t offset, int64_t bytes, IOVector *qiov,
+                                 size_t qoff, int64_t max,
                                  BdrvRequestFlags flags)
 {
     if (bytes <= max && qoff == 0 && qiov->size == (size_t)bytes) {
@@ -386,9 +386,8 @@ static int coroutine_fn aligned_preadv(BlockDriverState *bs, int64_t offset,
     return 0;
 }
 
-int coroutine_fn bdrv_co_preadv(BdrvChild *child, int64_t offset,
-                                int64_t bytes, IOVector *qiov,
-                                BdrvRequestFlags flags)
+int coroutine_fn bdrv_co_preadv(BdrvChild *child, int64_t offset, int64_t bytes,
+                                IOVector *qiov, BdrvRequestFlags flags)
 {
     BlockDriverState *bs = child ? child->bs : NULL;
     if (!bs || !bs->drv) {
@@ -429,8 +428,8 @@ int coroutine_fn bdrv_co_preadv(BdrvChild *child, int64_t offset,
         if (tail_pad) {
             qiov_add(&lq, tbuf, tail_pad);
         }
-        ret = aligned_preadv(bs, offset - head, bytes + head + tail_pad,
-                             align, &lq, 0, flags);
+        ret = aligned_preadv(bs, offset - head, bytes + head + tail_pad, align,
+                             &lq, 0, flags);
         qiov_destroy(&lq);
         blk_vfree(hbuf);
         blk_vfree(tbuf);
@@ -442,9 +441,8 @@ int coroutine_fn bdrv_co_preadv(BdrvChild *child, int64_t offset,
     return ret;
 }
 
-int coroutine_fn bdrv_co_pread(BdrvChild *child, int64_t offset,
-                               int64_t bytes, void *buf,
-                               BdrvRequestFlags flags)
+int coroutine_fn bdrv_co_pread(BdrvChild *child, int64_t offset, int64_t bytes,
+                               void *buf, BdrvRequestFlags flags)
 {
     IOVector q;
     if (bytes < 0) {
@@ -467,13 +465,12 @@ static void write_done(BlockDriverState *bs, int64_t offset, int64_t bytes)
 
 /* Zeroes on an aligned range, through the driver's write_zeroes where it
  * can, else by writing zeroed buffers. */
-static int coroutine_fn do_pwrite_zeroes(BlockDriverState *bs,
-                                         int64_t offset, int64_t bytes,
-                                         BdrvRequestFlags flags)
+static int coroutine_fn do_pwrite_zeroes(BlockDriverState *bs, int64_t offset,
+                                         int64_t bytes, BdrvRequestFlags flags)
 {
     uint32_t align = req_align(bs);
-    int64_t zalign = MAX((int64_t)bs->bl.pwrite_zeroes_alignment,
-                         (int64_t)align);
+    int64_t zalign =
+        MAX((int64_t)bs->bl.pwrite_zeroes_alignment, (int64_t)align);
     int64_t max_wz = MIN_NON_ZERO(bs->bl.max_pwrite_zeroes, (int64_t)INT_MAX);
     max_wz = MAX(ROUND_DOWN(max_wz, zalign), zalign);
     int64_t max_write = max_transfer(bs, align);
@@ -693,8 +690,7 @@ static int coroutine_fn pwritev_common(BdrvChild *child, int64_t offset,
         if (head || tail_pad) {
             ret = unaligned_zeroes(child, offset, bytes, align, flags);
         } else {
-            ret = aligned_pwritev(child, offset, bytes, align, NULL, 0,
-                                  flags);
+            ret = aligned_pwritev(child, offset, bytes, align, NULL, 0, flags);
         }
     } else if (head || tail_pad) {
         int64_t aoff = offset - head;
@@ -748,9 +744,8 @@ int coroutine_fn bdrv_co_pwritev(BdrvChild *child, int64_t offset,
     return pwritev_common(child, offset, bytes, qiov, flags);
 }
 
-int coroutine_fn bdrv_co_pwrite(BdrvChild *child, int64_t offset,
-                                int64_t bytes, const void *buf,
-                                BdrvRequestFlags flags)
+int coroutine_fn bdrv_co_pwrite(BdrvChild *child, int64_t offset, int64_t bytes,
+                                const void *buf, BdrvRequestFlags flags)
 {
     IOVector q;
     if (bytes < 0) {
@@ -870,7 +865,7 @@ int coroutine_fn bdrv_co_flush(BlockDriverState *bs)
     }
     /* 2. The children, so everything below is stable first. */
     BdrvChild *c;
-    LIST_FOREACH(c, &bs->children, next) {
+    LIST_FOREACH (c, &bs->children, next) {
         if (c->perm & (BLK_PERM_WRITE | BLK_PERM_WRITE_UNCHANGED)) {
             int r = bdrv_co_flush(c->bs);
             if (ret == 0) {
@@ -898,9 +893,9 @@ out:
 
 /* ---- truncate ---- */
 
-int coroutine_fn bdrv_co_truncate(BdrvChild *child, int64_t offset,
-                                  bool exact, PreallocMode prealloc,
-                                  BdrvRequestFlags flags, GError **errp)
+int coroutine_fn bdrv_co_truncate(BdrvChild *child, int64_t offset, bool exact,
+                                  PreallocMode prealloc, BdrvRequestFlags flags,
+                                  GError **errp)
 {
     BlockDriverState *bs = child ? child->bs : NULL;
     if (!bs || !bs->drv) {
@@ -912,8 +907,10 @@ int coroutine_fn bdrv_co_truncate(BdrvChild *child, int64_t offset,
         return -EINVAL;
     }
     if (offset > BDRV_MAX_LENGTH) {
-        error_setg(errp, "offset(%" G_GINT64_FORMAT ") exceeds maximum(%"
-                   G_GINT64_FORMAT ")", offset, (int64_t)BDRV_MAX_LENGTH);
+        error_setg(errp,
+                   "offset(%" G_GINT64_FORMAT
+                   ") exceeds maximum(%" G_GINT64_FORMAT ")",
+                   offset, (int64_t)BDRV_MAX_LENGTH);
         return -EFBIG;
     }
     int64_t old_size = bdrv_getlength(bs);
@@ -948,11 +945,10 @@ int coroutine_fn bdrv_co_truncate(BdrvChild *child, int64_t offset,
     int ret;
     BdrvChild *filtered = passthrough_child(bs);
     if (bs->drv->bdrv_co_truncate) {
-        ret = bs->drv->bdrv_co_truncate(bs, offset, exact, prealloc, flags,
-                                        errp);
+        ret =
+            bs->drv->bdrv_co_truncate(bs, offset, exact, prealloc, flags, errp);
     } else if (filtered) {
-        ret = bdrv_co_truncate(filtered, offset, exact, prealloc, flags,
-                               errp);
+        ret = bdrv_co_truncate(filtered, offset, exact, prealloc, flags, errp);
         if (ret == 0) {
             bs->total_bytes = filtered->bs->total_bytes;
         }

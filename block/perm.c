@@ -14,8 +14,8 @@
 #include "util/transaction.h"
 
 /* From block.c: the perms parent needs on edge c. */
-void bdrv_child_perm_of(BlockDriverState *parent, BdrvChild *c,
-                        uint64_t *nperm, uint64_t *nshared);
+void bdrv_child_perm_of(BlockDriverState *parent, BdrvChild *c, uint64_t *nperm,
+                        uint64_t *nshared);
 
 char *bdrv_perm_names(uint64_t perm)
 {
@@ -23,10 +23,10 @@ char *bdrv_perm_names(uint64_t perm)
         uint64_t bit;
         const char *name;
     } names[] = {
-        { BLK_PERM_CONSISTENT_READ, "consistent read" },
-        { BLK_PERM_WRITE, "write" },
-        { BLK_PERM_WRITE_UNCHANGED, "write unchanged" },
-        { BLK_PERM_RESIZE, "resize" },
+        {BLK_PERM_CONSISTENT_READ, "consistent read"},
+        {BLK_PERM_WRITE, "write"},
+        {BLK_PERM_WRITE_UNCHANGED, "write unchanged"},
+        {BLK_PERM_RESIZE, "resize"},
     };
     GString *s = g_string_new(NULL);
     for (size_t i = 0; i < G_N_ELEMENTS(names); i++) {
@@ -42,7 +42,7 @@ char *bdrv_perm_names(uint64_t perm)
 
 /* What a filter passes through; everything else is shared unchanged. */
 #define PERM_PASSTHROUGH                                                       \
-    (BLK_PERM_CONSISTENT_READ | BLK_PERM_WRITE | BLK_PERM_WRITE_UNCHANGED |  \
+    (BLK_PERM_CONSISTENT_READ | BLK_PERM_WRITE | BLK_PERM_WRITE_UNCHANGED |    \
      BLK_PERM_RESIZE)
 #define PERM_UNCHANGED (BLK_PERM_ALL & ~PERM_PASSTHROUGH)
 
@@ -108,9 +108,9 @@ static void default_perms_for_storage(BlockDriverState *bs, BdrvChild *c,
     *nshared = shared;
 }
 
-void bdrv_default_perms(BlockDriverState *bs, BdrvChild *c,
-                        BdrvChildRole role, uint64_t perm, uint64_t shared,
-                        uint64_t *nperm, uint64_t *nshared)
+void bdrv_default_perms(BlockDriverState *bs, BdrvChild *c, BdrvChildRole role,
+                        uint64_t perm, uint64_t shared, uint64_t *nperm,
+                        uint64_t *nshared)
 {
     if (role & BDRV_CHILD_FILTERED) {
         bdrv_filter_default_perms(bs, c, role, perm, shared, nperm, nshared);
@@ -189,15 +189,14 @@ static const TransactionActionDrv node_perm_drv = {
 
 /* ---- the update ---- */
 
-static void topo_visit(BlockDriverState *bs, GHashTable *seen,
-                       GPtrArray *post)
+static void topo_visit(BlockDriverState *bs, GHashTable *seen, GPtrArray *post)
 {
     if (g_hash_table_contains(seen, bs)) {
         return;
     }
     g_hash_table_add(seen, bs);
     BdrvChild *c;
-    LIST_FOREACH(c, &bs->children, next) {
+    LIST_FOREACH (c, &bs->children, next) {
         topo_visit(c->bs, seen, post);
     }
     g_ptr_array_add(post, bs);
@@ -225,8 +224,8 @@ static bool a_allows_b(BdrvChild *a, BdrvChild *b, GError **errp)
 static bool parents_conflict(BlockDriverState *bs, GError **errp)
 {
     BdrvChild *a, *b;
-    LIST_FOREACH(a, &bs->parents, next_parent) {
-        LIST_FOREACH(b, &bs->parents, next_parent) {
+    LIST_FOREACH (a, &bs->parents, next_parent) {
+        LIST_FOREACH (b, &bs->parents, next_parent) {
             if (a != b && !a_allows_b(a, b, errp)) {
                 return true;
             }
@@ -240,7 +239,7 @@ static int node_refresh_perm(BlockDriverState *bs, Transaction *tran,
 {
     uint64_t perm = 0, shared = BLK_PERM_ALL;
     BdrvChild *c;
-    LIST_FOREACH(c, &bs->parents, next_parent) {
+    LIST_FOREACH (c, &bs->parents, next_parent) {
         perm |= c->perm;
         shared &= c->shared_perm;
     }
@@ -265,7 +264,7 @@ static int node_refresh_perm(BlockDriverState *bs, Transaction *tran,
     }
     u->drv_checked = true;
 
-    LIST_FOREACH(c, &bs->children, next) {
+    LIST_FOREACH (c, &bs->children, next) {
         uint64_t cperm, cshared;
         bdrv_child_perm_of(bs, c, &cperm, &cshared);
         edge_set_perm(c, cperm, cshared, tran);

@@ -36,8 +36,7 @@ static char *full_backing_filename(BlockDriverState *bs)
     return g_build_filename(dir, b, NULL);
 }
 
-ImageInfo *coroutine_fn bdrv_co_image_info(BlockDriverState *bs,
-                                           GError **errp)
+ImageInfo *coroutine_fn bdrv_co_image_info(BlockDriverState *bs, GError **errp)
 {
     int64_t size = bdrv_getlength(bs);
     if (size < 0) {
@@ -156,7 +155,7 @@ static void coroutine_fn block_device_info_co(void *opaque)
 BlockDeviceInfo *bdrv_block_device_info(BlockDriverState *bs, bool flat,
                                         GError **errp)
 {
-    InfoCo ic = { .bs = bs, .flat = flat };
+    InfoCo ic = {.bs = bs, .flat = flat};
     if (in_coroutine()) {
         block_device_info_co(&ic);
     } else {
@@ -225,9 +224,9 @@ BlockInfoList *qmp_query_block(GError **errp)
 
 void qmp_block_resize(q_obj_block_resize_arg *arg, GError **errp)
 {
-    BlockDriverState *bs = bdrv_lookup_bs(
-        arg->has_device ? arg->device : NULL,
-        arg->has_node_name ? arg->node_name : NULL, errp);
+    BlockDriverState *bs =
+        bdrv_lookup_bs(arg->has_device ? arg->device : NULL,
+                       arg->has_node_name ? arg->node_name : NULL, errp);
     if (!bs) {
         return;
     }

@@ -79,8 +79,8 @@ static int coroutine_fn null_pwritev(BlockDriverState *bs, int64_t offset,
     return null_common(bs);
 }
 
-static int coroutine_fn null_pwrite_zeroes(BlockDriverState *bs,
-                                           int64_t offset, int64_t bytes,
+static int coroutine_fn null_pwrite_zeroes(BlockDriverState *bs, int64_t offset,
+                                           int64_t bytes,
                                            BdrvRequestFlags flags)
 {
     return null_common(bs);
@@ -97,10 +97,9 @@ static int coroutine_fn null_flush(BlockDriverState *bs)
     return null_common(bs);
 }
 
-static int coroutine_fn null_block_status(BlockDriverState *bs,
-                                          bool want_zero, int64_t offset,
-                                          int64_t bytes, int64_t *pnum,
-                                          int64_t *map,
+static int coroutine_fn null_block_status(BlockDriverState *bs, bool want_zero,
+                                          int64_t offset, int64_t bytes,
+                                          int64_t *pnum, int64_t *map,
                                           BlockDriverState **file)
 {
     NullState *s = bs->opaque;
@@ -117,7 +116,7 @@ static int64_t coroutine_fn null_allocated_size(BlockDriverState *bs)
     return 0;
 }
 
-static const char *const null_strong_opts[] = { "size", "read-zeroes", NULL };
+static const char *const null_strong_opts[] = {"size", "read-zeroes", NULL};
 
 const BlockDriver bdrv_null_co = {
     .version = BLOCK_DRIVER_VERSION,

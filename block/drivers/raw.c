@@ -53,8 +53,9 @@ static int coroutine_fn raw_open(BlockDriverState *bs,
     const BlockdevOptionsRaw *o = &opts->u.raw;
 
     if ((o->has_offset && o->offset < 0) || (o->has_size && o->size < 0)) {
-        error_setg(errp, "Parameter '%s' expects a non-negative number "
-                         "below 2^64",
+        error_setg(errp,
+                   "Parameter '%s' expects a non-negative number "
+                   "below 2^64",
                    (o->has_offset && o->offset < 0) ? "offset" : "size");
         return -EINVAL;
     }
@@ -80,8 +81,7 @@ static int coroutine_fn raw_open(BlockDriverState *bs,
     }
     BlockDriverState *f = bs->file->bs;
     bs->supported_write_flags =
-        BDRV_REQ_WRITE_UNCHANGED |
-        (f->supported_write_flags & BDRV_REQ_FUA);
+        BDRV_REQ_WRITE_UNCHANGED | (f->supported_write_flags & BDRV_REQ_FUA);
     bs->supported_zero_flags =
         BDRV_REQ_WRITE_UNCHANGED |
         (f->supported_zero_flags &
@@ -130,9 +130,8 @@ static int coroutine_fn raw_pwritev(BlockDriverState *bs, int64_t offset,
     return bdrv_co_pwritev(bs->file, offset, bytes, qiov, flags);
 }
 
-static int coroutine_fn raw_pwrite_zeroes(BlockDriverState *bs,
-                                          int64_t offset, int64_t bytes,
-                                          BdrvRequestFlags flags)
+static int coroutine_fn raw_pwrite_zeroes(BlockDriverState *bs, int64_t offset,
+                                          int64_t bytes, BdrvRequestFlags flags)
 {
     int ret = raw_adjust(bs, &offset, bytes, true);
     if (ret < 0) {
@@ -151,10 +150,9 @@ static int coroutine_fn raw_pdiscard(BlockDriverState *bs, int64_t offset,
     return bdrv_co_pdiscard(bs->file, offset, bytes);
 }
 
-static int coroutine_fn raw_block_status(BlockDriverState *bs,
-                                         bool want_zero, int64_t offset,
-                                         int64_t bytes, int64_t *pnum,
-                                         int64_t *map,
+static int coroutine_fn raw_block_status(BlockDriverState *bs, bool want_zero,
+                                         int64_t offset, int64_t bytes,
+                                         int64_t *pnum, int64_t *map,
                                          BlockDriverState **file)
 {
     RawState *s = bs->opaque;
@@ -203,7 +201,7 @@ static int coroutine_fn raw_get_info(BlockDriverState *bs, ImageInfo *info,
     if (!f->drv || !f->drv->bdrv_co_get_info) {
         return -ENOTSUP;
     }
-    ImageInfo tmp = { 0 };
+    ImageInfo tmp = {0};
     int ret = f->drv->bdrv_co_get_info(f, &tmp, errp);
     if (ret >= 0) {
         info->has_cluster_size = tmp.has_cluster_size;
@@ -241,7 +239,7 @@ static void raw_child_resized(BlockDriverState *bs, BdrvChild *c)
     }
 }
 
-static const char *const raw_strong_opts[] = { "offset", "size", NULL };
+static const char *const raw_strong_opts[] = {"offset", "size", NULL};
 
 const BlockDriver bdrv_raw = {
     .version = BLOCK_DRIVER_VERSION,

@@ -29,11 +29,11 @@
 static struct {
     uint32_t align;
     int64_t max_transfer;
-    int64_t pwz_align;    /* pwrite_zeroes_alignment */
-    bool zeroes;          /* implements write_zeroes */
-    int64_t latency_ns;   /* sleep inside each read and write */
-    int misaligned;       /* requests that broke the alignment contract */
-    int64_t max_seen;     /* largest request */
+    int64_t pwz_align;  /* pwrite_zeroes_alignment */
+    bool zeroes;        /* implements write_zeroes */
+    int64_t latency_ns; /* sleep inside each read and write */
+    int misaligned;     /* requests that broke the alignment contract */
+    int64_t max_seen;   /* largest request */
     int reads, writes, zero_calls, flushes;
 } md;
 
@@ -53,8 +53,7 @@ static int coroutine_fn md_open(BlockDriverState *bs,
                                 const BlockdevOptions *opts, GError **errp)
 {
     MemState *s = bs->opaque;
-    bs->total_bytes = opts->u.null_aio.has_size ? opts->u.null_aio.size
-                                                : 65536;
+    bs->total_bytes = opts->u.null_aio.has_size ? opts->u.null_aio.size : 65536;
     s->buf = g_malloc0(bs->total_bytes);
     md_mem = s->buf;
     bs->supported_zero_flags = BDRV_REQ_MAY_UNMAP;
@@ -189,7 +188,7 @@ static void coroutine_fn open_co(void *opaque)
 
 static BlockDriverState *open_node(const char *opts)
 {
-    OpenCo oc = { .opts = opts };
+    OpenCo oc = {.opts = opts};
     coroutine_run_sync(open_co, &oc);
     if (!oc.bs) {
         fail_msg("open '%s': %s", opts, oc.err->message);
@@ -200,8 +199,8 @@ static BlockDriverState *open_node(const char *opts)
 
 static BlockBackend *rw_blk(BlockDriverState *bs)
 {
-    BlockBackend *blk = blk_new(BLK_PERM_CONSISTENT_READ | BLK_PERM_WRITE,
-                                BLK_PERM_ALL);
+    BlockBackend *blk =
+        blk_new(BLK_PERM_CONSISTENT_READ | BLK_PERM_WRITE, BLK_PERM_ALL);
     GError *err = NULL;
     if (blk_insert_bs(blk, bs, &err) < 0) {
         fail_msg("insert: %s", err->message);
@@ -247,7 +246,7 @@ static void coroutine_fn req_co(void *opaque)
 static int do_req(BlockBackend *blk, Op op, int64_t offset, int64_t bytes,
                   void *buf, BdrvRequestFlags flags)
 {
-    Req r = { blk, op, offset, bytes, buf, flags, 0, false };
+    Req r = {blk, op, offset, bytes, buf, flags, 0, false};
     coroutine_run_sync(req_co, &r);
     return r.ret;
 }
@@ -299,10 +298,10 @@ static void rmw_patterns(uint32_t align, const char *opts, int64_t shift)
     int64_t size = blk_getlength(blk);
     uint8_t *shadow = g_malloc0(size + shift);
     GRand *rnd = g_rand_new_with_seed(align);
-    static const int64_t offs[] = { 0, 1, 7, 511, 512, 513, 1000, 4095,
-                                    4096, 4097, 8191, 12000 };
-    static const int64_t lens[] = { 1, 2, 511, 512, 513, 4095, 4096, 4097,
-                                    8192, 12291 };
+    static const int64_t offs[] = {0,    1,    7,    511,  512,  513,
+                                   1000, 4095, 4096, 4097, 8191, 12000};
+    static const int64_t lens[] = {1,    2,    511,  512,  513,
+                                   4095, 4096, 4097, 8192, 12291};
     uint8_t *buf = g_malloc(16384);
     uint8_t *rbuf = g_malloc(16384);
 
@@ -386,8 +385,9 @@ static void test_rmw_file_direct(void **state)
     assert_int_equal(ftruncate(fd, SIZE), 0);
     g_autofree char *opts = g_strdup_printf(
         "driver=raw,node-name=rf,file.driver=file,file.filename=%s,"
-        "file.cache.direct=on", path);
-    OpenCo oc = { .opts = opts };
+        "file.cache.direct=on",
+        path);
+    OpenCo oc = {.opts = opts};
     coroutine_run_sync(open_co, &oc);
     if (!oc.bs) {
         /* a file system without O_DIRECT (tmpfs) */
@@ -403,8 +403,8 @@ static void test_rmw_file_direct(void **state)
     uint8_t *shadow = g_malloc0(SIZE), *buf = g_malloc(20000),
             *rbuf = g_malloc(20000), *disk = g_malloc(SIZE);
     GRand *rnd = g_rand_new_with_seed(42);
-    static const int64_t offs[] = { 0, 1, 511, 513, 4095, 4097, 65535 };
-    static const int64_t lens[] = { 1, 100, 511, 512, 4097, 12289 };
+    static const int64_t offs[] = {0, 1, 511, 513, 4095, 4097, 65535};
+    static const int64_t lens[] = {1, 100, 511, 512, 4097, 12289};
     for (size_t i = 0; i < G_N_ELEMENTS(offs); i++) {
         for (size_t j = 0; j < G_N_ELEMENTS(lens); j++) {
             fill_random(buf, lens[j], rnd);
@@ -450,8 +450,8 @@ static void test_concurrent_rmw(void **state)
     memset(shadow, 0, sizeof(shadow));
     for (int i = 0; i < N; i++) {
         memset(bufs[i], 'a' + i, LEN);
-        reqs[i] = (Req){ blk, OP_WRITE, BASE + i * 97, LEN, bufs[i], 0, 0,
-                         false };
+        reqs[i] =
+            (Req){blk, OP_WRITE, BASE + i * 97, LEN, bufs[i], 0, 0, false};
         memcpy(shadow + BASE + i * 97, bufs[i], LEN);
     }
     for (int i = 0; i < N; i++) {
@@ -470,9 +470,9 @@ static void test_concurrent_rmw(void **state)
     assert_int_equal(bs->serialising_in_flight, 0);
 
     /* An aligned reader overlapping a running RMW sees all of it. */
-    Req w = { blk, OP_WRITE, 4096 + 10, 100, bufs[0], 0, 0, false };
+    Req w = {blk, OP_WRITE, 4096 + 10, 100, bufs[0], 0, 0, false};
     uint8_t rbuf[4096];
-    Req r = { blk, OP_READ, 4096, 4096, rbuf, 0, 0, false };
+    Req r = {blk, OP_READ, 4096, 4096, rbuf, 0, 0, false};
     start_req(&w);
     start_req(&r);
     while (!w.done || !r.done) {
@@ -516,12 +516,12 @@ static void test_write_zeroes_fallback(void **state)
     memset(md_mem, 0xff, 65536);
 
     /* NO_FALLBACK: refuse rather than write zeroes slowly */
-    assert_int_equal(do_req(blk, OP_ZERO, 32768, 4096, NULL,
-                            BDRV_REQ_NO_FALLBACK),
-                     -ENOTSUP);
-    assert_int_equal(do_req(blk, OP_ZERO, 32769, 4096, NULL,
-                            BDRV_REQ_NO_FALLBACK),
-                     -ENOTSUP);
+    assert_int_equal(
+        do_req(blk, OP_ZERO, 32768, 4096, NULL, BDRV_REQ_NO_FALLBACK),
+        -ENOTSUP);
+    assert_int_equal(
+        do_req(blk, OP_ZERO, 32769, 4096, NULL, BDRV_REQ_NO_FALLBACK),
+        -ENOTSUP);
     assert_int_equal(md_mem[32768], 0xff);
 
     /* with driver support the driver does it, no data writes */
@@ -539,11 +539,11 @@ static void test_detect_zeroes(void **state)
 {
     md_reset(512);
     md.zeroes = true;
-    BlockDriverState *bs = open_node(
-        "driver=null-aio,node-name=m0,size=65536,detect-zeroes=on");
+    BlockDriverState *bs =
+        open_node("driver=null-aio,node-name=m0,size=65536,detect-zeroes=on");
     BlockBackend *blk = rw_blk(bs);
     memset(md_mem, 0xff, 65536);
-    uint8_t zero[4096] = { 0 };
+    uint8_t zero[4096] = {0};
     assert_int_equal(do_req(blk, OP_WRITE, 4096, 4096, zero, 0), 0);
     assert_int_equal(md.zero_calls, 1);
     assert_int_equal(md.writes, 0);
@@ -583,7 +583,7 @@ static void test_flush(void **state)
     BlockDriverState *bs = open_node(
         "driver=raw,node-name=r0,file.driver=null-aio,file.size=65536");
     BlockBackend *blk = rw_blk(bs);
-    uint8_t buf[512] = { 1 };
+    uint8_t buf[512] = {1};
     assert_int_equal(do_req(blk, OP_FLUSH, 0, 0, NULL, 0), 0);
     int base = md.flushes;
     assert_int_equal(do_req(blk, OP_WRITE, 0, 512, buf, 0), 0);
@@ -601,10 +601,10 @@ static void test_flush(void **state)
 static void test_cache_no_flush(void **state)
 {
     md_reset(512);
-    BlockDriverState *bs = open_node(
-        "driver=null-aio,node-name=m0,size=65536,cache.no-flush=on");
+    BlockDriverState *bs =
+        open_node("driver=null-aio,node-name=m0,size=65536,cache.no-flush=on");
     BlockBackend *blk = rw_blk(bs);
-    uint8_t buf[512] = { 1 };
+    uint8_t buf[512] = {1};
     assert_int_equal(do_req(blk, OP_WRITE, 0, 512, buf, 0), 0);
     assert_int_equal(do_req(blk, OP_FLUSH, 0, 0, NULL, 0), 0);
     assert_int_equal(md.flushes, 0);
@@ -620,7 +620,7 @@ static void test_close_all(void **state)
     open_node("driver=raw,node-name=b,file=m0,size=4096");
     open_node("driver=null-aio,node-name=m1,size=65536");
     BlockBackend *blk = rw_blk(a);
-    uint8_t buf[512] = { 9 };
+    uint8_t buf[512] = {9};
     assert_int_equal(do_req(blk, OP_WRITE, 0, 512, buf, 0), 0);
     blk_unref(blk);
     close_log = g_string_new(NULL);
@@ -643,9 +643,9 @@ static void test_close_all(void **state)
 static void test_inherited_options(void **state)
 {
     md_reset(512);
-    BlockDriverState *r = open_node(
-        "driver=raw,node-name=r,read-only=on,cache.direct=on,"
-        "cache.no-flush=on,file.driver=null-aio,file.size=65536");
+    BlockDriverState *r =
+        open_node("driver=raw,node-name=r,read-only=on,cache.direct=on,"
+                  "cache.no-flush=on,file.driver=null-aio,file.size=65536");
     BlockDriverState *f = r->file->bs;
     assert_true(bdrv_is_read_only(f));
     assert_true(f->open_flags & BDRV_O_NOCACHE);
@@ -654,9 +654,9 @@ static void test_inherited_options(void **state)
     assert_true(f->open_flags & BDRV_O_UNMAP);
     assert_false(r->open_flags & BDRV_O_UNMAP);
     /* a child's own setting wins */
-    BlockDriverState *r2 = open_node(
-        "driver=raw,node-name=r2,read-only=on,file.driver=null-aio,"
-        "file.size=65536,file.read-only=off,file.discard=ignore");
+    BlockDriverState *r2 =
+        open_node("driver=raw,node-name=r2,read-only=on,file.driver=null-aio,"
+                  "file.size=65536,file.read-only=off,file.discard=ignore");
     assert_false(bdrv_is_read_only(r2->file->bs));
     assert_false(r2->file->bs->open_flags & BDRV_O_UNMAP);
 }
@@ -673,8 +673,8 @@ typedef struct TruncCo {
 static void coroutine_fn trunc_co(void *opaque)
 {
     TruncCo *t = opaque;
-    t->ret = blk_co_truncate(t->blk, t->size, false, PREALLOC_MODE_OFF, 0,
-                             &t->err);
+    t->ret =
+        blk_co_truncate(t->blk, t->size, false, PREALLOC_MODE_OFF, 0, &t->err);
 }
 
 static void test_request_perms(void **state)
@@ -683,14 +683,14 @@ static void test_request_perms(void **state)
     BlockDriverState *bs = open_node("driver=null-aio,node-name=m0,size=65536");
     BlockBackend *ro = blk_new(BLK_PERM_CONSISTENT_READ, BLK_PERM_ALL);
     assert_int_equal(blk_insert_bs(ro, bs, NULL), 0);
-    uint8_t buf[512] = { 0 };
+    uint8_t buf[512] = {0};
     assert_int_equal(do_req(ro, OP_WRITE, 0, 512, buf, 0), -EPERM);
     assert_int_equal(do_req(ro, OP_ZERO, 0, 512, NULL, 0), -EPERM);
     assert_int_equal(do_req(ro, OP_DISCARD, 0, 512, NULL, 0), -EPERM);
     assert_int_equal(do_req(ro, OP_READ, 0, 512, buf, 0), 0);
     assert_int_equal(md.writes, 0);
     /* truncate needs the resize permission on the edge */
-    TruncCo t = { ro, 4096, NULL, 0 };
+    TruncCo t = {ro, 4096, NULL, 0};
     coroutine_run_sync(trunc_co, &t);
     assert_int_equal(t.ret, -EPERM);
     assert_string_equal(t.err->message,
@@ -709,8 +709,8 @@ static void test_drain(void **state)
     BlockDriverState *m0 = open_node("driver=null-aio,node-name=m0,size=65536");
     BlockDriverState *r0 = open_node("driver=raw,node-name=r0,file=m0");
     BlockBackend *blk = rw_blk(r0);
-    uint8_t buf[512] = { 7 };
-    Req w1 = { blk, OP_WRITE, 0, 512, buf, 0, 0, false };
+    uint8_t buf[512] = {7};
+    Req w1 = {blk, OP_WRITE, 0, 512, buf, 0, 0, false};
     start_req(&w1);
     assert_false(w1.done);
     assert_int_equal(m0->in_flight, 1);
@@ -724,7 +724,7 @@ static void test_drain(void **state)
     assert_int_equal(r0->quiesce_counter, 1);
 
     /* New requests from the backend wait until the drain ends. */
-    Req w2 = { blk, OP_WRITE, 512, 512, buf, 0, 0, false };
+    Req w2 = {blk, OP_WRITE, 512, 512, buf, 0, 0, false};
     start_req(&w2);
     int64_t until = clock_ns() + 80 * 1000 * 1000;
     while (clock_ns() < until) {
@@ -766,9 +766,9 @@ static void test_drain_in_coroutine(void **state)
     BlockDriverState *m0 = open_node("driver=null-aio,node-name=m0,size=65536");
     BlockBackend *blk = rw_blk(m0);
     uint8_t buf[512];
-    Req r = { blk, OP_READ, 0, 512, buf, 0, 0, false };
+    Req r = {blk, OP_READ, 0, 512, buf, 0, 0, false};
     start_req(&r);
-    DrainCo d = { .bs = m0, .req = &r };
+    DrainCo d = {.bs = m0, .req = &r};
     coroutine_enter(coroutine_create(drain_co, &d));
     while (!d.done) {
         aio_poll(true);
@@ -795,34 +795,35 @@ static void coroutine_fn bs_co(void *opaque)
 
 static void test_block_status(void **state)
 {
-    BlockDriverState *z = open_node(
-        "driver=null-co,node-name=z,size=1048576,read-zeroes=on");
-    BsCo b = { .bs = z, .offset = 0, .bytes = 1 << 30 };
+    BlockDriverState *z =
+        open_node("driver=null-co,node-name=z,size=1048576,read-zeroes=on");
+    BsCo b = {.bs = z, .offset = 0, .bytes = 1 << 30};
     coroutine_run_sync(bs_co, &b);
     assert_int_equal(b.ret, BDRV_BLOCK_ZERO | BDRV_BLOCK_OFFSET_VALID |
                                 BDRV_BLOCK_ALLOCATED | BDRV_BLOCK_EOF);
     assert_int_equal(b.pnum, 1048576);
     assert_ptr_equal(b.file, z);
 
-    BlockDriverState *r = open_node("driver=raw,node-name=r,file=z,offset=4096");
-    b = (BsCo){ .bs = r, .offset = 512, .bytes = 4096 };
+    BlockDriverState *r =
+        open_node("driver=raw,node-name=r,file=z,offset=4096");
+    b = (BsCo){.bs = r, .offset = 512, .bytes = 4096};
     coroutine_run_sync(bs_co, &b);
     assert_int_equal(b.ret, BDRV_BLOCK_ZERO | BDRV_BLOCK_OFFSET_VALID |
                                 BDRV_BLOCK_ALLOCATED);
     assert_int_equal(b.pnum, 4096);
     assert_int_equal(b.map, 4096 + 512);
-    b = (BsCo){ .bs = r, .offset = 1048576 - 4096 - 10, .bytes = 100 };
+    b = (BsCo){.bs = r, .offset = 1048576 - 4096 - 10, .bytes = 100};
     coroutine_run_sync(bs_co, &b);
     assert_int_equal(b.pnum, 10);
     assert_true(b.ret & BDRV_BLOCK_EOF);
-    b = (BsCo){ .bs = r, .offset = 1048576, .bytes = 100 };
+    b = (BsCo){.bs = r, .offset = 1048576, .bytes = 100};
     coroutine_run_sync(bs_co, &b);
     assert_int_equal(b.pnum, 0);
     assert_int_equal(b.ret, BDRV_BLOCK_EOF);
 
     /* without read-zeroes nothing is allocated */
     BlockDriverState *n = open_node("driver=null-co,node-name=n,size=65536");
-    b = (BsCo){ .bs = n, .offset = 0, .bytes = 65536 };
+    b = (BsCo){.bs = n, .offset = 0, .bytes = 65536};
     coroutine_run_sync(bs_co, &b);
     assert_int_equal(b.ret, BDRV_BLOCK_OFFSET_VALID | BDRV_BLOCK_EOF);
 
@@ -875,9 +876,8 @@ static int coroutine_fn cow_pwritev(BlockDriverState *bs, int64_t offset,
 }
 
 static int coroutine_fn cow_status(BlockDriverState *bs, bool want_zero,
-                                   int64_t offset, int64_t bytes,
-                                   int64_t *pnum, int64_t *map,
-                                   BlockDriverState **file)
+                                   int64_t offset, int64_t bytes, int64_t *pnum,
+                                   int64_t *map, BlockDriverState **file)
 {
     CowState *s = bs->opaque;
     bool a = s->alloc[offset / COW_CLUSTER];
@@ -922,7 +922,7 @@ static int status_above(BlockDriverState *bs, BlockDriverState *base,
                         int64_t offset, int64_t bytes, int64_t *pnum,
                         BlockDriverState **file)
 {
-    BsaCo b = { bs, base, offset, bytes, 0, NULL, 0 };
+    BsaCo b = {bs, base, offset, bytes, 0, NULL, 0};
     coroutine_run_sync(bsa_co, &b);
     *pnum = b.pnum;
     if (file) {
@@ -1014,7 +1014,7 @@ static void test_disable_queuing(void **state)
     BlockDriverState *m0 = open_node("driver=null-aio,node-name=m0,size=65536");
     BlockBackend *blk = rw_blk(m0);
     blk_set_disable_request_queuing(blk, true);
-    uint8_t buf[512] = { 3 };
+    uint8_t buf[512] = {3};
     bdrv_drained_begin(m0);
     /* a job's own I/O goes through while drained */
     assert_int_equal(do_req(blk, OP_WRITE, 0, 512, buf, 0), 0);
@@ -1034,7 +1034,7 @@ typedef struct ResizeCo {
 static void coroutine_fn resize_co(void *opaque)
 {
     ResizeCo *r = opaque;
-    q_obj_block_resize_arg arg = { 0 };
+    q_obj_block_resize_arg arg = {0};
     arg.has_node_name = true;
     arg.node_name = (char *)r->node;
     arg.size = r->size;
@@ -1043,7 +1043,7 @@ static void coroutine_fn resize_co(void *opaque)
 
 static char *resize(const char *node, int64_t size)
 {
-    ResizeCo r = { node, size, NULL };
+    ResizeCo r = {node, size, NULL};
     coroutine_run_sync(resize_co, &r);
     char *msg = r.err ? g_strdup(r.err->message) : NULL;
     g_clear_error(&r.err);
@@ -1076,7 +1076,7 @@ static void test_resize(void **state)
     BlockDriverState *m0 = open_node("driver=null-aio,node-name=m0,size=65536");
     BlockDriverState *r0 = open_node("driver=raw,node-name=r0,file=m0");
     BlockBackend *reader = blk_new(BLK_PERM_CONSISTENT_READ, BLK_PERM_ALL);
-    static const BlockDevOps ops = { .resize = dev_resize };
+    static const BlockDevOps ops = {.resize = dev_resize};
     blk_set_dev_ops(reader, &ops, NULL);
     assert_int_equal(blk_insert_bs(reader, r0, NULL), 0);
     msg = resize("r0", -1);
@@ -1120,8 +1120,7 @@ typedef struct QueryCo {
 static void coroutine_fn query_co(void *opaque)
 {
     QueryCo *q = opaque;
-    q_obj_query_named_block_nodes_arg arg = { .has_flat = true,
-                                              .flat = q->flat };
+    q_obj_query_named_block_nodes_arg arg = {.has_flat = true, .flat = q->flat};
     q->list = qmp_query_named_block_nodes(&arg, &q->err);
 }
 
@@ -1168,7 +1167,7 @@ static void test_query(void **state)
     BlockDriverState *inner = bdrv_find_node("inner");
     /* drop the inline child from the listing by comparing without it */
     for (int flat = 0; flat <= 1; flat++) {
-        QueryCo q = { .flat = flat };
+        QueryCo q = {.flat = flat};
         coroutine_run_sync(query_co, &q);
         assert_null(q.err);
         JsonNode *got = qapi_BlockDeviceInfoList_to_json(q.list);

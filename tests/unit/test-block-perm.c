@@ -35,7 +35,7 @@ static void coroutine_fn open_co(void *opaque)
  * error. */
 static BlockDriverState *open_node(const char *opts)
 {
-    OpenCo oc = { .opts = opts };
+    OpenCo oc = {.opts = opts};
     coroutine_run_sync(open_co, &oc);
     if (!oc.bs) {
         fail_msg("open '%s': %s", opts, oc.err->message);
@@ -47,7 +47,7 @@ static BlockDriverState *open_node(const char *opts)
 /* Open expecting failure; returns the message (caller frees). */
 static char *open_fail(const char *opts)
 {
-    OpenCo oc = { .opts = opts };
+    OpenCo oc = {.opts = opts};
     coroutine_run_sync(open_co, &oc);
     assert_null(oc.bs);
     assert_non_null(oc.err);
@@ -70,7 +70,7 @@ static void coroutine_fn del_co(void *opaque)
 
 static int del_node(BlockDriverState *bs, char **msg)
 {
-    DelCo d = { .bs = bs };
+    DelCo d = {.bs = bs};
     coroutine_run_sync(del_co, &d);
     if (msg) {
         *msg = d.err ? g_strdup(d.err->message) : NULL;
@@ -105,7 +105,7 @@ static int count_parents(BlockDriverState *bs)
 {
     int n = 0;
     BdrvChild *c;
-    LIST_FOREACH(c, &bs->parents, next_parent) {
+    LIST_FOREACH (c, &bs->parents, next_parent) {
         n++;
     }
     return n;
@@ -130,13 +130,13 @@ static struct {
 static int coroutine_fn pd_open(BlockDriverState *bs,
                                 const BlockdevOptions *opts, GError **errp)
 {
-    bs->total_bytes = opts->u.null_aio.has_size ? opts->u.null_aio.size
-                                                : 1 << 20;
+    bs->total_bytes =
+        opts->u.null_aio.has_size ? opts->u.null_aio.size : 1 << 20;
     return 0;
 }
 
-static int pd_check_perm(BlockDriverState *bs, uint64_t perm,
-                         uint64_t shared, GError **errp)
+static int pd_check_perm(BlockDriverState *bs, uint64_t perm, uint64_t shared,
+                         GError **errp)
 {
     pd.checks++;
     if (pd.fail_write && (perm & BLK_PERM_WRITE)) {
@@ -183,9 +183,9 @@ static void test_two_writers_conflict(void **state)
 {
     BlockDriverState *n0 = open_node("driver=null-co,node-name=n0");
     char *msg;
-    BlockBackend *e0 = new_blk(n0, BLK_PERM_CONSISTENT_READ | BLK_PERM_WRITE,
-                               BLK_PERM_CONSISTENT_READ, "block export 'e0'",
-                               &msg);
+    BlockBackend *e0 =
+        new_blk(n0, BLK_PERM_CONSISTENT_READ | BLK_PERM_WRITE,
+                BLK_PERM_CONSISTENT_READ, "block export 'e0'", &msg);
     assert_non_null(e0);
     BlockBackend *e1 = new_blk(n0, BLK_PERM_CONSISTENT_READ | BLK_PERM_WRITE,
                                BLK_PERM_ALL, "block export 'e1'", &msg);
@@ -299,8 +299,8 @@ static void test_read_only(void **state)
     assert_string_equal(msg, "Block node is read-only");
     g_free(msg);
     /* write-unchanged is a write too */
-    assert_null(new_blk(n0, BLK_PERM_WRITE_UNCHANGED, BLK_PERM_ALL, NULL,
-                        &msg));
+    assert_null(
+        new_blk(n0, BLK_PERM_WRITE_UNCHANGED, BLK_PERM_ALL, NULL, &msg));
     g_free(msg);
     /* a writable raw over it opens (nobody writes yet) ... */
     BlockDriverState *r0 = open_node("driver=raw,node-name=r0,file=n0");
@@ -312,31 +312,29 @@ static void test_read_only(void **state)
     assert_int_equal(r0->perm, 0);
     assert_int_equal(r0->file->perm, 0);
     /* readers and resizers are fine */
-    BlockBackend *b = new_blk(r0, BLK_PERM_CONSISTENT_READ, BLK_PERM_ALL,
-                              NULL, NULL);
+    BlockBackend *b =
+        new_blk(r0, BLK_PERM_CONSISTENT_READ, BLK_PERM_ALL, NULL, NULL);
     assert_non_null(b);
     blk_unref(b);
     /* generic option rules */
     msg = open_fail("driver=null-co,node-name=x,force-share=on");
-    assert_string_equal(msg,
-                        "force-share=on can only be used with read-only "
-                        "images");
+    assert_string_equal(msg, "force-share=on can only be used with read-only "
+                             "images");
     g_free(msg);
     msg = open_fail("driver=null-co,node-name=x,detect-zeroes=unmap");
     assert_string_equal(msg, "setting detect-zeroes to unmap is not allowed "
                              "without setting discard operation to unmap");
     g_free(msg);
     /* children inherit read-only */
-    BlockDriverState *r1 =
-        open_node("driver=raw,node-name=r1,read-only=on,"
-                  "file.driver=null-co,file.node-name=c1");
+    BlockDriverState *r1 = open_node("driver=raw,node-name=r1,read-only=on,"
+                                     "file.driver=null-co,file.node-name=c1");
     assert_true(bdrv_is_read_only(r1->file->bs));
 }
 
 static void test_force_share(void **state)
 {
-    BlockDriverState *n0 = open_node(
-        "driver=null-co,node-name=n0,read-only=on,force-share=on");
+    BlockDriverState *n0 =
+        open_node("driver=null-co,node-name=n0,read-only=on,force-share=on");
     /* A format above shares everything with others on a force-share
      * node, even write it would normally forbid. */
     open_node("driver=raw,node-name=r0,read-only=on,file=n0,size=4096");
@@ -351,17 +349,15 @@ static void test_relax(void **state)
     BlockBackend *w = new_blk(r0, BLK_PERM_CONSISTENT_READ | BLK_PERM_WRITE,
                               BLK_PERM_CONSISTENT_READ, NULL, NULL);
     assert_non_null(w);
-    assert_int_equal(r0->file->perm,
-                     BLK_PERM_CONSISTENT_READ | BLK_PERM_WRITE);
+    assert_int_equal(r0->file->perm, BLK_PERM_CONSISTENT_READ | BLK_PERM_WRITE);
     assert_int_equal(r0->file->shared_perm, BLK_PERM_CONSISTENT_READ);
     char *msg;
     assert_null(new_blk(n0, BLK_PERM_WRITE, BLK_PERM_ALL, NULL, &msg));
     g_free(msg);
     /* Relax the user: the filter edge and node follow. */
     GError *err = NULL;
-    assert_int_equal(blk_set_perm(w, BLK_PERM_CONSISTENT_READ, BLK_PERM_ALL,
-                                  &err),
-                     0);
+    assert_int_equal(
+        blk_set_perm(w, BLK_PERM_CONSISTENT_READ, BLK_PERM_ALL, &err), 0);
     assert_int_equal(r0->file->perm, BLK_PERM_CONSISTENT_READ);
     assert_int_equal(r0->file->shared_perm, BLK_PERM_ALL);
     assert_int_equal(n0->perm, BLK_PERM_CONSISTENT_READ);
@@ -419,8 +415,8 @@ static void test_delete_refused(void **state)
     assert_true(del_node(n0, &msg) < 0);
     assert_string_equal(msg, "Block device n0 is in use");
     g_free(msg);
-    BlockBackend *b = new_blk(r0, BLK_PERM_CONSISTENT_READ, BLK_PERM_ALL,
-                              NULL, NULL);
+    BlockBackend *b =
+        new_blk(r0, BLK_PERM_CONSISTENT_READ, BLK_PERM_ALL, NULL, NULL);
     assert_true(del_node(r0, &msg) < 0);
     assert_string_equal(msg, "Node r0 is in use");
     g_free(msg);
@@ -447,7 +443,8 @@ static void test_names(void **state)
     msg = open_fail("driver=null-co,node-name=1abc");
     assert_string_equal(msg, "Invalid node-name: '1abc'");
     g_free(msg);
-    msg = open_fail("driver=null-co,node-name=aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa");
+    msg =
+        open_fail("driver=null-co,node-name=aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa");
     assert_string_equal(msg, "Node name too long");
     g_free(msg);
     /* an inline child may not take its parent's name */
@@ -457,12 +454,12 @@ static void test_names(void **state)
     g_free(msg);
     assert_null(bdrv_find_node("z5"));
     msg = open_fail("driver=raw,node-name=z6,file=nonexist");
-    assert_string_equal(msg,
-                        "Cannot find device='nonexist' nor "
-                        "node-name='nonexist'");
+    assert_string_equal(msg, "Cannot find device='nonexist' nor "
+                             "node-name='nonexist'");
     g_free(msg);
     /* generated names for inline children; children register first */
-    BlockDriverState *r = open_node("driver=raw,node-name=r,file.driver=null-co");
+    BlockDriverState *r =
+        open_node("driver=raw,node-name=r,file.driver=null-co");
     const char *cn = r->file->bs->node_name;
     assert_true(g_str_has_prefix(cn, "#block"));
     BlockDriverState *first = NULL;
