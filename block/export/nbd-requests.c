@@ -192,7 +192,13 @@ static int coroutine_fn nbd_co_read(NBDRequest *req)
         }
         return nbd_send_ok(req);
     }
+    /*
+     * Zeroed: a driver may legitimately leave a read's buffer untouched
+     * (null-co without read-zeroes), and what we send must never be stale
+     * heap memory from another request.
+     */
     buf = blk_memalign(4096, req->len);
+    memset(buf, 0, req->len);
 
     if (!client->structured_reply || (req->flags & NBD_CMD_FLAG_DF)) {
         /* One piece: a simple reply, or a single content chunk. */
