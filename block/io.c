@@ -298,6 +298,28 @@ static size_t mem_align(BlockDriverState *bs)
     return a >= sizeof(void *) ? a : 4096;
 }
 
+/* ---- fault-injection events (blkdebug) ---- */
+
+/* As QEMU: write-path events are raised on the node being written, flush
+ * events on the primary child of the node being flushed. */
+static void debug_event_bs(BlockDriverState *bs, BlkdebugEvent event)
+{
+    if (bs->drv && bs->drv->bdrv_debug_event) {
+        bs->drv->bdrv_debug_event(bs, event);
+    }
+}
+
+static BdrvChild *primary_child(BlockDriverState *bs)
+{
+    BdrvChild *c;
+    LIST_FOREACH (c, &bs->children, next) {
+        if (c->role & BDRV_CHILD_PRIMARY) {
+            return c;
+        }
+    }
+    return NULL;
+}
+
 /* ---- driver calls (filters without a callback pass through) ---- */
 
 static BdrvChild *passthrough_child(BlockDriverState *bs)
@@ -561,16 +583,19 @@ static int coroutine_fn aligned_pwritev(BdrvChild *child, int64_t offset,
         }
     }
     if (flags & BDRV_REQ_ZERO_WRITE) {
+        debug_event_bs(bs, BLKDBG_PWRITEV_ZERO);
         ret = do_pwrite_zeroes(bs, offset, bytes, flags);
     } else {
         BdrvRequestFlags dflags = flags & bs->supported_write_flags;
         bool emulate_fua = (flags & BDRV_REQ_FUA) && !(dflags & BDRV_REQ_FUA);
+        debug_event_bs(bs, BLKDBG_PWRITEV);
         ret = split_rw(drv_pwritev, bs, offset, bytes, qiov, qoff,
                        max_transfer(bs, align), dflags);
         if (ret == 0 && emulate_fua) {
             ret = bdrv_co_flush(bs);
         }
     }
+    debug_event_bs(bs, BLKDBG_PWRITEV_DONE);
     if (ret == 0) {
         write_done(bs, offset, bytes);
     }
@@ -601,7 +626,9 @@ static int coroutine_fn unaligned_zeroes(BdrvChild *child, int64_t offset,
         int64_t aoff = ROUND_DOWN(offset, align);
         int64_t n = MIN(end, aoff + align) - offset;
         void *buf;
+        debug_event_bs(bs, BLKDBG_PWRITEV_RMW_HEAD);
         ret = rmw_read(bs, aoff, align, &buf);
+        debug_event_bs(bs, BLKDBG_PWRITEV_RMW_AFTER_HEAD);
         if (ret == 0) {
             memset((char *)buf + (offset - aoff), 0, n);
             IOVector q;
@@ -626,7 +653,9 @@ static int coroutine_fn unaligned_zeroes(BdrvChild *child, int64_t offset,
     }
     if (bytes > 0) {
         void *buf;
+        debug_event_bs(bs, BLKDBG_PWRITEV_RMW_TAIL);
         ret = rmw_read(bs, offset, align, &buf);
+        debug_event_bs(bs, BLKDBG_PWRITEV_RMW_AFTER_TAIL);
         if (ret == 0) {
             memset(buf, 0, bytes);
             IOVector q;
@@ -698,13 +727,17 @@ static int coroutine_fn pwritev_common(BdrvChild *child, int64_t offset,
         void *hbuf = NULL, *tbuf = NULL;
         ret = 0;
         if (head) {
+            debug_event_bs(bs, BLKDBG_PWRITEV_RMW_HEAD);
             ret = rmw_read(bs, aoff, align, &hbuf);
+            debug_event_bs(bs, BLKDBG_PWRITEV_RMW_AFTER_HEAD);
         }
         if (ret == 0 && tail_pad) {
             if (hbuf && tstart == aoff) {
                 tbuf = hbuf; /* head and tail share one block */
             } else {
+                debug_event_bs(bs, BLKDBG_PWRITEV_RMW_TAIL);
                 ret = rmw_read(bs, tstart, align, &tbuf);
+                debug_event_bs(bs, BLKDBG_PWRITEV_RMW_AFTER_TAIL);
             }
         }
         if (ret == 0) {
@@ -857,11 +890,20 @@ int coroutine_fn bdrv_co_flush(BlockDriverState *bs)
     int ret = 0;
 
     /* 1. This node's caches into its children (even with no-flush). */
+    BLKDBG_EVENT(primary_child(bs), BLKDBG_FLUSH_TO_OS);
     if (bs->drv->bdrv_co_flush_to_os) {
         ret = bs->drv->bdrv_co_flush_to_os(bs);
         if (ret < 0) {
             goto out;
         }
+    }
+    /* Raised before the children are flushed, so that a flush rule it
+     * activates on a blkdebug child fails this very flush (as in QEMU,
+     * where the children are flushed last). */
+    bool to_disk = !(bs->open_flags & BDRV_O_NO_FLUSH) &&
+                   bs->flushed_gen != current_gen;
+    if (to_disk) {
+        BLKDBG_EVENT(primary_child(bs), BLKDBG_FLUSH_TO_DISK);
     }
     /* 2. The children, so everything below is stable first. */
     BdrvChild *c;
@@ -877,8 +919,7 @@ int coroutine_fn bdrv_co_flush(BlockDriverState *bs)
         goto out;
     }
     /* 3. This node to disk, unless cache.no-flush or nothing new. */
-    if (!(bs->open_flags & BDRV_O_NO_FLUSH) && bs->flushed_gen != current_gen &&
-        bs->drv->bdrv_co_flush_to_disk) {
+    if (to_disk && bs->drv->bdrv_co_flush_to_disk) {
         ret = bs->drv->bdrv_co_flush_to_disk(bs);
     }
 out:
