@@ -69,6 +69,69 @@ static uint32_t nbd_errno(int err)
     }
 }
 
+/* ---- request buffers ---- */
+
+/*
+ * Buffers of 64 KiB and more come from a small cache of power-of-two
+ * sizes: allocating a fresh one per request means mmap, a page fault per
+ * page and munmap each time, which halved large-read throughput.  At most
+ * NBD_POOL_MAX_BYTES stay cached; smaller buffers come from malloc's heap,
+ * which recycles them anyway.
+ */
+#define NBD_POOL_MIN_SHIFT 16
+#define NBD_POOL_MAX_SHIFT 25 /* NBD_MAX_BUFFER_SIZE */
+#define NBD_POOL_MAX_BYTES (64 * 1024 * 1024)
+
+static GSList *nbd_pool[NBD_POOL_MAX_SHIFT + 1];
+static size_t nbd_pool_bytes;
+
+static unsigned nbd_pool_shift(size_t len)
+{
+    unsigned shift = NBD_POOL_MIN_SHIFT;
+
+    while (((size_t)1 << shift) < len) {
+        shift++;
+    }
+    return shift;
+}
+
+static void *nbd_buf_get(size_t len)
+{
+    if (len < ((size_t)1 << NBD_POOL_MIN_SHIFT) ||
+        len > ((size_t)1 << NBD_POOL_MAX_SHIFT)) {
+        return blk_memalign(4096, len ? len : 1);
+    }
+    unsigned shift = nbd_pool_shift(len);
+    if (nbd_pool[shift]) {
+        void *buf = nbd_pool[shift]->data;
+
+        nbd_pool[shift] = g_slist_delete_link(nbd_pool[shift], nbd_pool[shift]);
+        nbd_pool_bytes -= (size_t)1 << shift;
+        return buf;
+    }
+    return blk_memalign(4096, (size_t)1 << shift);
+}
+
+/* len: what was asked of nbd_buf_get() for this buffer */
+static void nbd_buf_put(void *buf, size_t len)
+{
+    if (!buf) {
+        return;
+    }
+    if (len < ((size_t)1 << NBD_POOL_MIN_SHIFT) ||
+        len > ((size_t)1 << NBD_POOL_MAX_SHIFT)) {
+        blk_vfree(buf);
+        return;
+    }
+    unsigned shift = nbd_pool_shift(len);
+    if (nbd_pool_bytes + ((size_t)1 << shift) > NBD_POOL_MAX_BYTES) {
+        blk_vfree(buf);
+        return;
+    }
+    nbd_pool[shift] = g_slist_prepend(nbd_pool[shift], buf);
+    nbd_pool_bytes += (size_t)1 << shift;
+}
+
 /* ---- sending ---- */
 
 static int coroutine_fn nbd_send_locked(NBDClient *client,
@@ -197,7 +260,7 @@ static int coroutine_fn nbd_co_read(NBDRequest *req)
      * (null-co without read-zeroes), and what we send must never be stale
      * heap memory from another request.
      */
-    buf = blk_memalign(4096, req->len);
+    buf = nbd_buf_get(req->len);
     memset(buf, 0, req->len);
 
     if (!client->structured_reply || (req->flags & NBD_CMD_FLAG_DF)) {
@@ -210,7 +273,7 @@ static int coroutine_fn nbd_co_read(NBDRequest *req)
         } else {
             ret = nbd_send_simple(req, 0, buf, req->len);
         }
-        blk_vfree(buf);
+        nbd_buf_put(buf, req->len);
         return ret;
     }
 
@@ -250,7 +313,7 @@ static int coroutine_fn nbd_co_read(NBDRequest *req)
         }
         off += pnum;
     }
-    blk_vfree(buf);
+    nbd_buf_put(buf, req->len);
     return ret;
 }
 
@@ -300,18 +363,16 @@ static int coroutine_fn nbd_co_cache(NBDRequest *req)
 {
     BlockBackend *blk = req->client->exp->blk;
     uint64_t off = req->offset, end = req->offset + req->len;
-    void *buf = NULL;
+    size_t buflen = MIN(req->len, (uint32_t)NBD_CACHE_CHUNK);
+    void *buf = req->len ? nbd_buf_get(buflen) : NULL;
     int ret = 0;
 
-    if (req->len) {
-        buf = blk_memalign(4096, MIN(req->len, (uint32_t)NBD_CACHE_CHUNK));
-    }
     while (off < end && ret >= 0) {
         uint64_t n = MIN(end - off, (uint64_t)NBD_CACHE_CHUNK);
         ret = blk_co_pread(blk, off, n, buf, 0);
         off += n;
     }
-    blk_vfree(buf);
+    nbd_buf_put(buf, buflen);
     return ret < 0 ? nbd_send_errno(req, ret) : nbd_send_ok(req);
 }
 
@@ -504,7 +565,7 @@ static void coroutine_fn nbd_request_co(void *opaque)
         /* The reply could not be sent: the stream is broken. */
         nbd_client_close(client);
     }
-    blk_vfree(req->buf);
+    nbd_buf_put(req->buf, req->len);
     g_free(req);
     client->nb_inflight--;
     co_queue_restart_all(&client->reader_wait);
@@ -558,7 +619,7 @@ static int coroutine_fn nbd_receive_request(NBDClient *client,
                                       "block size");
             return 0;
         }
-        req->buf = blk_memalign(4096, req->len ? req->len : 1);
+        req->buf = nbd_buf_get(req->len);
         if (req->len) {
             ret = co_sock_read_full(client->fd, req->buf, req->len);
             if (ret <= 0) {
@@ -651,7 +712,7 @@ void coroutine_fn nbd_transmission(NBDClient *client)
             co_queue_wait(&client->reader_wait, NULL);
         }
         if (ret < 0 || client->closing) {
-            blk_vfree(req->buf);
+            nbd_buf_put(req->buf, req->len);
             g_free(req);
             return;
         }
