@@ -445,7 +445,7 @@ int64_t coroutine_fn qcow2_alloc_clusters(BlockDriverState *bs, uint64_t size)
         if (attempts > 1000) {
             return -EIO;
         }
-        uint64_t idx;
+        uint64_t idx = 0;
         int ret = find_free(bs, n, &idx);
         if (ret < 0) {
             return ret;
