@@ -27,6 +27,16 @@ static void slice_init(IOVector *dst, IOVector *src, size_t off, size_t len)
     }
 }
 
+/* End of what metadata may point into: the file, or what we allocated
+ * beyond it and have not written yet. */
+static uint64_t image_end(BlockDriverState *bs)
+{
+    BDRVQcow2State *s = bs->opaque;
+    int64_t flen = bdrv_getlength(bs->file->bs);
+    uint64_t end = flen > 0 ? ROUND_UP((uint64_t)flen, s->cluster_size) : 0;
+    return MAX(end, s->fresh_start);
+}
+
 static int coroutine_fn l2_load(BlockDriverState *bs, uint64_t l1_index,
                                 uint64_t l2_offset, uint64_t **table)
 {
@@ -35,6 +45,13 @@ static int coroutine_fn l2_load(BlockDriverState *bs, uint64_t l1_index,
         return qcow2_signal_corruption(
             bs, true, (int64_t)l2_offset, -1,
             "L2 table offset %#" PRIx64 " unaligned (L1 index: %#" PRIx64 ")",
+            l2_offset, l1_index);
+    }
+    if (l2_offset + s->cluster_size > image_end(bs)) {
+        return qcow2_signal_corruption(
+            bs, true, (int64_t)l2_offset, -1,
+            "L2 table offset %#" PRIx64 " beyond the end of the image file "
+            "(L1 index: %#" PRIx64 ")",
             l2_offset, l1_index);
     }
     return qcow2_cache_get(bs, s->l2_cache, l2_offset, (void **)table);
@@ -82,6 +99,14 @@ int coroutine_fn qcow2_get_host_offset(BlockDriverState *bs, uint64_t offset,
                 bs, true, (int64_t)host, -1,
                 "Cluster allocation offset %#" PRIx64
                 " unaligned (L2 offset: %#" PRIx64 ", L2 index: %#" PRIx64 ")",
+                host, l2_offset, l2_index);
+        }
+        if (host + s->cluster_size > image_end(bs)) {
+            qcow2_cache_put(s->l2_cache, (void **)&table);
+            return qcow2_signal_corruption(
+                bs, true, (int64_t)host, -1,
+                "Data cluster offset %#" PRIx64 " beyond the end of the image "
+                "file (L2 offset: %#" PRIx64 ", L2 index: %#" PRIx64 ")",
                 host, l2_offset, l2_index);
         }
         *host_offset = host + off_in;

@@ -330,12 +330,18 @@ static int coroutine_fn update_one(BlockDriverState *bs, uint64_t index,
     }
     uint64_t i = index & ((1ULL << s->refblock_bits) - 1);
     uint64_t rc = qcow2_refcount_get(block, s->refcount_order, i);
-    if ((addend < 0 && rc < (uint64_t)-addend) ||
-        (addend > 0 && rc + (uint64_t)addend > s->refcount_max)) {
+    if (addend < 0 && rc < (uint64_t)-addend) {
         qcow2_cache_put(s->rc_cache, &block);
-        error_report("qcow2: refcount of cluster %#" PRIx64 " would %s",
-                     index << s->cluster_bits,
-                     addend < 0 ? "drop below 0" : "overflow");
+        /* Something referenced a cluster its refcount says is free. */
+        return qcow2_signal_corruption(
+            bs, true, (int64_t)(index << s->cluster_bits), -1,
+            "Cluster %#" PRIx64 " is in use but its refcount is 0",
+            index << s->cluster_bits);
+    }
+    if (addend > 0 && rc + (uint64_t)addend > s->refcount_max) {
+        qcow2_cache_put(s->rc_cache, &block);
+        error_report("qcow2: refcount of cluster %#" PRIx64 " would overflow",
+                     index << s->cluster_bits);
         return -EINVAL;
     }
     rc += addend;

@@ -733,6 +733,13 @@ static void coroutine_fn corrupt_write_co(void *opaque)
     m->ret = blk_co_pwrite(m->c->blk, 0, 4096, b, 0);
 }
 
+static void coroutine_fn corrupt_read_co(void *opaque)
+{
+    MiscCo *m = opaque;
+    uint8_t b[4096];
+    m->ret = blk_co_pread(m->c->blk, 0, 4096, b, 0);
+}
+
 /* A damaged L2 entry pointing at the refcount table: the write is refused,
  * the image marked corrupt, the metadata untouched, no crash. */
 static void test_corruption(void **state)
@@ -775,6 +782,23 @@ static void test_corruption(void **state)
     assert_null(c.bs);
     assert_non_null(strstr(c.err->message, "corrupt"));
     g_clear_error(&c.err);
+
+    /* an L2 entry pointing beyond the end of the file: reads fail, the
+     * image is marked corrupt */
+    assert_int_equal(
+        sh("qemu-img create -q -f qcow2 cor2.qcow2 1M && "
+           "qemu-io -c 'write -P 0x11 0 64k' cor2.qcow2 >/dev/null && "
+           "printf '\\200\\000\\000\\000\\020\\000\\000\\000' | "
+           "dd of=cor2.qcow2 bs=1 seek=262144 conv=notrunc status=none"),
+        0);
+    Ctx c2 = { .image = "cor2.qcow2" };
+    open_blk(&c2, true);
+    MiscCo m2 = { &c2, 0 };
+    coroutine_run_sync(corrupt_read_co, &m2);
+    assert_int_equal(m2.ret, -EIO);
+    close_blk(&c2);
+    assert_int_equal(sh("qemu-img info cor2.qcow2 | grep -q 'corrupt: true'"),
+                     0);
 }
 
 int main(void)
