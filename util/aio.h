@@ -26,7 +26,9 @@ void aio_cleanup(void);
 /*
  * File I/O from coroutine context.  Each submits one SQE and yields until
  * its completion.  Return the io_uring result: bytes transferred (>= 0) or
- * -errno.  Short transfers are returned as such; callers loop.
+ * -errno.  Short transfers are returned as such; callers loop.  iovcnt is
+ * at most IOV_MAX.  Outside coroutine context they run the system call
+ * synchronously.
  */
 int64_t coroutine_fn aio_co_preadv(int fd, const struct iovec *iov, int iovcnt,
                                    int64_t offset);
