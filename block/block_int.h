@@ -173,6 +173,10 @@ struct BlockDriver {
      * update bs->total_bytes if it derives from it.  Parents of bs are
      * notified by the core afterwards. */
     void (*bdrv_child_resized)(BlockDriverState *bs, BdrvChild *c);
+    /* Name the node (QEMU's bdrv_refresh_filename hook, e.g. blkdebug's
+     * "blkdebug:CONFIG:FILE"): called when the core's own rules would
+     * give json:{...}; fill bs->filename, or leave it empty for json. */
+    void (*bdrv_own_filename)(BlockDriverState *bs);
 };
 
 /* Drivers are listed once, in block/drivers.c. */

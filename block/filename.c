@@ -121,6 +121,66 @@ static bool backing_overridden(BlockDriverState *bs)
     return strcmp(bs->backing_file, bs->backing->bs->filename) != 0;
 }
 
+/*
+ * A strong option in QEMU's flat form: lists and dictionaries become
+ * "key.0.member" entries (QEMU copies them from its flattened options;
+ * blkdebug's inject-error and set-state are such options).  Entries are
+ * collected in the order QEMU's flattening inserts them (list order;
+ * dictionary members in QDict order), which is also their order within
+ * a hash bucket of the printed json:{...}, so they are added newest-last
+ * in reverse.
+ */
+static void flatten_collect(GPtrArray *keys, GPtrArray *vals, const char *key,
+                            JsonNode *val)
+{
+    if (JSON_NODE_HOLDS_ARRAY(val)) {
+        JsonArray *a = json_node_get_array(val);
+        for (guint i = 0; i < json_array_get_length(a); i++) {
+            g_autofree char *k = g_strdup_printf("%s.%u", key, i);
+            flatten_collect(keys, vals, k, json_array_get_element(a, i));
+        }
+    } else if (JSON_NODE_HOLDS_OBJECT(val)) {
+        JsonObject *o = json_node_get_object(val);
+        GList *members = json_object_get_members(o); /* insertion order */
+        guint n = g_list_length(members);
+        OptEntry *e = g_new0(OptEntry, n ? n : 1);
+        int i = 0;
+        for (GList *l = members; l; l = l->next, i++) {
+            e[i].key = l->data;
+            e[i].bucket = qdict_bucket(l->data);
+            e[i].seq = i;
+        }
+        qsort(e, n, sizeof(*e), opt_entry_cmp);
+        for (guint m = 0; m < n; m++) {
+            g_autofree char *k = g_strdup_printf("%s.%s", key, e[m].key);
+            flatten_collect(keys, vals, k,
+                            json_object_get_member(o, e[m].key));
+        }
+        g_free(e);
+        g_list_free(members);
+    } else {
+        g_ptr_array_add(keys, g_strdup(key));
+        g_ptr_array_add(vals, val);
+    }
+}
+
+static void flatten_option(JsonObject *obj, const char *key, JsonNode *val)
+{
+    if (!JSON_NODE_HOLDS_ARRAY(val) && !JSON_NODE_HOLDS_OBJECT(val)) {
+        json_object_set_member(obj, key, json_node_copy(val));
+        return;
+    }
+    GPtrArray *keys = g_ptr_array_new_with_free_func(g_free);
+    GPtrArray *vals = g_ptr_array_new();
+    flatten_collect(keys, vals, key, val);
+    for (guint i = keys->len; i-- > 0;) {
+        json_object_set_member(obj, keys->pdata[i],
+                               json_node_copy(vals->pdata[i]));
+    }
+    g_ptr_array_free(keys, TRUE);
+    g_ptr_array_free(vals, TRUE);
+}
+
 /* The options that decide what bs reads: driver, its strong options as
  * given, and each child's own dictionary.  Caller frees. */
 static JsonNode *strong_options(BlockDriverState *bs)
@@ -133,8 +193,7 @@ static JsonNode *strong_options(BlockDriverState *bs)
         all && JSON_NODE_HOLDS_OBJECT(all) ? json_node_get_object(all) : NULL;
     for (const char *const *k = bs->drv->strong_opts; k && *k; k++) {
         if (allo && json_object_has_member(allo, *k)) {
-            json_object_set_member(
-                obj, *k, json_node_copy(json_object_get_member(allo, *k)));
+            flatten_option(obj, *k, json_object_get_member(allo, *k));
         }
     }
     BdrvChild *c;
@@ -207,6 +266,12 @@ void bdrv_refresh_filename(BlockDriverState *bs)
         strncmp(primary->bs->filename, "json:", 5)) {
         g_strlcpy(bs->filename, primary->bs->filename, sizeof(bs->filename));
         return;
+    }
+    if (bs->drv->bdrv_own_filename) {
+        bs->drv->bdrv_own_filename(bs);
+        if (bs->filename[0]) {
+            return;
+        }
     }
     JsonNode *n = strong_options(bs);
     GString *s = g_string_new("json:");

@@ -85,16 +85,15 @@ static int add_inject_rule(BlkdebugState *s,
         error_setg(errp, "Invalid event name");
         return -EINVAL;
     }
-    /* A negative errno would turn a failure into a byte count. */
-    if (o->has_q_errno && (o->q_errno < 0 || o->q_errno > 4095)) {
-        error_setg(errp, "Invalid errno %" PRId64 " for rule", o->q_errno);
-        return -EINVAL;
-    }
     BlkdebugRule *r = g_new0(BlkdebugRule, 1);
     r->event = o->event;
     r->action = ACTION_INJECT_ERROR;
     r->state = o->has_state ? o->state : 0;
-    r->error = o->has_q_errno ? (int)o->q_errno : EIO;
+    /* QEMU takes any number here; a negative one would make a request
+     * "succeed" without doing anything, so its magnitude is used. */
+    int64_t err = o->has_q_errno ? o->q_errno : EIO;
+    err = err < 0 ? (err == INT64_MIN ? INT64_MAX : -err) : err;
+    r->error = (int)MIN(err, (int64_t)INT_MAX);
     r->once = o->has_once && o->once;
     r->immediately = o->has_immediately && o->immediately;
     int64_t sector = o->has_sector ? o->sector : -1;
@@ -715,6 +714,31 @@ static void blkdebug_child_resized(BlockDriverState *bs, BdrvChild *c)
     }
 }
 
+/* QEMU names a node without rules or limits "blkdebug:CONFIG:FILE" when
+ * its image has a plain name; otherwise the core builds json:{...}. */
+static void blkdebug_own_filename(BlockDriverState *bs)
+{
+    BlkdebugState *s = bs->opaque;
+    if (!bs->options || !s->image) {
+        return;
+    }
+    const BlockdevOptionsBlkdebug *o = &bs->options->u.blkdebug;
+    const char *child = s->image->bs->filename;
+    if (!child[0] || !strncmp(child, "json:", 5)) {
+        return;
+    }
+    if (o->inject_error || o->set_state || o->has_align ||
+        o->has_max_transfer || o->has_opt_write_zero ||
+        o->has_max_write_zero || o->has_opt_discard || o->has_max_discard) {
+        return;
+    }
+    g_autofree char *name = g_strdup_printf(
+        "blkdebug:%s:%s", o->has_config && o->config ? o->config : "", child);
+    if (strlen(name) < sizeof(bs->filename)) {
+        g_strlcpy(bs->filename, name, sizeof(bs->filename));
+    }
+}
+
 static const char *const blkdebug_strong_opts[] = {
     "config", "inject-error", "set-state", "align", "max-transfer",
     "opt-write-zero", "max-write-zero", "opt-discard", "max-discard", NULL,
@@ -739,4 +763,5 @@ const BlockDriver bdrv_blkdebug = {
     .bdrv_debug_event = blkdebug_debug_event,
     .strong_opts = blkdebug_strong_opts,
     .bdrv_child_resized = blkdebug_child_resized,
+    .bdrv_own_filename = blkdebug_own_filename,
 };
