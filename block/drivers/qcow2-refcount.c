@@ -552,3 +552,260 @@ void coroutine_fn qcow2_free_any_cluster(BlockDriverState *bs,
         break;
     }
 }
+
+/* ---- rebuilding refcounts (an image left dirty with lazy refcounts) ---- */
+
+typedef struct Rebuild {
+    uint32_t *counts;
+    uint64_t nclusters;
+} Rebuild;
+
+/* Count one reference to every cluster touched by [off, off+len). */
+static int count_range(BlockDriverState *bs, Rebuild *r, uint64_t off,
+                       uint64_t len, GError **errp)
+{
+    BDRVQcow2State *s = bs->opaque;
+    if (!len) {
+        return 0;
+    }
+    uint64_t first = off >> s->cluster_bits;
+    uint64_t last = (off + len - 1) >> s->cluster_bits;
+    if (last >= r->nclusters || last < first) {
+        error_setg(errp, "Cannot rebuild refcounts: metadata points beyond "
+                         "the end of the image file (offset %#" PRIx64 ")",
+                   off);
+        return -EINVAL;
+    }
+    for (uint64_t c = first; c <= last; c++) {
+        if (r->counts[c] == UINT32_MAX) {
+            error_setg(errp, "Cannot rebuild refcounts: too many references");
+            return -EINVAL;
+        }
+        r->counts[c]++;
+    }
+    return 0;
+}
+
+/* Count an L1 table, its L2 tables and what they reference. */
+static int coroutine_fn count_l1(BlockDriverState *bs, Rebuild *r,
+                                 uint64_t l1_offset, uint32_t l1_size,
+                                 const uint64_t *active, GError **errp)
+{
+    BDRVQcow2State *s = bs->opaque;
+    int ret = count_range(bs, r, l1_offset, (uint64_t)l1_size * 8, errp);
+    if (ret < 0 || !l1_size) {
+        return ret;
+    }
+    uint64_t *l1 = NULL;
+    if (!active) {
+        l1 = g_try_malloc((size_t)l1_size * 8);
+        if (!l1) {
+            error_setg(errp, "Cannot rebuild refcounts: out of memory");
+            return -ENOMEM;
+        }
+        ret = bdrv_co_pread(bs->file, (int64_t)l1_offset,
+                            (int64_t)l1_size * 8, l1, 0);
+        if (ret < 0) {
+            g_free(l1);
+            error_setg_errno(errp, -ret, "Cannot rebuild refcounts");
+            return ret;
+        }
+        for (uint32_t i = 0; i < l1_size; i++) {
+            l1[i] = qcow2_be64(&l1[i]);
+        }
+        active = l1;
+    }
+    uint64_t *l2 = g_malloc(s->cluster_size);
+    for (uint32_t i = 0; i < l1_size && ret == 0; i++) {
+        uint64_t l2_off = active[i] & L1E_OFFSET_MASK;
+        if (!l2_off) {
+            continue;
+        }
+        if (qcow2_offset_into_cluster(s, l2_off)) {
+            error_setg(errp, "Cannot rebuild refcounts: L2 table offset "
+                             "%#" PRIx64 " unaligned",
+                       l2_off);
+            ret = -EINVAL;
+            break;
+        }
+        ret = count_range(bs, r, l2_off, s->cluster_size, errp);
+        if (ret < 0) {
+            break;
+        }
+        ret = bdrv_co_pread(bs->file, (int64_t)l2_off,
+                            (int64_t)s->cluster_size, l2, 0);
+        if (ret < 0) {
+            error_setg_errno(errp, -ret, "Cannot rebuild refcounts");
+            break;
+        }
+        for (uint64_t j = 0; j < s->l2_size && ret == 0; j++) {
+            uint64_t e = qcow2_be64(&l2[j]);
+            switch (qcow2_l2_entry_type(e, s->version)) {
+            case QCOW2_CLUSTER_NORMAL:
+            case QCOW2_CLUSTER_ZERO_ALLOC:
+                ret = count_range(bs, r, e & L2E_OFFSET_MASK, s->cluster_size,
+                                  errp);
+                break;
+            case QCOW2_CLUSTER_COMPRESSED: {
+                uint64_t host, len;
+                qcow2_compressed_decode(e, s->cluster_bits, &host, &len);
+                /* the last sector may lie past the end of the file */
+                uint64_t end = r->nclusters << s->cluster_bits;
+                if (host < end && host + len > end) {
+                    len = end - host;
+                }
+                ret = count_range(bs, r, host, len, errp);
+                break;
+            }
+            default:
+                break;
+            }
+        }
+    }
+    g_free(l2);
+    g_free(l1);
+    return ret;
+}
+
+int coroutine_fn qcow2_rebuild_refcounts(BlockDriverState *bs, GError **errp)
+{
+    BDRVQcow2State *s = bs->opaque;
+    int64_t flen = bdrv_getlength(bs->file->bs);
+    if (flen < 0) {
+        error_setg_errno(errp, (int)-flen, "Cannot rebuild refcounts");
+        return (int)flen;
+    }
+    Rebuild r;
+    r.nclusters = ROUND_UP((uint64_t)flen, s->cluster_size) >> s->cluster_bits;
+    if (r.nclusters > (1ULL << 28)) {
+        error_setg(errp, "Cannot rebuild refcounts of an image this large; "
+                         "repair it with 'qemu-img check -r all'");
+        return -EFBIG;
+    }
+    r.counts = g_try_new0(uint32_t, r.nclusters ? r.nclusters : 1);
+    if (!r.counts) {
+        error_setg(errp, "Cannot rebuild refcounts: out of memory");
+        return -ENOMEM;
+    }
+    uint64_t per_block = 1ULL << s->refblock_bits;
+    uint64_t nblocks = (r.nclusters + per_block - 1) / per_block;
+    int ret = count_range(bs, &r, 0, s->cluster_size, errp);
+    if (ret == 0) {
+        ret = count_l1(bs, &r, s->l1_table_offset, s->l1_size, s->l1_table,
+                       errp);
+    }
+    if (ret == 0) {
+        ret = count_range(bs, &r, s->snapshots_offset, s->snapshots_size,
+                          errp);
+    }
+    for (uint32_t i = 0; ret == 0 && i < s->nb_snapshots; i++) {
+        ret = count_l1(bs, &r, s->snapshots[i].l1_table_offset,
+                       s->snapshots[i].l1_size, NULL, errp);
+    }
+    if (ret == 0) {
+        ret = count_range(bs, &r, s->reftable_offset,
+                          (uint64_t)s->reftable_clusters << s->cluster_bits,
+                          errp);
+    }
+    if (ret == 0 && nblocks > s->reftable_size) {
+        error_setg(errp, "Cannot rebuild refcounts: the refcount table is "
+                         "too small; repair the image with 'qemu-img check "
+                         "-r all'");
+        ret = -ENOTSUP;
+    }
+    /* The existing refcount blocks count themselves... */
+    for (uint64_t b = 0; ret == 0 && b < s->reftable_size; b++) {
+        uint64_t off = s->reftable[b] & REFT_OFFSET_MASK;
+        if (!off) {
+            continue;
+        }
+        if (qcow2_offset_into_cluster(s, off)) {
+            error_setg(errp, "Cannot rebuild refcounts: refcount block "
+                             "offset %#" PRIx64 " unaligned",
+                       off);
+            ret = -EINVAL;
+            break;
+        }
+        ret = count_range(bs, &r, off, s->cluster_size, errp);
+    }
+    /* ...and missing ones go into a free cluster of their own range. */
+    for (uint64_t b = 0; ret == 0 && b < nblocks; b++) {
+        if (s->reftable[b] & REFT_OFFSET_MASK) {
+            continue;
+        }
+        uint64_t lo = b * per_block, hi = MIN(lo + per_block, r.nclusters);
+        bool used = false;
+        uint64_t spot = UINT64_MAX;
+        for (uint64_t c = lo; c < hi; c++) {
+            used |= r.counts[c] != 0;
+            if (!r.counts[c] && spot == UINT64_MAX) {
+                spot = c;
+            }
+        }
+        if (!used) {
+            continue;
+        }
+        if (spot == UINT64_MAX) {
+            error_setg(errp, "Cannot rebuild refcounts: no room for a "
+                             "refcount block; repair the image with "
+                             "'qemu-img check -r all'");
+            ret = -ENOSPC;
+            break;
+        }
+        r.counts[spot] = 1;
+        void *blk;
+        ret = qcow2_cache_get_empty(bs, s->rc_cache, spot << s->cluster_bits,
+                                    &blk);
+        if (ret < 0) {
+            break;
+        }
+        memset(blk, 0, s->cluster_size);
+        qcow2_cache_mark_dirty(s->rc_cache, blk);
+        qcow2_cache_put(s->rc_cache, &blk);
+        s->reftable[b] = spot << s->cluster_bits;
+        s->reftable_used = MAX(s->reftable_used, b + 1);
+    }
+    /* Write every count. */
+    for (uint64_t b = 0; ret == 0 && b < s->reftable_size; b++) {
+        uint64_t off = s->reftable[b] & REFT_OFFSET_MASK;
+        if (!off) {
+            continue;
+        }
+        void *blk;
+        ret = qcow2_cache_get(bs, s->rc_cache, off, &blk);
+        if (ret < 0) {
+            error_setg_errno(errp, -ret, "Cannot rebuild refcounts");
+            break;
+        }
+        for (uint64_t i = 0; i < per_block; i++) {
+            uint64_t c = b * per_block + i;
+            uint64_t v = c < r.nclusters ? r.counts[c] : 0;
+            if (v > s->refcount_max) {
+                error_setg(errp, "Cannot rebuild refcounts: a refcount "
+                                 "exceeds the image's refcount width");
+                ret = -ERANGE;
+                break;
+            }
+            qcow2_refcount_set(blk, s->refcount_order, i, v);
+        }
+        qcow2_cache_mark_dirty(s->rc_cache, blk);
+        qcow2_cache_put(s->rc_cache, &blk);
+    }
+    if (ret == 0) {
+        ret = qcow2_cache_flush(bs, s->rc_cache);
+        for (uint64_t b = 0; ret == 0 && b < s->reftable_size; b++) {
+            if ((b & 63) == 0) {
+                ret = write_reftable_entry(bs, b);
+            }
+        }
+        if (ret == 0) {
+            ret = bdrv_co_flush(bs->file->bs);
+        }
+        if (ret < 0) {
+            error_setg_errno(errp, -ret, "Cannot write rebuilt refcounts");
+        }
+    }
+    s->free_cluster_index = 0;
+    g_free(r.counts);
+    return ret;
+}

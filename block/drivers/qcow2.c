@@ -879,15 +879,6 @@ static int coroutine_fn qcow2_do_open(BlockDriverState *bs,
                          "read/write");
         return -EACCES;
     }
-    if ((s->incompat & QCOW2_INCOMPAT_DIRTY) && want_write) {
-        /* Rebuilding refcounts after a lazy-refcounts crash is the job
-         * of the checker; refuse rather than write with wrong counts. */
-        error_setg(errp, "qcow2: Image is dirty (lazy refcounts were in use "
-                         "when it was last closed); repair it with "
-                         "'qemu-img check -r all' before opening it "
-                         "read/write");
-        return -EACCES;
-    }
 
     /* L1 table */
     s->l1_alloc = s->l1_size;
@@ -954,6 +945,22 @@ static int coroutine_fn qcow2_do_open(BlockDriverState *bs,
         o->has_pass_discard_request ? o->pass_discard_request : true;
     s->fresh_start = ROUND_UP((uint64_t)flen, s->cluster_size);
     s->writable = want_write;
+
+    if (want_write && (s->incompat & QCOW2_INCOMPAT_DIRTY)) {
+        /* Closed uncleanly with lazy refcounts: the refcounts on disk
+         * cannot be trusted.  Recount from the L1/L2 tables first. */
+        ret = qcow2_rebuild_refcounts(bs, errp);
+        if (ret < 0) {
+            error_prepend(errp, "qcow2: image is dirty (lazy refcounts): ");
+            return ret;
+        }
+        s->incompat &= ~QCOW2_INCOMPAT_DIRTY;
+        ret = qcow2_update_header(bs);
+        if (ret < 0) {
+            error_setg_errno(errp, -ret, "Could not update qcow2 header");
+            return ret;
+        }
+    }
 
     if (want_write && s->autoclear) {
         /* We do not maintain what the autoclear bits vouch for. */

@@ -418,6 +418,9 @@ void coroutine_fn qcow2_free_clusters(BlockDriverState *bs, uint64_t offset,
  * compressed cluster). */
 void coroutine_fn qcow2_free_any_cluster(BlockDriverState *bs,
                                          uint64_t l2_entry);
+/* Recount every cluster from the metadata and rewrite the refcounts (an
+ * image left dirty by lazy refcounts).  Open-time only. */
+int coroutine_fn qcow2_rebuild_refcounts(BlockDriverState *bs, GError **errp);
 /* Whether [offset, offset+size) overlaps a refcount block in use. */
 bool qcow2_overlaps_refblock(BDRVQcow2State *s, uint64_t offset,
                              uint64_t size);
