@@ -20,6 +20,9 @@ static GPtrArray *all_nodes;
 static GPtrArray *monitor_nodes;
 /* Node names in use: registered nodes and nodes still opening. */
 static GHashTable *reserved_names;
+/* Nodes opened with a `file` whose generic checks and name wait for that
+ * child (node -> user's node-name or NULL). */
+static GHashTable *setup_pending;
 static int64_t node_seq_counter;
 static uint64_t generated_name_counter;
 
@@ -32,6 +35,7 @@ static void registry_init(void)
         monitor_nodes = g_ptr_array_new();
         reserved_names =
             g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+        setup_pending = g_hash_table_new_full(NULL, NULL, NULL, g_free);
     }
 }
 
@@ -828,6 +832,43 @@ static void bdrv_free(BlockDriverState *bs)
     g_free(bs);
 }
 
+static bool options_have_file(BlockDriverState *bs)
+{
+    JsonNode *all = qapi_BlockdevOptions_to_json(bs->options);
+    bool has = all && JSON_NODE_HOLDS_OBJECT(all) &&
+               json_object_has_member(json_node_get_object(all), "file");
+    if (all) {
+        json_node_unref(all);
+    }
+    return has;
+}
+
+/* The generic option rules, then the node-name (QEMU's order). */
+static bool node_setup(BlockDriverState *bs, const char *user_name,
+                       GError **errp)
+{
+    if ((bs->open_flags & BDRV_O_FORCE_SHARE) && !bs->read_only) {
+        error_setg(errp,
+                   "force-share=on can only be used with read-only images");
+        return false;
+    }
+    if (bs->detect_zeroes == BLOCKDEV_DETECT_ZEROES_OPTIONS_UNMAP &&
+        !(bs->open_flags & BDRV_O_UNMAP)) {
+        error_setg(errp, "setting detect-zeroes to unmap is not allowed "
+                         "without setting discard operation to unmap");
+        return false;
+    }
+    if (user_name) {
+        if (!reserve_node_name(user_name, errp)) {
+            return false;
+        }
+        g_strlcpy(bs->node_name, user_name, sizeof(bs->node_name));
+    } else {
+        generate_node_name(bs->node_name, sizeof(bs->node_name));
+    }
+    return true;
+}
+
 /* Undo a failed open: the driver's state (if its open succeeded), the
  * children it attached, the name, the node. */
 static void open_failed(BlockDriverState *bs, bool drv_opened)
@@ -839,7 +880,9 @@ static void open_failed(BlockDriverState *bs, bool drv_opened)
     while ((c = LIST_FIRST(&bs->children))) {
         detach_child(bs, c);
     }
-    g_hash_table_remove(reserved_names, bs->node_name);
+    if (!g_hash_table_remove(setup_pending, bs) && bs->node_name[0]) {
+        g_hash_table_remove(reserved_names, bs->node_name);
+    }
     bdrv_free(bs);
 }
 
@@ -876,31 +919,9 @@ bdrv_open_inherit(const BlockdevOptions *opts, BlockDriverState *parent,
                                          ? opts->detect_zeroes
                                          : BLOCKDEV_DETECT_ZEROES_OPTIONS_OFF;
 
-    if (force_share && !read_only) {
-        error_setg(errp,
-                   "force-share=on can only be used with read-only images");
-        return NULL;
-    }
-    if (dz == BLOCKDEV_DETECT_ZEROES_OPTIONS_UNMAP && !unmap) {
-        error_setg(errp, "setting detect-zeroes to unmap is not allowed "
-                         "without setting discard operation to unmap");
-        return NULL;
-    }
-
-    char name[32];
-    if (opts->has_node_name && opts->node_name) {
-        if (!reserve_node_name(opts->node_name, errp)) {
-            return NULL;
-        }
-        g_strlcpy(name, opts->node_name, sizeof(name));
-    } else {
-        generate_node_name(name, sizeof(name));
-    }
-
     BlockDriverState *bs = g_new0(BlockDriverState, 1);
     bs->drv = drv;
     bs->opaque = g_malloc0(drv->instance_size ? drv->instance_size : 1);
-    g_strlcpy(bs->node_name, name, sizeof(bs->node_name));
     bs->options = qapi_BlockdevOptions_clone(opts);
     bs->read_only = read_only;
     bs->open_flags =
@@ -918,11 +939,37 @@ bdrv_open_inherit(const BlockdevOptions *opts, BlockDriverState *parent,
     bs->shared_perm = BLK_PERM_ALL;
     bs->bl.request_alignment = 1;
 
+    /*
+     * QEMU opens a node's `file` before it checks the node's own generic
+     * options and name, and both before the driver looks at its options;
+     * errors come in that order.  So with a `file` the checks wait for
+     * bdrv_open_child("file"), else they run now.
+     */
+    const char *user_name = opts->has_node_name ? opts->node_name : NULL;
+    if (options_have_file(bs)) {
+        g_hash_table_insert(setup_pending, bs, g_strdup(user_name));
+    } else if (!node_setup(bs, user_name, errp)) {
+        bdrv_free(bs);
+        return NULL;
+    }
+
     GError *err = NULL;
     int ret = drv->bdrv_open(bs, opts, &err);
+    if (ret == 0 && !err) {
+        char *pending = NULL;
+        if (g_hash_table_steal_extended(setup_pending, bs, NULL,
+                                        (gpointer *)&pending)) {
+            /* the driver never opened its `file` */
+            if (!node_setup(bs, pending, &err)) {
+                ret = -EINVAL;
+            }
+            g_free(pending);
+        }
+    }
     if (ret < 0 || err) {
         if (!err) {
-            error_setg_errno(&err, -ret, "Could not open node '%s'", name);
+            error_setg_errno(&err, -ret, "Could not open node '%s'",
+                             bs->node_name);
         }
         error_propagate(errp, err);
         open_failed(bs, false);
@@ -981,6 +1028,26 @@ BlockDriverState *coroutine_fn bdrv_co_open_keyval(const char *opts,
     return bs;
 }
 
+/* After a parent's `file` is attached, the parent's deferred checks and
+ * name; if they fail, the child goes again. */
+static BdrvChild *open_child_done(BlockDriverState *parent, BdrvChild *c,
+                                  const char *name, GError **errp)
+{
+    char *pending = NULL;
+    if (!c || strcmp(name, "file") ||
+        !g_hash_table_steal_extended(setup_pending, parent, NULL,
+                                     (gpointer *)&pending)) {
+        return c;
+    }
+    bool ok = node_setup(parent, pending, errp);
+    g_free(pending);
+    if (!ok) {
+        detach_child(parent, c);
+        return NULL;
+    }
+    return c;
+}
+
 BdrvChild *coroutine_fn bdrv_open_child(BlockDriverState *parent,
                                         const BlockdevRef *ref,
                                         const char *name, BdrvChildRole role,
@@ -999,7 +1066,8 @@ BdrvChild *coroutine_fn bdrv_open_child(BlockDriverState *parent,
         if (!child) {
             return NULL;
         }
-        return bdrv_attach_child(parent, child, name, role, errp);
+        BdrvChild *c = bdrv_attach_child(parent, child, name, role, errp);
+        return open_child_done(parent, c, name, errp);
     }
     if (role & BDRV_CHILD_COW) {
         registry_add(parent);
@@ -1011,7 +1079,7 @@ BdrvChild *coroutine_fn bdrv_open_child(BlockDriverState *parent,
     }
     BdrvChild *c = bdrv_attach_child(parent, child, name, role, errp);
     bdrv_unref(child); /* the edge holds it now, or it closes */
-    return c;
+    return open_child_done(parent, c, name, errp);
 }
 
 /* ---- reference counting and closing ---- */

@@ -52,6 +52,17 @@ static int coroutine_fn raw_open(BlockDriverState *bs,
     RawState *s = bs->opaque;
     const BlockdevOptionsRaw *o = &opts->u.raw;
 
+    /* The window decides the role, so it is read first; QEMU validates
+     * it only after the file is open (errors come in that order). */
+    bool windowed = (o->has_offset && o->offset != 0) || o->has_size;
+    BdrvChildRole role = windowed ? BDRV_CHILD_DATA | BDRV_CHILD_PRIMARY
+                                  : BDRV_CHILD_FILTERED | BDRV_CHILD_PRIMARY;
+    s->offset = o->has_offset ? (uint64_t)o->offset : 0;
+    s->has_size = o->has_size;
+    s->size = o->has_size ? (uint64_t)o->size : 0;
+    if (!bdrv_open_child(bs, o->file, "file", role, false, errp)) {
+        return -EINVAL;
+    }
     if ((o->has_offset && o->offset < 0) || (o->has_size && o->size < 0)) {
         error_setg(errp,
                    "Parameter '%s' expects a non-negative number "
@@ -59,20 +70,9 @@ static int coroutine_fn raw_open(BlockDriverState *bs,
                    (o->has_offset && o->offset < 0) ? "offset" : "size");
         return -EINVAL;
     }
-    s->offset = o->has_offset ? (uint64_t)o->offset : 0;
-    s->has_size = o->has_size;
-    s->size = o->has_size ? (uint64_t)o->size : 0;
     if (s->has_size && (s->size % BDRV_SECTOR_SIZE)) {
         error_setg(errp, "Specified size is not multiple of %llu",
                    (unsigned long long)BDRV_SECTOR_SIZE);
-        return -EINVAL;
-    }
-
-    /* With a window it is a format of its own; without, a filter. */
-    BdrvChildRole role = (s->offset || s->has_size)
-                             ? BDRV_CHILD_DATA | BDRV_CHILD_PRIMARY
-                             : BDRV_CHILD_FILTERED | BDRV_CHILD_PRIMARY;
-    if (!bdrv_open_child(bs, o->file, "file", role, false, errp)) {
         return -EINVAL;
     }
     int ret = raw_apply_window(bs, errp);
