@@ -25,6 +25,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <limits.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -571,6 +572,31 @@ static int coroutine_fn blkdebug_open(BlockDriverState *bs,
     const BlockdevOptionsBlkdebug *o = &opts->u.blkdebug;
     int ret;
 
+    /* QEMU gets an empty list as an option nobody consumes. */
+    static const struct {
+        const char *name;
+        size_t has_off;
+        size_t list_off;
+    } lists[] = {
+#define LIST_OPT(n, m)                                                         \
+    {n, offsetof(BlockdevOptionsBlkdebug, has_##m),                            \
+     offsetof(BlockdevOptionsBlkdebug, m)}
+        LIST_OPT("inject-error", inject_error),
+        LIST_OPT("set-state", set_state),
+        LIST_OPT("take-child-perms", take_child_perms),
+        LIST_OPT("unshare-child-perms", unshare_child_perms),
+#undef LIST_OPT
+    };
+    for (size_t i = 0; i < G_N_ELEMENTS(lists); i++) {
+        const char *base = (const char *)o;
+        if (*(const bool *)(base + lists[i].has_off) &&
+            !*(void *const *)(base + lists[i].list_off)) {
+            error_setg(errp, "Block protocol 'blkdebug' doesn't support the "
+                             "option '%s'", lists[i].name);
+            return -EINVAL;
+        }
+    }
+
     /* Rules first: a bad rule should not open the image at all. */
     if (o->has_config && o->config) {
         ret = read_config(s, o->config, errp);
@@ -654,6 +680,10 @@ static int coroutine_fn blkdebug_open(BlockDriverState *bs,
         goto fail;
     }
     bs->total_bytes = len;
+    /* Rules for the event "none" act from the start: the open raises it
+     * once, in state 1 (so a set-state rule for it picks the first state
+     * requests see). */
+    blkdebug_debug_event(bs, BLKDBG_NONE);
     return 0;
 
 fail:

@@ -411,6 +411,30 @@ static void test_active_reset(void **state)
     close_all(blk, bs);
 }
 
+/* The open raises "none" once in state 1: its rules act from the start. */
+static void test_none_event(void **state)
+{
+    BlockDriverState *bs = open_node(
+        "driver=blkdebug,node-name=dbg," IMG ","
+        "inject-error.0.event=none,inject-error.0.iotype=read,"
+        "inject-error.0.once=on,"
+        "inject-error.1.event=pwritev,inject-error.1.state=2,"
+        "inject-error.1.iotype=write,"
+        "set-state.0.event=none,set-state.0.new_state=2");
+    BlockBackend *blk = rw_blk(bs);
+    assert_int_equal(read_buf(blk, 0, 512), -EIO);
+    assert_int_equal(read_buf(blk, 0, 512), 0);
+    assert_int_equal(write_pat(blk, 0, 512, 1), -EIO); /* state 2 */
+    close_all(blk, bs);
+
+    /* a "none" rule for another state never acts */
+    bs = open_node("driver=blkdebug,node-name=dbg," IMG ","
+                   "inject-error.0.event=none,inject-error.0.state=2");
+    blk = rw_blk(bs);
+    assert_int_equal(read_buf(blk, 0, 512), 0);
+    close_all(blk, bs);
+}
+
 /* Flush rules (through raw, which raises flush_to_disk on blkdebug), and
  * block-status, discard and write-zeroes iotypes. */
 static void test_other_iotypes(void **state)
@@ -698,6 +722,7 @@ int main(void)
         T(test_sector),
         T(test_errno_zero_and_any_state),
         T(test_active_reset),
+        T(test_none_event),
         T(test_other_iotypes),
         T(test_align),
         T(test_bad_options),
