@@ -814,6 +814,14 @@ static Inherited inherited_from(BlockDriverState *parent, BdrvChildRole role)
     return in;
 }
 
+static void bdrv_free(BlockDriverState *bs)
+{
+    g_ptr_array_remove(all_nodes, bs);
+    qapi_free_BlockdevOptions(bs->options);
+    g_free(bs->opaque);
+    g_free(bs);
+}
+
 /* Enter bs in the registry (once).  QEMU names a node after opening its
  * `file` but before its backing file, and lists nodes in that order. */
 static void registry_add(BlockDriverState *bs)
@@ -822,14 +830,6 @@ static void registry_add(BlockDriverState *bs)
         bs->node_seq = node_seq_counter++;
         g_ptr_array_add(all_nodes, bs);
     }
-}
-
-static void bdrv_free(BlockDriverState *bs)
-{
-    g_ptr_array_remove(all_nodes, bs);
-    qapi_free_BlockdevOptions(bs->options);
-    g_free(bs->opaque);
-    g_free(bs);
 }
 
 static bool options_have_file(BlockDriverState *bs)
@@ -866,6 +866,9 @@ static bool node_setup(BlockDriverState *bs, const char *user_name,
     } else {
         generate_node_name(bs->node_name, sizeof(bs->node_name));
     }
+    /* Named nodes are listed from here on, as in QEMU: after their file,
+     * before their backing file. */
+    registry_add(bs);
     return true;
 }
 
@@ -1028,24 +1031,21 @@ BlockDriverState *coroutine_fn bdrv_co_open_keyval(const char *opts,
     return bs;
 }
 
-/* After a parent's `file` is attached, the parent's deferred checks and
- * name; if they fail, the child goes again. */
-static BdrvChild *open_child_done(BlockDriverState *parent, BdrvChild *c,
-                                  const char *name, GError **errp)
+/* Once a parent's `file` node exists (before it is attached, as in
+ * QEMU, so a permission conflict names the parent), the parent's deferred
+ * checks and name. */
+static bool file_child_ready(BlockDriverState *parent, const char *name,
+                             GError **errp)
 {
     char *pending = NULL;
-    if (!c || strcmp(name, "file") ||
+    if (strcmp(name, "file") ||
         !g_hash_table_steal_extended(setup_pending, parent, NULL,
                                      (gpointer *)&pending)) {
-        return c;
+        return true;
     }
     bool ok = node_setup(parent, pending, errp);
     g_free(pending);
-    if (!ok) {
-        detach_child(parent, c);
-        return NULL;
-    }
-    return c;
+    return ok;
 }
 
 BdrvChild *coroutine_fn bdrv_open_child(BlockDriverState *parent,
@@ -1060,26 +1060,25 @@ BdrvChild *coroutine_fn bdrv_open_child(BlockDriverState *parent,
         }
         return NULL;
     }
+    BlockDriverState *child;
     if (ref->type == QTYPE_QSTRING) {
-        BlockDriverState *child =
-            bdrv_lookup_bs(ref->u.reference, ref->u.reference, errp);
+        child = bdrv_lookup_bs(ref->u.reference, ref->u.reference, errp);
         if (!child) {
             return NULL;
         }
-        BdrvChild *c = bdrv_attach_child(parent, child, name, role, errp);
-        return open_child_done(parent, c, name, errp);
+        bdrv_ref(child);
+    } else {
+        child = bdrv_open_inherit(&ref->u.definition, parent, role, errp);
+        if (!child) {
+            return NULL;
+        }
     }
-    if (role & BDRV_CHILD_COW) {
-        registry_add(parent);
+    BdrvChild *c = NULL;
+    if (file_child_ready(parent, name, errp)) {
+        c = bdrv_attach_child(parent, child, name, role, errp);
     }
-    BlockDriverState *child =
-        bdrv_open_inherit(&ref->u.definition, parent, role, errp);
-    if (!child) {
-        return NULL;
-    }
-    BdrvChild *c = bdrv_attach_child(parent, child, name, role, errp);
-    bdrv_unref(child); /* the edge holds it now, or it closes */
-    return open_child_done(parent, c, name, errp);
+    bdrv_unref(child); /* the edge holds it now, or an inline one closes */
+    return c;
 }
 
 /* ---- reference counting and closing ---- */
