@@ -258,11 +258,14 @@ void bdrv_refresh_filename(BlockDriverState *bs)
             primary = c;
         }
     }
-    /* Only a protocol child's plain name will do: opening that name with
-     * this driver must give the same tree (QEMU's rule). */
+    /* Only a protocol child's plain name will do (or one its driver made
+     * itself, like "blkdebug:CONFIG:FILE"): opening that name with this
+     * driver must give the same tree (QEMU's rule). */
     if (primary && nchildren == 1 && !has_strong_options(bs) &&
         !backing_overridden(bs) && !bs->drv->is_filter &&
-        LIST_EMPTY(&primary->bs->children) && primary->bs->filename[0] &&
+        (LIST_EMPTY(&primary->bs->children) ||
+         primary->bs->drv->bdrv_own_filename) &&
+        primary->bs->filename[0] &&
         strncmp(primary->bs->filename, "json:", 5)) {
         g_strlcpy(bs->filename, primary->bs->filename, sizeof(bs->filename));
         return;
