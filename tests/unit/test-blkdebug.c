@@ -570,6 +570,59 @@ static void test_align(void **state)
     close_all(blk, bs);
 }
 
+/* Requests that break the limits, handed to the driver directly (the
+ * core never does this): refused with EIO, never passed on. */
+typedef struct DirectCo {
+    BlockDriverState *bs;
+    int rd_misaligned, rd_too_big, rd_ok, zero_cross, zero_small,
+        zero_misaligned, zero_too_big, disc_misaligned;
+} DirectCo;
+
+static void coroutine_fn direct_co(void *opaque)
+{
+    DirectCo *c = opaque;
+    BlockDriverState *bs = c->bs;
+    const BlockDriver *drv = bs->drv;
+    uint8_t *buf = g_malloc0(65536);
+    IOVector q;
+    qiov_init_buf(&q, buf, 512);
+    c->rd_misaligned = drv->bdrv_co_preadv(bs, 512, 512, &q, 0);
+    qiov_init_buf(&q, buf, 16384);
+    c->rd_too_big = drv->bdrv_co_preadv(bs, 0, 16384, &q, 0);
+    qiov_init_buf(&q, buf, 8192);
+    c->rd_ok = drv->bdrv_co_preadv(bs, 4096, 8192, &q, 0);
+    c->zero_cross = drv->bdrv_co_pwrite_zeroes(bs, 12288, 8192, 0);
+    c->zero_small = drv->bdrv_co_pwrite_zeroes(bs, 4096, 12288, 0);
+    c->zero_misaligned = drv->bdrv_co_pwrite_zeroes(bs, 4096, 16384, 0);
+    c->zero_too_big = drv->bdrv_co_pwrite_zeroes(bs, 0, 65536, 0);
+    c->disc_misaligned = drv->bdrv_co_pdiscard(bs, 4096, 16384);
+    g_free(buf);
+}
+
+static void test_limits_enforced(void **state)
+{
+    BlockDriverState *bs = open_node(
+        "driver=blkdebug,node-name=dbg," IMG ",align=4096,max-transfer=8192,"
+        "opt-write-zero=16384,max-write-zero=32768,opt-discard=8192,"
+        "discard=unmap");
+    /* the image child needs write for the zero and discard calls */
+    BlockBackend *blk = rw_blk(bs);
+    DirectCo c = {.bs = bs};
+    g_array_set_size(md.log, 0);
+    coroutine_run_sync(direct_co, &c);
+    assert_int_equal(c.rd_misaligned, -EIO);
+    assert_int_equal(c.rd_too_big, -EIO);
+    assert_int_equal(c.rd_ok, 0);
+    assert_int_equal(c.zero_cross, -EIO);     /* 12k..20k crosses 16k */
+    assert_int_equal(c.zero_small, -ENOTSUP); /* ends on 16k: fallback */
+    assert_int_equal(c.zero_misaligned, -EIO);
+    assert_int_equal(c.zero_too_big, -EIO);
+    assert_int_equal(c.disc_misaligned, -EIO);
+    /* only the good read reached the image */
+    assert_int_equal(md.log->len, 1);
+    close_all(blk, bs);
+}
+
 static void test_bad_options(void **state)
 {
     static const struct {
@@ -725,6 +778,7 @@ int main(void)
         T(test_none_event),
         T(test_other_iotypes),
         T(test_align),
+        T(test_limits_enforced),
         T(test_bad_options),
         T(test_config_file),
         T(test_child_perms),
