@@ -7,7 +7,7 @@
  *     the next request waits, as QMP requires replies in order);
  *   - the writer sends the session's output queue (greeting, replies,
  *     events), so a slow client never blocks the loop or other sessions.
- * The reader stops taking new requests while more than OUT_HIGH bytes of
+ * The reader stops running requests while more than OUT_HIGH bytes of
  * output wait (back-pressure); events still queue, and a client that lets
  * its queue pass OUT_MAX is disconnected.
  *
@@ -34,8 +34,13 @@
 #include "util/json-stream.h"
 
 #define READ_CHUNK (64 * 1024)
-#define OUT_HIGH (1024 * 1024)       /* stop reading requests above this */
-#define OUT_LOW (256 * 1024)         /* ... until the queue is down here */
+/*
+ * Clients often write a whole batch before reading any reply (QEMU buffers
+ * replies without bound), so back-pressure only starts far above what a
+ * batch produces.
+ */
+#define OUT_HIGH (16 * 1024 * 1024)  /* stop running requests above this */
+#define OUT_LOW (8 * 1024 * 1024)    /* ... until the queue is down here */
 #define OUT_MAX (64 * 1024 * 1024)   /* disconnect beyond this */
 #define WRITE_BATCH 64               /* queued lines per writev */
 

@@ -448,7 +448,7 @@ static void test_slow_reader(void **state)
     Client *slow = client_negotiated();
     Client *fast = client_negotiated();
     GString *req = g_string_new(NULL);
-    int n = 40; /* 10 MiB of replies */
+    int n = 100; /* 25 MiB of replies: over the back-pressure mark */
 
     (void)state;
     for (int i = 0; i < n; i++) {
