@@ -679,6 +679,9 @@ static int coroutine_fn blkdebug_open(BlockDriverState *bs,
         ret = (int)len;
         goto fail;
     }
+    /* Kept from here on, as QEMU does: a resize through this node updates
+     * it, one done directly on the image below does not (there is no
+     * bdrv_child_resized on purpose). */
     bs->total_bytes = len;
     /* Rules for the event "none" act from the start: the open raises it
      * once, in state 1 (so a set-state rule for it picks the first state
@@ -733,17 +736,6 @@ static void blkdebug_child_perm(BlockDriverState *bs, BdrvChild *c,
     *nshared &= ~s->unshare_perms;
 }
 
-static void blkdebug_child_resized(BlockDriverState *bs, BdrvChild *c)
-{
-    BlkdebugState *s = bs->opaque;
-    if (c == s->image) {
-        int64_t len = bdrv_getlength(c->bs);
-        if (len >= 0) {
-            bs->total_bytes = len;
-        }
-    }
-}
-
 /* QEMU names a node without rules or limits "blkdebug:CONFIG:FILE" when
  * its image has a plain name; otherwise the core builds json:{...}. */
 static void blkdebug_own_filename(BlockDriverState *bs)
@@ -792,6 +784,5 @@ const BlockDriver bdrv_blkdebug = {
     .bdrv_child_perm = blkdebug_child_perm,
     .bdrv_debug_event = blkdebug_debug_event,
     .strong_opts = blkdebug_strong_opts,
-    .bdrv_child_resized = blkdebug_child_resized,
     .bdrv_own_filename = blkdebug_own_filename,
 };
