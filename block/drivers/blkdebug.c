@@ -534,6 +534,39 @@ static int coroutine_fn blkdebug_block_status(BlockDriverState *bs,
     return ret & ~BDRV_BLOCK_EOF; /* the core sets our own EOF */
 }
 
+/* QEMU treats blkdebug as a protocol of unknown allocation. */
+static int64_t coroutine_fn blkdebug_allocated_size(BlockDriverState *bs)
+{
+    (void)bs;
+    return -ENOTSUP;
+}
+
+/* What the image knows about itself (dirty flag, cluster size) is what
+ * queries show for this node, as for any filter in QEMU. */
+static int coroutine_fn blkdebug_get_info(BlockDriverState *bs,
+                                          ImageInfo *info, GError **errp)
+{
+    BlkdebugState *s = bs->opaque;
+    BlockDriverState *child = s->image ? s->image->bs : NULL;
+    if (!child || !child->drv || !child->drv->bdrv_co_get_info) {
+        return -ENOTSUP;
+    }
+    /* Only what QEMU's bdrv_get_info carries; format-specific data of the
+     * image is not this node's. */
+    ImageInfo tmp = { 0 };
+    int ret = child->drv->bdrv_co_get_info(child, &tmp, errp);
+    if (ret >= 0) {
+        info->has_cluster_size = tmp.has_cluster_size;
+        info->cluster_size = tmp.cluster_size;
+        if (tmp.has_dirty_flag) {
+            info->has_dirty_flag = true;
+            info->dirty_flag = tmp.dirty_flag;
+        }
+    }
+    qapi_free_ImageInfo_members(&tmp);
+    return ret;
+}
+
 /* ---- open, limits, permissions ---- */
 
 static int check_limit(const char *name, int64_t value, uint64_t align,
@@ -782,6 +815,8 @@ const BlockDriver bdrv_blkdebug = {
     .bdrv_co_flush_to_disk = blkdebug_flush_to_disk,
     .bdrv_co_block_status = blkdebug_block_status,
     .bdrv_child_perm = blkdebug_child_perm,
+    .bdrv_co_get_allocated_file_size = blkdebug_allocated_size,
+    .bdrv_co_get_info = blkdebug_get_info,
     .bdrv_debug_event = blkdebug_debug_event,
     .strong_opts = blkdebug_strong_opts,
     .bdrv_own_filename = blkdebug_own_filename,
