@@ -817,6 +817,10 @@ static Inherited inherited_from(BlockDriverState *parent, BdrvChildRole role)
 static void bdrv_free(BlockDriverState *bs)
 {
     g_ptr_array_remove(all_nodes, bs);
+    if (bs->dirty_bitmaps && bdrv_dirty_bitmap_hooks &&
+        bdrv_dirty_bitmap_hooks->release_all) {
+        bdrv_dirty_bitmap_hooks->release_all(bs);
+    }
     qapi_free_BlockdevOptions(bs->options);
     g_free(bs->opaque);
     g_free(bs);

@@ -177,6 +177,20 @@ struct BlockDriver {
      * "blkdebug:CONFIG:FILE"): called when the core's own rules would
      * give json:{...}; fill bs->filename, or leave it empty for json. */
     void (*bdrv_own_filename)(BlockDriverState *bs);
+    /*
+     * Persistent dirty bitmaps (contract in block/dirty-bitmap.h).  A
+     * driver that stores them loads them in bdrv_open and writes them back
+     * in bdrv_close (and on flush).  can_store: may a new persistent bitmap
+     * be added (NULL: "Can't store persistent bitmaps to NODE: Operation
+     * not supported").  remove: delete a stored bitmap from the image
+     * (block-dirty-bitmap-remove of a persistent bitmap); NULL: nothing is
+     * stored, nothing to do.
+     */
+    bool coroutine_fn (*bdrv_co_can_store_new_dirty_bitmap)(
+        BlockDriverState *bs, const char *name, uint32_t granularity,
+        GError **errp);
+    int coroutine_fn (*bdrv_co_remove_persistent_dirty_bitmap)(
+        BlockDriverState *bs, const char *name, GError **errp);
 };
 
 /* Drivers are listed once, in block/drivers.c. */
@@ -361,6 +375,10 @@ typedef struct BdrvDirtyBitmapHooks {
     void (*set_dirty)(BlockDriverState *bs, int64_t offset, int64_t bytes);
     /* query-named-block-nodes' dirty-bitmaps */
     BlockDirtyInfoList *(*query)(BlockDriverState *bs);
+    /* the node's size changed to `bytes` (resize every bitmap) */
+    void (*truncate)(BlockDriverState *bs, int64_t bytes);
+    /* the node is being freed: free its bitmaps */
+    void (*release_all)(BlockDriverState *bs);
 } BdrvDirtyBitmapHooks;
 extern const BdrvDirtyBitmapHooks *bdrv_dirty_bitmap_hooks;
 

@@ -476,13 +476,29 @@ int coroutine_fn bdrv_co_pread(BdrvChild *child, int64_t offset, int64_t bytes,
 
 /* ---- writes ---- */
 
-static void write_done(BlockDriverState *bs, int64_t offset, int64_t bytes)
+/* Mark the node's enabled dirty bitmaps: also after a failed request,
+ * which may have changed part of the range. */
+static void mark_dirty(BlockDriverState *bs, int64_t offset, int64_t bytes)
 {
-    bs->write_gen++;
     if (bs->dirty_bitmaps && bdrv_dirty_bitmap_hooks &&
         bdrv_dirty_bitmap_hooks->set_dirty) {
         bdrv_dirty_bitmap_hooks->set_dirty(bs, offset, bytes);
     }
+}
+
+/* The node's size changed: its dirty bitmaps follow. */
+static void resize_dirty(BlockDriverState *bs)
+{
+    if (bs->dirty_bitmaps && bdrv_dirty_bitmap_hooks &&
+        bdrv_dirty_bitmap_hooks->truncate) {
+        bdrv_dirty_bitmap_hooks->truncate(bs, bs->total_bytes);
+    }
+}
+
+static void write_done(BlockDriverState *bs, int64_t offset, int64_t bytes)
+{
+    bs->write_gen++;
+    mark_dirty(bs, offset, bytes);
 }
 
 /* Zeroes on an aligned range, through the driver's write_zeroes where it
@@ -598,6 +614,8 @@ static int coroutine_fn aligned_pwritev(BdrvChild *child, int64_t offset,
     debug_event_bs(bs, BLKDBG_PWRITEV_DONE);
     if (ret == 0) {
         write_done(bs, offset, bytes);
+    } else {
+        mark_dirty(bs, offset, bytes);
     }
     return ret;
 }
@@ -764,6 +782,8 @@ static int coroutine_fn pwritev_common(BdrvChild *child, int64_t offset,
 
     if (ret == 0 && end > bs->total_bytes) {
         bs->total_bytes = end; /* the write grew the node */
+        resize_dirty(bs);
+        mark_dirty(bs, offset, bytes); /* the part past the old end */
     }
     tracked_end(&req);
     bdrv_dec_in_flight(bs);
@@ -862,11 +882,8 @@ int coroutine_fn bdrv_co_pdiscard(BdrvChild *child, int64_t offset,
     }
     if (ret == 0) {
         write_done(bs, start, 0);
-        if (bs->dirty_bitmaps && bdrv_dirty_bitmap_hooks &&
-            bdrv_dirty_bitmap_hooks->set_dirty) {
-            bdrv_dirty_bitmap_hooks->set_dirty(bs, start, end - start);
-        }
     }
+    mark_dirty(bs, start, end - start);
     tracked_end(&req);
     bdrv_dec_in_flight(bs);
     return ret;
@@ -999,6 +1016,7 @@ int coroutine_fn bdrv_co_truncate(BdrvChild *child, int64_t offset, bool exact,
     }
     if (ret == 0) {
         bs->write_gen++;
+        resize_dirty(bs);
         bdrv_parent_cb_resize(bs);
     }
     tracked_end(&req);
