@@ -2,7 +2,8 @@
  * libFuzzer target for the QMP input path: the stream splitter (fed in
  * chunks whose sizes come from the input, so every framing boundary gets
  * exercised), the request envelope checks, negotiation, the generated
- * argument parsers, and the reply serialiser.
+ * argument parsers, the reply serialiser, and json_parse_text().  Oracle:
+ * the framing events must be the same as when the bytes come in one piece.
  *
  * Only commands without effects outside the process run for real
  * (qmp_capabilities and query-*); every other command only has its
@@ -25,8 +26,19 @@
 
 typedef struct FuzzSession {
     QmpState st;
-    GQueue pending; /* of JsonNode *, NULL entries for framing errors */
+    GQueue pending; /* of JsonNode * */
+    GPtrArray *trace; /* every framing event as text, for the oracle */
 } FuzzSession;
+
+static void trace_msg(GPtrArray *trace, JsonNode *msg)
+{
+    g_ptr_array_add(trace, json_to_string_compact(msg));
+}
+
+static void trace_err(GPtrArray *trace, const GError *err)
+{
+    g_ptr_array_add(trace, g_strconcat("error: ", err->message, NULL));
+}
 
 static bool side_effect_free(const char *name)
 {
@@ -51,17 +63,33 @@ static void fuzz_runner(const QmpCommand *cmd, JsonNode *args,
 
 static void on_msg(void *opaque, JsonNode *msg)
 {
-    g_queue_push_tail(&((FuzzSession *)opaque)->pending, msg);
+    FuzzSession *fs = opaque;
+
+    trace_msg(fs->trace, msg);
+    g_queue_push_tail(&fs->pending, msg);
 }
 
 static void on_err(void *opaque, const GError *err)
 {
+    FuzzSession *fs = opaque;
     JsonNode *reply = qmp_error_reply(err);
     GBytes *line = qmp_encode_line(reply);
 
-    (void)opaque;
+    trace_err(fs->trace, err);
     g_bytes_unref(line);
     json_node_unref(reply);
+}
+
+/* The same bytes in one piece, for the oracle. */
+static void whole_msg(void *opaque, JsonNode *msg)
+{
+    trace_msg(opaque, msg);
+    json_node_unref(msg);
+}
+
+static void whole_err(void *opaque, const GError *err)
+{
+    trace_err(opaque, err);
 }
 
 typedef struct DispatchArgs {
@@ -106,6 +134,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     fs.st.negotiated = data[0] & 1;
     fs.st.oob = (data[0] & 2) && fs.st.negotiated;
     g_queue_init(&fs.pending);
+    fs.trace = g_ptr_array_new_with_free_func(g_free);
     rng = 0x9e3779b9u ^ data[0];
     /* Small limits reach the limit paths with small inputs. */
     js = json_stream_new(4096, 16, on_msg, on_err, &fs);
@@ -125,5 +154,36 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     json_stream_flush(js);
     run_pending(&fs);
     json_stream_free(js);
+
+    /* Oracle: framing must not depend on how the bytes were split. */
+    {
+        GPtrArray *whole = g_ptr_array_new_with_free_func(g_free);
+
+        js = json_stream_new(4096, 16, whole_msg, whole_err, whole);
+        json_stream_feed(js, (const char *)data + 1, size - 1);
+        json_stream_flush(js);
+        json_stream_free(js);
+        if (whole->len != fs.trace->len) {
+            __builtin_trap();
+        }
+        for (guint i = 0; i < whole->len; i++) {
+            if (strcmp(whole->pdata[i], fs.trace->pdata[i]) != 0) {
+                __builtin_trap();
+            }
+        }
+        g_ptr_array_free(whole, TRUE);
+    }
+    g_ptr_array_free(fs.trace, TRUE);
+
+    /* The command-line path over the same bytes. */
+    {
+        GError *err = NULL;
+        JsonNode *n = json_parse_text((const char *)data + 1, size - 1, &err);
+
+        if (n) {
+            json_node_unref(n);
+        }
+        g_clear_error(&err);
+    }
     return 0;
 }
