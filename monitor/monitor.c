@@ -87,7 +87,8 @@ void monitor_set_limits(const MonitorLimits *l)
 {
     limits.max_message_size = l->max_message_size ? l->max_message_size
                                                   : 1024 * 1024;
-    limits.max_depth = l->max_depth > 0 ? l->max_depth : 64;
+    /* json-glib parses recursively on a coroutine stack: keep it shallow. */
+    limits.max_depth = l->max_depth > 0 ? MIN(l->max_depth, 1024) : 64;
     limits.max_sessions = l->max_sessions > 0 ? l->max_sessions : 64;
 }
 
