@@ -56,6 +56,7 @@ void blk_exp_ref(BlockExport *exp)
 
 static void blk_exp_free(BlockExport *exp)
 {
+    nbd_export_bitmaps_release(exp);
     g_free(exp->id);
     g_free(exp->name);
     g_free(exp->description);
@@ -199,12 +200,8 @@ static bool nbd_export_setup(BlockExport *exp, BlockExportOptionsNbd *nbd,
                      errp) < 0) {
         return false;
     }
-    /* Dirty bitmaps are not exported yet: every name is unknown. */
-    if (nbd->has_bitmaps && nbd->bitmaps) {
-        const BlockDirtyBitmapOrStr *b = nbd->bitmaps->value;
-
-        error_setg(errp, "Bitmap '%s' is not found",
-                   b->type == QTYPE_QSTRING ? b->u.local : b->u.external.name);
+    if (nbd->has_bitmaps &&
+        !nbd_export_bitmaps_init(exp, nbd->bitmaps, errp)) {
         return false;
     }
     exp->name = g_strdup(name);

@@ -17,6 +17,7 @@
 #include <stdint.h>
 #include <sys/queue.h>
 
+#include "block/dirty-bitmap.h"
 #include "block/export/export.h"
 #include "util/coroutine.h"
 
@@ -36,6 +37,11 @@ struct BlockExport {
     bool writable;
     bool writethrough;
     bool allocation_depth;
+    /* exported dirty bitmaps (busy while exported) and their context
+     * names, "qemu:dirty-bitmap:NAME" (nbd-bitmap.c) */
+    BdrvDirtyBitmap **bitmaps;
+    char **bitmap_ctx;
+    unsigned nr_bitmaps;
     int quiesced;                   /* drained_begin nesting */
     LIST_HEAD(, NBDClient) clients; /* attached (transmission phase) */
     LIST_ENTRY(BlockExport) next;
@@ -46,8 +52,10 @@ typedef struct NBDMetaSelection {
     char *export_name; /* the export they were negotiated for */
     bool base_allocation;
     bool allocation_depth;
-    /* qemu:dirty-bitmap:NAME plugs in here (one flag per export bitmap)
-     * once exports carry bitmaps. */
+    /* qemu:dirty-bitmap:NAME: one flag per bitmap of the export it was
+     * negotiated for (context id NBD_META_ID_DIRTY_BITMAP + index) */
+    bool *bitmaps;
+    unsigned nr_bitmaps;
     unsigned count; /* number of selected contexts */
 } NBDMetaSelection;
 
@@ -113,6 +121,21 @@ unsigned nbd_client_count(void);
  */
 int coroutine_fn nbd_negotiate(NBDClient *client);
 void nbd_meta_selection_clear(NBDMetaSelection *m);
+
+/* ---- nbd-bitmap.c ---- */
+/* block-export-add's `bitmaps`: look up and check each, then mark them
+ * busy; qemu-storage-daemon's messages. */
+bool nbd_export_bitmaps_init(BlockExport *exp,
+                             const BlockDirtyBitmapOrStrList *list,
+                             GError **errp);
+void nbd_export_bitmaps_release(BlockExport *exp);
+/* Select the export's bitmaps that meta-context query q names. */
+void nbd_meta_match_bitmaps(BlockExport *exp, const char *q, bool list,
+                            NBDMetaSelection *sel);
+/* Status of context `id` at off: flags (NBD_STATE_DIRTY or 0) for *pnum
+ * bytes (<= bytes), or -errno. */
+int nbd_bitmap_status(BlockExport *exp, uint32_t id, uint64_t off,
+                      uint64_t bytes, int64_t *pnum);
 
 /* ---- nbd-requests.c ---- */
 /* Serve requests until disconnect; returns when the reader stops (the

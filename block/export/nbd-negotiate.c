@@ -161,6 +161,7 @@ static uint32_t nbd_export_alignment(BlockExport *exp)
 void nbd_meta_selection_clear(NBDMetaSelection *m)
 {
     g_free(m->export_name);
+    g_free(m->bitmaps);
     memset(m, 0, sizeof(*m));
 }
 
@@ -355,8 +356,7 @@ static void nbd_meta_match(BlockExport *exp, const char *q, bool list,
          (list && strcmp(q, "qemu:") == 0))) {
         sel->allocation_depth = true;
     }
-    /* qemu:dirty-bitmap:NAME (and "qemu:dirty-bitmap:" when listing) will
-     * match here against the export's bitmaps. */
+    nbd_meta_match_bitmaps(exp, q, list, sel);
 }
 
 static int coroutine_fn nbd_opt_meta_context(NBDClient *client, uint32_t opt,
@@ -386,6 +386,9 @@ static int coroutine_fn nbd_opt_meta_context(NBDClient *client, uint32_t opt,
         return nbd_opt_error(client, opt, NBD_REP_ERR_UNKNOWN,
                              "export '%s' not present", name);
     }
+    g_autofree bool *sel_bitmaps = g_new0(bool, exp->nr_bitmaps + 1);
+    sel.bitmaps = sel_bitmaps;
+    sel.nr_bitmaps = exp->nr_bitmaps;
     /* Each query takes at least its 4-byte length: bound the loop by the
      * data actually sent, not by the count the client claims. */
     if (nqueries > cur->left / 4) {
@@ -436,8 +439,25 @@ static int coroutine_fn nbd_opt_meta_context(NBDClient *client, uint32_t opt,
         }
         sel.count++;
     }
+    for (unsigned i = 0; i < sel.nr_bitmaps; i++) {
+        if (!sel.bitmaps[i]) {
+            continue;
+        }
+        size_t nlen = strlen(exp->bitmap_ctx[i]);
+        g_autofree uint8_t *buf = g_malloc(4 + nlen);
+
+        nbd_put32(buf, list ? 0 : NBD_META_ID_DIRTY_BITMAP + i);
+        memcpy(buf + 4, exp->bitmap_ctx[i], nlen);
+        ret = nbd_opt_reply(client, opt, NBD_REP_META_CONTEXT, buf,
+                            (uint32_t)(4 + nlen));
+        if (ret < 0) {
+            return ret;
+        }
+        sel.count++;
+    }
     if (!list) {
         sel.export_name = g_strdup(exp->name);
+        sel.bitmaps = g_steal_pointer(&sel_bitmaps);
         client->meta = sel;
     }
     return nbd_opt_ack(client, opt);

@@ -448,8 +448,14 @@ static int coroutine_fn nbd_collect_extents(NBDRequest *req, uint32_t id,
             }
             flags = (st & BDRV_BLOCK_DATA ? 0 : NBD_STATE_HOLE) |
                     (st & BDRV_BLOCK_ZERO ? NBD_STATE_ZERO : 0);
-        } else {
+        } else if (id == NBD_META_ID_ALLOCATION_DEPTH) {
             st = nbd_alloc_depth(blk_bs(blk), off, left, &pnum);
+            if (st < 0) {
+                return st;
+            }
+            flags = (uint32_t)st;
+        } else {
+            st = nbd_bitmap_status(req->client->exp, id, off, left, &pnum);
             if (st < 0) {
                 return st;
             }
@@ -488,8 +494,9 @@ static int coroutine_fn nbd_send_extents(NBDRequest *req, uint32_t id,
 static int coroutine_fn nbd_co_block_status(NBDRequest *req)
 {
     NBDMetaSelection *m = &req->client->meta;
-    uint32_t ids[2];
-    NBDExtents ex[2];
+    unsigned nbm = MIN(m->nr_bitmaps, req->client->exp->nr_bitmaps);
+    g_autofree uint32_t *ids = g_new(uint32_t, 2 + nbm);
+    g_autofree NBDExtents *ex = g_new(NBDExtents, 2 + nbm);
     unsigned n = 0;
     int ret = 0;
 
@@ -498,6 +505,11 @@ static int coroutine_fn nbd_co_block_status(NBDRequest *req)
     }
     if (m->allocation_depth) {
         ids[n++] = NBD_META_ID_ALLOCATION_DEPTH;
+    }
+    for (unsigned i = 0; i < nbm; i++) {
+        if (m->bitmaps[i]) {
+            ids[n++] = NBD_META_ID_DIRTY_BITMAP + i;
+        }
     }
     /* Everything is computed before anything is sent, so an error is the
      * whole reply. */
