@@ -147,16 +147,16 @@ static GHashTable *parse_opts(const char *params, const char *loc,
                 name = g_strdup("backend");
                 p = get_value(p, &value);
             } else {
-                name = g_strndup(p, len);
-                p += len;
                 const char *prefix = "";
-                if (!strncmp(name, "no", 2)) {
-                    memmove(name, name + 2, strlen(name + 2) + 1);
+                if (len >= 2 && !strncmp(p, "no", 2)) {
+                    name = g_strndup(p + 2, len - 2);
                     value = g_strdup("off");
                     prefix = "no";
                 } else {
+                    name = g_strndup(p, len);
                     value = g_strdup("on");
                 }
+                p += len;
                 fprintf(stderr,
                         "blockd: %s: warning: short-form boolean option "
                         "'%s%s' deprecated\n",
