@@ -403,7 +403,7 @@ static bool coroutine_fn img_create(const CreateArgs *c, GError **errp)
         g_clear_error(&err);
         error_setg(errp, "The image size is too large for file format '%s'%s",
                    f->name,
-                   g_hash_table_lookup(t, "cluster_size")
+                   find_opt(f, "cluster_size")
                        ? " (try using a larger cluster size)"
                        : "");
         return false;
@@ -488,7 +488,13 @@ int img_cmd_create(int argc, char **argv)
 
     GError *err = NULL;
     if (!img_create(&c, &err)) {
-        img_error("%s: %s", c.filename, err->message);
+        if (strstr(err->message, "\nDetected format of ")) {
+            /* QEMU's hint for this one has no final newline. */
+            fflush(stdout);
+            fprintf(stderr, IMG_PROG ": %s: %s", c.filename, err->message);
+        } else {
+            img_error("%s: %s", c.filename, err->message);
+        }
         g_error_free(err);
         return EXIT_FAILURE;
     }

@@ -30,12 +30,20 @@ static const ImgCreateOpt raw_create_opts[] = {
     { NULL, 0, NULL, NULL, false },
 };
 
-static bool parse_prealloc(const char *v, PreallocMode *out, GError **errp)
+/* The file protocol and qcow2 word a bad mode differently in QEMU. */
+static bool parse_prealloc(const char *v, bool qapi_style, PreallocMode *out,
+                           GError **errp)
 {
     int m = v ? PreallocMode_parse(v) : PREALLOC_MODE_OFF;
 
     if (m < 0) {
-        error_setg(errp, "invalid parameter value: %s", v); /* QEMU's */
+        if (qapi_style) {
+            error_setg(errp,
+                       "Parameter 'preallocation' does not accept value '%s'",
+                       v);
+        } else {
+            error_setg(errp, "invalid parameter value: %s", v);
+        }
         return false;
     }
     *out = m;
@@ -56,7 +64,7 @@ static int coroutine_fn raw_create(const ImgCreateArgs *a, GError **errp)
     BlockdevCreateOptions co;
     PreallocMode prealloc;
 
-    if (!parse_prealloc(g_hash_table_lookup(a->opts, "preallocation"),
+    if (!parse_prealloc(g_hash_table_lookup(a->opts, "preallocation"), false,
                         &prealloc, errp)) {
         return -EINVAL;
     }
@@ -134,7 +142,8 @@ static const ImgCreateOpt qcow2_create_opts[] = {
 static int coroutine_fn qcow2_create(const ImgCreateArgs *a, GError **errp)
 {
     Qcow2CreateParams p = {
-        .size = a->size,
+        /* Whole sectors, as QEMU's qcow2 rounds the requested size. */
+        .size = (a->size + BDRV_SECTOR_SIZE - 1) & ~(BDRV_SECTOR_SIZE - 1),
         .version = 3,
         .refcount_bits = 16,
         .backing_file = a->backing_file,
@@ -172,7 +181,8 @@ static int coroutine_fn qcow2_create(const ImgCreateArgs *a, GError **errp)
         } else if (!strcmp(v, "1.1") || !strcmp(v, "v3")) {
             p.version = 3;
         } else {
-            error_setg(errp, "Invalid parameter value for 'compat': '%s'", v);
+            error_setg(errp, "Parameter 'version' does not accept value '%s'",
+                       v);
             return -EINVAL;
         }
     }
@@ -186,7 +196,7 @@ static int coroutine_fn qcow2_create(const ImgCreateArgs *a, GError **errp)
         p.refcount_bits = (int)g_ascii_strtoll(v, NULL, 0);
     }
     p.lazy_refcounts = opt_on(a, "lazy_refcounts");
-    if (!parse_prealloc(g_hash_table_lookup(a->opts, "preallocation"),
+    if (!parse_prealloc(g_hash_table_lookup(a->opts, "preallocation"), true,
                         &p.preallocation, errp)) {
         return -EINVAL;
     }

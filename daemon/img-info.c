@@ -232,6 +232,16 @@ static GPtrArray *coroutine_fn collect(const InfoArgs *a)
             g_error_free(err);
             goto err;
         }
+        if (g_str_has_prefix(info->filename, "json:")) {
+            /*
+             * Opening without the backing file ("backing": null) makes the
+             * block layer describe the node as json:{...}, as QEMU does for
+             * such a blockdev-add; qemu-img (BDRV_O_NO_BACKING) shows the
+             * name it opened.
+             */
+            g_free(info->filename);
+            info->filename = g_strdup(filename);
+        }
         g_ptr_array_add(list, info);
 
         g_clear_pointer(&filename, g_free);

@@ -283,6 +283,15 @@ int coroutine_fn qcow2_co_create_image(const char *filename,
                                        const Qcow2CreateParams *p,
                                        GError **errp)
 {
+    /* Refuse bad parameters before the file is created or truncated, as
+     * qemu-img create does (defaults as in qcow2_co_create_on_node). */
+    Qcow2CreateParams checked = *p;
+    checked.cluster_size = checked.cluster_size ? checked.cluster_size : 65536;
+    checked.version = checked.version ? checked.version : 3;
+    checked.refcount_bits = checked.refcount_bits ? checked.refcount_bits : 16;
+    if (!valid_params(&checked, errp)) {
+        return -EINVAL;
+    }
     const BlockDriver *fdrv = bdrv_find_driver(BLOCKDEV_DRIVER_FILE);
     if (!fdrv || !fdrv->bdrv_co_create) {
         error_setg(errp, "The file driver is not available");
