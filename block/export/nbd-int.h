@@ -74,6 +74,7 @@ struct NBDClient {
 
     /* transmission */
     unsigned nb_inflight;
+    uint64_t inflight_bytes; /* read/write buffers those requests hold */
     CoQueue reader_wait; /* the session waits here for slots, drain end,
                             and (on exit) for in-flight requests */
     CoMutex send_lock;   /* one reply (or chunk) at a time on the socket */
@@ -85,6 +86,9 @@ struct NBDClient {
 /* Most requests a client may have in flight; the reader stops reading
  * while this many are being served. */
 #define NBD_MAX_INFLIGHT 32
+/* ...and at most this many bytes of read/write buffers (one request of
+ * any valid size is always admitted). */
+#define NBD_MAX_INFLIGHT_BYTES (64 * 1024 * 1024)
 
 /* ---- export.c ---- */
 void blk_exp_ref(BlockExport *exp);

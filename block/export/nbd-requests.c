@@ -36,6 +36,7 @@ typedef struct NBDRequest {
     uint64_t offset;
     uint32_t len;
     void *buf;          /* a write's payload */
+    uint32_t cost;      /* buffer bytes it holds, for the budget */
     uint32_t error;     /* NBD error found while receiving, 0 if none */
     const char *errmsg; /* static text for that error */
 } NBDRequest;
@@ -578,6 +579,7 @@ static void coroutine_fn nbd_request_co(void *opaque)
         nbd_client_close(client);
     }
     nbd_buf_put(req->buf, req->len);
+    client->inflight_bytes -= req->cost;
     g_free(req);
     client->nb_inflight--;
     co_queue_restart_all(&client->reader_wait);
@@ -718,6 +720,24 @@ void coroutine_fn nbd_transmission(NBDClient *client)
             g_free(req);
             return; /* the caller waits for requests in flight */
         }
+        /*
+         * Memory budget: a client that queues big reads and never reads
+         * the replies must not make us hold 32 x 32 MiB.  Wait (before a
+         * write's payload is allocated) until the request fits; one
+         * request alone always fits.
+         */
+        if ((req->type == NBD_CMD_READ || req->type == NBD_CMD_WRITE) &&
+            req->len <= NBD_MAX_BUFFER_SIZE) {
+            req->cost = req->len;
+        }
+        while (!client->closing && client->nb_inflight > 0 &&
+               client->inflight_bytes + req->cost > NBD_MAX_INFLIGHT_BYTES) {
+            co_queue_wait(&client->reader_wait, NULL);
+        }
+        if (client->closing) {
+            g_free(req);
+            return;
+        }
         ret = nbd_receive_request(client, req);
         /* While drained, hold the request back from the block layer. */
         while (ret == 0 && !client->closing && client->exp->quiesced) {
@@ -729,6 +749,7 @@ void coroutine_fn nbd_transmission(NBDClient *client)
             return;
         }
         client->nb_inflight++;
+        client->inflight_bytes += req->cost;
         coroutine_enter(coroutine_create(nbd_request_co, req));
     }
 }

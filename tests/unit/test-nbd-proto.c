@@ -269,7 +269,7 @@ static void test_options(void **state)
     assert_int_equal(c_final(&c, 99, NULL), NBD_REP_ERR_UNSUP);
     c_opt(&c, NBD_OPT_LIST, NULL, 0);
     assert_int_equal(c_final(&c, NBD_OPT_LIST, &n), NBD_REP_ACK);
-    assert_int_equal(n, 4); /* three exports, then the ack */
+    assert_int_equal(n, 5); /* four exports, then the ack */
     c_opt(&c, NBD_OPT_LIST, "x", 1);
     assert_int_equal(c_final(&c, NBD_OPT_LIST, NULL), NBD_REP_ERR_INVALID);
     c_opt(&c, NBD_OPT_STARTTLS, NULL, 0);
@@ -504,6 +504,29 @@ static void test_pipelined(void **state)
     c_close(&c);
 }
 
+/* Big reads queued without reading replies go through the memory budget
+ * (at most 64 MiB of buffers in flight): all still get answered. */
+static void test_budget(void **state)
+{
+    Client c = c_connect(NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES);
+    const uint32_t len = NBD_MAX_BUFFER_SIZE;
+    g_autofree uint8_t *data = g_malloc(len);
+
+    c_go(&c, "big");
+    for (unsigned i = 0; i < 6; i++) {
+        c_req(&c, NBD_CMD_READ, 0, i, (uint64_t)i * len, len);
+    }
+    for (unsigned i = 0; i < 6; i++) {
+        uint8_t r[NBD_SIMPLE_REPLY_SIZE];
+
+        assert_true(c_recv(&c, r, sizeof(r)));
+        assert_int_equal(nbd_get32(r + 4), 0);
+        assert_true(c_recv(&c, data, len));
+    }
+    assert_true(buffer_is_zero(data, len));
+    c_close(&c);
+}
+
 static void coroutine_fn del_hard_co(void *opaque)
 {
     q_obj_block_export_del_arg arg = {
@@ -553,8 +576,14 @@ static void coroutine_fn setup_co(void *opaque)
                                "read-zeroes=on,latency-ns=2000000",
                                &err);
     assert_non_null(slow);
+    BlockDriverState *big = bdrv_co_open_keyval(
+        "driver=null-co,node-name=n2,size=268435456,read-zeroes=on", &err);
+    assert_non_null(big);
     bdrv_set_monitor_owned(node);
     bdrv_set_monitor_owned(slow);
+    bdrv_set_monitor_owned(big);
+    assert_true(blk_exp_add_keyval("type=nbd,id=ebig,node-name=n2,name=big",
+                                   &err));
     assert_true(blk_exp_add_keyval(
         "type=nbd,id=e0,node-name=n0,name=disk,writable=on", &err));
     assert_true(blk_exp_add_keyval(
@@ -593,6 +622,7 @@ int main(void)
         cmocka_unit_test(test_structured),
         cmocka_unit_test(test_drain),
         cmocka_unit_test(test_pipelined),
+        cmocka_unit_test(test_budget),
         cmocka_unit_test(test_delete_hard),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
