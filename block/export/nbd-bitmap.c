@@ -52,6 +52,15 @@ bool nbd_export_bitmaps_init(BlockExport *exp,
                 error_setg(errp, "Bitmap '%s' is not found", b->u.local);
                 return false;
             }
+            /* A read-only export must show a bitmap that cannot change
+             * (checked for names only and before busy, as qsd does). */
+            if (!exp->writable && bdrv_is_writable(bs) &&
+                bdrv_dirty_bitmap_enabled(bm)) {
+                error_setg(errp, "Enabled bitmap '%s' incompatible with "
+                           "readonly export",
+                           bdrv_dirty_bitmap_name(bm));
+                return false;
+            }
         } else {
             bm = bdrv_dirty_bitmap_lookup(b->u.external.node,
                                           b->u.external.name, NULL, errp);
@@ -61,14 +70,6 @@ bool nbd_export_bitmaps_init(BlockExport *exp,
             bs = top;
         }
         if (bdrv_dirty_bitmap_check(bm, BDRV_BITMAP_ALLOW_RO, errp)) {
-            return false;
-        }
-        /* A read-only export must show a bitmap that cannot change. */
-        if (!exp->writable && bdrv_is_writable(bs) &&
-            bdrv_dirty_bitmap_enabled(bm)) {
-            error_setg(errp,
-                       "Enabled bitmap '%s' incompatible with readonly export",
-                       bdrv_dirty_bitmap_name(bm));
             return false;
         }
         bms[i] = bm;
