@@ -31,9 +31,12 @@ build: deps $(BUILD)/build.ninja
 run: build
 	scripts/demo.sh $(BUILD)
 
+# Both suites run even when the first fails, so one run reports everything.
 check: build
-	meson test -C $(BUILD) --suite unit --print-errorlogs
-	iotests/check --no-skip --build $(BUILD)
+	@rc=0; \
+	meson test -C $(BUILD) --suite unit --print-errorlogs || rc=1; \
+	iotests/check --no-skip --build $(BUILD) || rc=1; \
+	exit $$rc
 
 check-unit: build
 	meson test -C $(BUILD) --suite unit --print-errorlogs
@@ -46,8 +49,10 @@ $(ASAN_BUILD)/build.ninja: | deps
 
 check-asan: deps $(ASAN_BUILD)/build.ninja
 	$(NINJA) -C $(ASAN_BUILD)
-	$(SAN_ENV) meson test -C $(ASAN_BUILD) --suite unit --print-errorlogs
-	$(SAN_ENV) iotests/check --no-skip --build $(ASAN_BUILD)
+	@rc=0; \
+	$(SAN_ENV) meson test -C $(ASAN_BUILD) --suite unit --print-errorlogs || rc=1; \
+	$(SAN_ENV) iotests/check --no-skip --build $(ASAN_BUILD) || rc=1; \
+	exit $$rc
 
 $(FUZZ_BUILD)/build.ninja: | deps
 	./configure --builddir=$(FUZZ_BUILD) --fuzz
