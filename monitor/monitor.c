@@ -77,7 +77,7 @@ typedef struct MonitorSession {
 
 static MonitorLimits limits = {
     .max_message_size = 1024 * 1024,
-    .max_depth = 64,
+    .max_depth = JSON_STREAM_DEFAULT_DEPTH,
     .max_sessions = 64,
 };
 static GList *listeners; /* of MonitorListener */
@@ -87,8 +87,10 @@ void monitor_set_limits(const MonitorLimits *l)
 {
     limits.max_message_size = l->max_message_size ? l->max_message_size
                                                   : 1024 * 1024;
-    /* json-glib parses recursively on a coroutine stack: keep it shallow. */
-    limits.max_depth = l->max_depth > 0 ? MIN(l->max_depth, 1024) : 64;
+    /* json-glib parses recursively on a coroutine stack: bounded. */
+    limits.max_depth = l->max_depth > 0
+                           ? MIN(l->max_depth, JSON_STREAM_DEFAULT_DEPTH)
+                           : JSON_STREAM_DEFAULT_DEPTH;
     limits.max_sessions = l->max_sessions > 0 ? l->max_sessions : 64;
 }
 

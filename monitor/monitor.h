@@ -11,7 +11,8 @@
 
 typedef struct MonitorLimits {
     size_t max_message_size; /* bytes of one JSON message (default 1 MiB) */
-    int max_depth;           /* nesting depth (default 64) */
+    int max_depth;           /* nesting depth (default and max 1024, as
+                                QEMU: clients send ids nested 100 deep) */
     int max_sessions;        /* per listener (default 64) */
 } MonitorLimits;
 

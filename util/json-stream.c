@@ -105,7 +105,7 @@ JsonStream *json_stream_new(size_t max_size, int max_depth,
     JsonStream *s = g_new0(JsonStream, 1);
 
     s->max_size = max_size ? max_size : 1024 * 1024;
-    s->max_depth = max_depth > 0 ? max_depth : 64;
+    s->max_depth = max_depth > 0 ? max_depth : JSON_STREAM_DEFAULT_DEPTH;
     s->on_msg = on_msg;
     s->on_err = on_err;
     s->opaque = opaque;
@@ -366,11 +366,7 @@ static bool account(JsonStream *s, size_t n)
 {
     s->raw_len += n;
     if (!s->discarding && s->raw_len > s->max_size) {
-        char *msg = g_strdup_printf("JSON message size limit (%zu bytes) "
-                                    "exceeded", s->max_size);
-
-        report(s, msg);
-        g_free(msg);
+        report(s, "JSON message size limit exceeded");
         /* Keep lexing (strings, depth) but keep nothing. */
         g_string_truncate(s->buf, 0);
         g_clear_pointer(&s->deferred, g_free);
@@ -434,6 +430,55 @@ static void finish_keyword(JsonStream *s)
     scalar_done(s);
 }
 
+/*
+ * QEMU keeps integers up to UINT64_MAX exact and echoes them so (a
+ * request's "id": 12345678901234567890).  json-glib has no unsigned 64-bit
+ * numbers, so those beyond int64 become doubles; we remember the literal
+ * of each such double and print the literal when that double is written.
+ * A small ring is enough: a reply is built right after its request.
+ */
+#define BIG_LITERALS 64
+
+static struct {
+    uint64_t bits;
+    char text[21];
+} big_literals[BIG_LITERALS];
+static unsigned big_literal_next;
+
+static void big_literal_note(const char *w)
+{
+    guint64 v;
+    double d;
+
+    errno = 0;
+    v = g_ascii_strtoull(w, NULL, 10);
+    if (w[0] == '-' || errno == ERANGE || strlen(w) > 20) {
+        return; /* beyond uint64: a plain double for QEMU too */
+    }
+    (void)v;
+    d = g_ascii_strtod(w, NULL);
+    memcpy(&big_literals[big_literal_next].bits, &d, sizeof(d));
+    g_strlcpy(big_literals[big_literal_next].text, w,
+              sizeof(big_literals[0].text));
+    big_literal_next = (big_literal_next + 1) % BIG_LITERALS;
+}
+
+static const char *big_literal_find(double d)
+{
+    uint64_t bits;
+
+    if (!(d >= 9223372036854775808.0 && d <= 18446744073709551616.0)) {
+        return NULL;
+    }
+    memcpy(&bits, &d, sizeof(d));
+    for (unsigned i = 0; i < BIG_LITERALS; i++) {
+        if (big_literals[i].text[0] && big_literals[i].bits == bits) {
+            return big_literals[i].text;
+        }
+    }
+    return NULL;
+}
+
 static void finish_number(JsonStream *s)
 {
     const char *w = s->word->str;
@@ -446,6 +491,9 @@ static void finish_number(JsonStream *s)
         if (errno == ERANGE) {
             /* Beyond int64: json-glib would wrap it; keep the magnitude. */
             append(s, ".0", 2);
+            if (!s->discarding) {
+                big_literal_note(w);
+            }
         }
     }
     scalar_done(s);
@@ -675,11 +723,8 @@ static void structural(JsonStream *s, char c)
             s->brackets++;
         }
         if (s->braces + s->brackets > s->max_depth && !s->discarding) {
-            char *msg = g_strdup_printf("JSON nesting depth limit (%d) "
-                                        "exceeded", s->max_depth);
-
-            report(s, msg);
-            g_free(msg);
+            /* QEMU's words for its own (1024) limit. */
+            report(s, "JSON nesting depth limit exceeded");
             g_string_truncate(s->buf, 0);
             g_clear_pointer(&s->deferred, g_free);
             s->discarding = true;
@@ -846,7 +891,8 @@ JsonNode *json_parse_text(const char *text, size_t len, GError **errp)
 {
     ParseText pt = { 0 };
     /* No size limit for a text we hold already; QEMU's nesting limit. */
-    JsonStream *s = json_stream_new(len + 1, 1024, text_msg, text_err, &pt);
+    JsonStream *s = json_stream_new(len + 1, JSON_STREAM_DEFAULT_DEPTH,
+                                    text_msg, text_err, &pt);
 
     json_stream_feed(s, text, len);
     json_stream_flush(s);
@@ -1028,10 +1074,13 @@ static void put_node(GString *out, JsonNode *node)
             g_string_append_printf(out, "%" PRId64, json_node_get_int(node));
         } else if (t == G_TYPE_DOUBLE) {
             char tmp[G_ASCII_DTOSTR_BUF_SIZE];
+            double d = json_node_get_double(node);
+            const char *lit = big_literal_find(d);
 
             /* %.17g as QEMU prints, in the C locale whatever LC_NUMERIC. */
-            g_string_append(out, g_ascii_formatd(tmp, sizeof(tmp), "%.17g",
-                                                 json_node_get_double(node)));
+            g_string_append(out, lit ? lit
+                                     : g_ascii_formatd(tmp, sizeof(tmp),
+                                                       "%.17g", d));
         } else if (t == G_TYPE_BOOLEAN) {
             g_string_append(out,
                             json_node_get_boolean(node) ? "true" : "false");

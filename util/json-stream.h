@@ -18,6 +18,9 @@
 
 typedef struct JsonStream JsonStream;
 
+/* QEMU's nesting limit: QMP clients may rely on it. */
+#define JSON_STREAM_DEFAULT_DEPTH 1024
+
 /* `msg` is owned by the callee; `err` is owned by the caller. */
 typedef void JsonStreamMessage(void *opaque, JsonNode *msg);
 typedef void JsonStreamError(void *opaque, const GError *err);
