@@ -19,6 +19,7 @@
 
 #include <cmocka.h>
 
+#include "block/dirty-bitmap.h"
 #include "block/export/nbd-int.h"
 #include "block/export/nbd-proto.h"
 #include "qapi/qapi-commands.h"
@@ -504,6 +505,15 @@ static void test_pipelined(void **state)
     c_close(&c);
 }
 
+static void coroutine_fn del_co(void *opaque)
+{
+    q_obj_block_export_del_arg arg = { .id = opaque };
+    GError *err = NULL;
+
+    qmp_block_export_del(&arg, &err);
+    assert_null(err);
+}
+
 /* Big reads queued without reading replies go through the memory budget
  * (at most 64 MiB of buffers in flight): all still get answered. */
 static void test_budget(void **state)
@@ -525,6 +535,92 @@ static void test_budget(void **state)
     }
     assert_true(buffer_is_zero(data, len));
     c_close(&c);
+}
+
+/* qemu:dirty-bitmap:NAME: listed, selected, extents dirty/clean; the
+ * bitmap is busy while exported. */
+static void test_bitmap(void **state)
+{
+    GError *err = NULL;
+    BdrvDirtyBitmap *bm = bdrv_create_dirty_bitmap(node, 65536, "b0", &err);
+    uint8_t buf[256];
+    unsigned n;
+    Chunk ch;
+
+    assert_non_null(bm);
+    bdrv_set_dirty_bitmap(bm, 65536, 2 * 65536);
+    assert_false(blk_exp_add_keyval(
+        "type=nbd,id=ebm,node-name=n0,name=bm,bitmaps.0=nope", &err));
+    assert_string_equal(err->message, "Bitmap 'nope' is not found");
+    g_clear_error(&err);
+    /* still recording writes: not for a read-only export */
+    assert_false(blk_exp_add_keyval(
+        "type=nbd,id=ebm,node-name=n0,name=bm,bitmaps.0=b0", &err));
+    assert_string_equal(err->message,
+                        "Enabled bitmap 'b0' incompatible with readonly "
+                        "export");
+    g_clear_error(&err);
+    assert_true(blk_exp_add_keyval(
+        "type=nbd,id=ebm,node-name=n0,name=bm,writable=on,bitmaps.0=b0",
+        &err));
+    assert_true(bdrv_dirty_bitmap_busy(bm));
+
+    Client c = c_connect(NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES);
+    c_structured(&c);
+    size_t len = put_string(buf, "bm");
+    nbd_put32(buf + len, 1);
+    len += 4;
+    len += put_string(buf + len, "qemu:");
+    c_opt(&c, NBD_OPT_LIST_META_CONTEXT, buf, (uint32_t)len);
+    uint8_t *data;
+    uint32_t dlen;
+    assert_int_equal(c_reply(&c, NBD_OPT_LIST_META_CONTEXT, &data, &dlen),
+                     NBD_REP_META_CONTEXT);
+    assert_int_equal(dlen, 4 + strlen("qemu:dirty-bitmap:b0"));
+    assert_memory_equal(data + 4, "qemu:dirty-bitmap:b0", dlen - 4);
+    g_free(data);
+    assert_int_equal(c_final(&c, NBD_OPT_LIST_META_CONTEXT, &n), NBD_REP_ACK);
+    assert_int_equal(n, 1);
+
+    len = put_string(buf, "bm");
+    nbd_put32(buf + len, 2);
+    len += 4;
+    len += put_string(buf + len, "base:allocation");
+    len += put_string(buf + len, "qemu:dirty-bitmap:b0");
+    c_opt(&c, NBD_OPT_SET_META_CONTEXT, buf, (uint32_t)len);
+    assert_int_equal(c_final(&c, NBD_OPT_SET_META_CONTEXT, &n), NBD_REP_ACK);
+    assert_int_equal(n, 3);
+    c_go(&c, "bm");
+
+    c_req(&c, NBD_CMD_BLOCK_STATUS, 0, 1, 0, 4 * 65536);
+    ch = c_chunk(&c);
+    assert_int_equal(nbd_get32(ch.data), NBD_META_ID_BASE_ALLOCATION);
+    assert_false(ch.flags & NBD_REPLY_FLAG_DONE);
+    g_free(ch.data);
+    ch = c_chunk(&c);
+    assert_true(ch.flags & NBD_REPLY_FLAG_DONE);
+    assert_int_equal(nbd_get32(ch.data), NBD_META_ID_DIRTY_BITMAP);
+    assert_int_equal(ch.len, 4 + 3 * 8);
+    assert_int_equal(nbd_get32(ch.data + 4), 65536); /* clean */
+    assert_int_equal(nbd_get32(ch.data + 8), 0);
+    assert_int_equal(nbd_get32(ch.data + 12), 2 * 65536); /* dirty */
+    assert_int_equal(nbd_get32(ch.data + 16), 1);
+    assert_int_equal(nbd_get32(ch.data + 20), 65536);
+    assert_int_equal(nbd_get32(ch.data + 24), 0);
+    g_free(ch.data);
+
+    /* REQ_ONE: one descriptor per context */
+    c_req(&c, NBD_CMD_BLOCK_STATUS, NBD_CMD_FLAG_REQ_ONE, 2, 65536, 65536 * 3);
+    for (int i = 0; i < 2; i++) {
+        ch = c_chunk(&c);
+        assert_int_equal(ch.len, 12);
+        g_free(ch.data);
+    }
+    c_close(&c);
+
+    coroutine_run_sync(del_co, (void *)"ebm");
+    assert_false(bdrv_dirty_bitmap_busy(bm));
+    bdrv_release_dirty_bitmap(bm);
 }
 
 static void coroutine_fn del_hard_co(void *opaque)
@@ -623,6 +719,7 @@ int main(void)
         cmocka_unit_test(test_drain),
         cmocka_unit_test(test_pipelined),
         cmocka_unit_test(test_budget),
+        cmocka_unit_test(test_bitmap),
         cmocka_unit_test(test_delete_hard),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
