@@ -19,6 +19,7 @@
 
 #include "block/block.h"
 #include "block/export/export.h"
+#include "block/jobs/job.h"
 #include "daemon/chardev.h"
 #include "daemon/daemonize.h"
 #include "daemon/pidfile.h"
@@ -27,6 +28,7 @@
 #include "qapi/qapi-types.h"
 #include "util/aio.h"
 #include "util/error.h"
+#include "util/json-stream.h"
 #include "util/keyval.h"
 #include "util/runstate.h"
 
@@ -171,19 +173,9 @@ static JsonNode *parse_arg(const char *arg, const char *implied_key,
         return keyval_parse(arg, implied_key, errp);
     }
     *keyval = false;
-    JsonParser *parser = json_parser_new_immutable();
-    GError *err = NULL;
-    JsonNode *node = NULL;
-
-    if (!json_parser_load_from_data(parser, arg, -1, &err)) {
-        error_setg(errp, "JSON parse error, %s", err->message);
-        g_error_free(err);
-    } else if (!json_parser_get_root(parser)) {
-        error_setg(errp, "JSON parse error, premature EOI");
-    } else {
-        node = json_node_ref(json_parser_get_root(parser));
-    }
-    g_object_unref(parser);
+    /* QEMU's JSON parser and messages ("JSON parse error, ...", "Expecting
+     * at most one JSON value"). */
+    JsonNode *node = json_parse_text(arg, strlen(arg), errp);
     return node;
 }
 
@@ -478,6 +470,7 @@ static gboolean on_signal(gpointer opaque)
 static void shutdown_all(void)
 {
     blk_exp_close_all();
+    job_cancel_sync_all(); /* jobs use nodes too: stop them before closing */
     bdrv_close_all();
     monitor_cleanup();
     chardev_cleanup();
