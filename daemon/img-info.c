@@ -121,7 +121,7 @@ static void dump_snapshot(const SnapshotInfo *sn)
                         (uint64_t)sn->vm_clock_nsec;
     uint64_t secs = clock_ns / 1000000000ULL;
     char clock[128];
-    snprintf(clock, sizeof(clock), "%04d:%02d:%02d.%03d", (int)(secs / 3600),
+    snprintf(clock, sizeof(clock), "%02d:%02d:%02d.%03d", (int)(secs / 3600),
              (int)((secs / 60) % 60), (int)(secs % 60),
              (int)((clock_ns / 1000000) % 1000));
     char icount[32] = "";
