@@ -171,7 +171,8 @@ struct BlockDriver {
     const char *const *strong_opts;
     /* A child's size changed (the child was resized by another user);
      * update bs->total_bytes if it derives from it.  Parents of bs are
-     * notified by the core afterwards. */
+     * notified by the core afterwards.  (QEMU's raw follows its file;
+     * a filter like blkdebug keeps its size.) */
     void (*bdrv_child_resized)(BlockDriverState *bs, BdrvChild *c);
     /* Name the node (QEMU's bdrv_refresh_filename hook, e.g. blkdebug's
      * "blkdebug:CONFIG:FILE"): called when the core's own rules would
@@ -362,6 +363,12 @@ void bdrv_wakeup(void);
 /* Set bs->filename from its children and options (filename.c), for a
  * node whose driver left it empty. */
 void bdrv_refresh_filename(BlockDriverState *bs);
+
+/* QEMU's bdrv_get_info(): bs's cluster size (0: none) and dirty flag,
+ * looking through filters without a get_info of their own; -ENOTSUP if
+ * nobody knows. */
+int coroutine_fn bdrv_co_get_bdi(BlockDriverState *bs, int64_t *cluster_size,
+                                 bool *dirty, GError **errp);
 
 /* Tell the parents of bs that its size changed (after a truncate). */
 void bdrv_parent_cb_resize(BlockDriverState *bs);

@@ -36,6 +36,27 @@ static char *full_backing_filename(BlockDriverState *bs)
     return g_build_filename(dir, b, NULL);
 }
 
+int coroutine_fn bdrv_co_get_bdi(BlockDriverState *bs, int64_t *cluster_size,
+                                 bool *dirty, GError **errp)
+{
+    const BlockDriver *drv = bs->drv;
+    if (!drv) {
+        return -ENOMEDIUM;
+    }
+    if (!drv->bdrv_co_get_info) {
+        BdrvChild *f = drv->is_filter ? bdrv_filter_or_cow_child(bs) : NULL;
+        return f ? bdrv_co_get_bdi(f->bs, cluster_size, dirty, errp) : -ENOTSUP;
+    }
+    ImageInfo *tmp = g_new0(ImageInfo, 1);
+    int ret = drv->bdrv_co_get_info(bs, tmp, errp);
+    if (ret >= 0) {
+        *cluster_size = tmp->has_cluster_size ? tmp->cluster_size : 0;
+        *dirty = tmp->has_dirty_flag && tmp->dirty_flag;
+    }
+    qapi_free_ImageInfo(tmp);
+    return ret;
+}
+
 ImageInfo *coroutine_fn bdrv_co_image_info(BlockDriverState *bs, GError **errp)
 {
     int64_t size = bdrv_getlength(bs);
@@ -55,7 +76,17 @@ ImageInfo *coroutine_fn bdrv_co_image_info(BlockDriverState *bs, GError **errp)
         info->has_encrypted = true;
         info->encrypted = true;
     }
-    if (bs->drv->bdrv_co_get_info) {
+    if (!bs->drv->bdrv_co_get_info) {
+        /* A filter shows what is below it (QEMU's bdrv_get_info). */
+        int64_t cluster_size = 0;
+        bool dirty = false;
+        if (bdrv_co_get_bdi(bs, &cluster_size, &dirty, NULL) >= 0) {
+            info->has_dirty_flag = true;
+            info->dirty_flag = dirty;
+            info->has_cluster_size = cluster_size != 0;
+            info->cluster_size = cluster_size;
+        }
+    } else {
         GError *err = NULL;
         int ret = bs->drv->bdrv_co_get_info(bs, info, &err);
         if (ret >= 0) {

@@ -196,22 +196,16 @@ static int coroutine_fn raw_truncate(BlockDriverState *bs, int64_t offset,
 static int coroutine_fn raw_get_info(BlockDriverState *bs, ImageInfo *info,
                                      GError **errp)
 {
-    /* What the file driver knows (dirty flag, cluster size) is ours. */
-    BlockDriverState *f = bs->file->bs;
-    if (!f->drv || !f->drv->bdrv_co_get_info) {
-        return -ENOTSUP;
-    }
-    ImageInfo tmp = {0};
-    int ret = f->drv->bdrv_co_get_info(f, &tmp, errp);
+    /* What the node below knows (dirty flag, cluster size) is ours. */
+    int64_t cluster_size = 0;
+    bool dirty = false;
+    int ret = bdrv_co_get_bdi(bs->file->bs, &cluster_size, &dirty, errp);
     if (ret >= 0) {
-        info->has_cluster_size = tmp.has_cluster_size;
-        info->cluster_size = tmp.cluster_size;
-        if (tmp.has_dirty_flag) {
-            info->has_dirty_flag = true;
-            info->dirty_flag = tmp.dirty_flag;
-        }
+        info->has_cluster_size = cluster_size != 0;
+        info->cluster_size = cluster_size;
+        info->has_dirty_flag = true;
+        info->dirty_flag = dirty;
     }
-    /* tmp holds only scalars from a file driver; nothing to free. */
     return ret;
 }
 
@@ -226,17 +220,24 @@ static void raw_child_perm(BlockDriverState *bs, BdrvChild *c,
     *nperm |= perm & (BLK_PERM_WRITE | BLK_PERM_RESIZE);
 }
 
+/* QEMU re-reads raw's size from its file at every query, so a resize of
+ * the file done by another user shows through (a size option still
+ * caps it). */
 static void raw_child_resized(BlockDriverState *bs, BdrvChild *c)
 {
     RawState *s = bs->opaque;
-    if (c != bs->file || s->has_size) {
+    int64_t len = bdrv_getlength(c->bs);
+    if (c != bs->file || len < 0) {
         return;
     }
-    int64_t len = bdrv_getlength(c->bs);
-    if (len >= 0 && (uint64_t)len >= s->offset) {
-        s->size = len - s->offset;
-        bs->total_bytes = (int64_t)s->size;
+    if ((uint64_t)len < s->offset) {
+        s->size = 0;
+    } else if (s->has_size) {
+        s->size = MIN(s->size, (uint64_t)len - s->offset);
+    } else {
+        s->size = (uint64_t)len - s->offset;
     }
+    bs->total_bytes = (int64_t)s->size;
 }
 
 static const char *const raw_strong_opts[] = {"offset", "size", NULL};

@@ -1095,8 +1095,9 @@ static void test_resize(void **state)
     assert_null(resize("r0", 4096)); /* shrink */
     assert_int_equal(bdrv_getlength(r0), 4096);
     assert_int_equal(resized_calls, 2);
-    /* resizing the file below the filter-like raw moves raw along */
+    /* resizing the file directly shows through raw, as in QEMU */
     assert_null(resize("m0", 8192));
+    assert_int_equal(bdrv_getlength(m0), 8192);
     assert_int_equal(bdrv_getlength(r0), 8192);
     assert_int_equal(resized_calls, 3);
     blk_unref(reader);
