@@ -436,7 +436,11 @@ void coroutine_fn job_pause_point(Job *job)
                                       ? JOB_STATUS_STANDBY
                                       : JOB_STATUS_PAUSED);
         job->paused = true;
-        job_do_yield(job, -1);
+        /* Only a resume or a cancel ends the pause: a wake-up for another
+         * reason (a driver's job_enter) finds it still in force. */
+        do {
+            job_do_yield(job, -1);
+        } while (job_should_pause(job) && !job_is_cancelled(job));
         job->paused = false;
         job_state_transition(job, status);
     }
