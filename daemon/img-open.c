@@ -95,6 +95,15 @@ bool coroutine_fn img_open_bare(ImgImage *img, const char *filename,
     return true;
 
 fail:
+    if (err && strstr(err->message, "Failed to get ") &&
+        g_str_has_suffix(err->message, " lock")) {
+        /* The hint QEMU's tools print under a lock conflict. */
+        char *msg = g_strdup_printf("%s\nIs another process using the "
+                                    "image [%s]?",
+                                    err->message, filename);
+        g_free(err->message);
+        err->message = msg;
+    }
     error_propagate(errp, err);
     return false;
 }
