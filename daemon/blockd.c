@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "block/block.h"
+#include "block/block_int.h"
 #include "block/export/export.h"
 #include "block/jobs/job.h"
 #include "daemon/chardev.h"
@@ -185,6 +186,57 @@ typedef struct SetupCo {
     GError *err;
 } SetupCo;
 
+/*
+ * The image file a --blockdev names: its own "filename", or that of the
+ * first child given inline or by reference.  For the hint QEMU prints
+ * under a lock conflict (the file driver's error carries no file name).
+ */
+static const char *options_filename(JsonObject *o, int depth)
+{
+    JsonNode *fn = json_object_get_member(o, "filename");
+    if (fn && JSON_NODE_HOLDS_VALUE(fn) &&
+        json_node_get_value_type(fn) == G_TYPE_STRING) {
+        return json_node_get_string(fn);
+    }
+    if (depth > 16) {
+        return NULL;
+    }
+    GList *names = json_object_get_members(o);
+    const char *found = NULL;
+    for (GList *l = names; l && !found; l = l->next) {
+        JsonNode *v = json_object_get_member(o, l->data);
+        if (JSON_NODE_HOLDS_OBJECT(v)) {
+            found = options_filename(json_node_get_object(v), depth + 1);
+        } else if (JSON_NODE_HOLDS_VALUE(v) &&
+                   json_node_get_value_type(v) == G_TYPE_STRING &&
+                   strcmp(l->data, "driver") && strcmp(l->data, "node-name")) {
+            BlockDriverState *bs = bdrv_find_node(json_node_get_string(v));
+            if (bs) {
+                found = bdrv_skip_filters(bs)->filename;
+            }
+        }
+    }
+    g_list_free(names);
+    return found && *found ? found : NULL;
+}
+
+static void add_lock_hint(GError *err, JsonNode *options)
+{
+    if (!err || !strstr(err->message, "Failed to get ") ||
+        !g_str_has_suffix(err->message, " lock") ||
+        !JSON_NODE_HOLDS_OBJECT(options)) {
+        return;
+    }
+    const char *file = options_filename(json_node_get_object(options), 0);
+    if (file) {
+        char *msg = g_strdup_printf("%s\nIs another process using the "
+                                    "image [%s]?",
+                                    err->message, file);
+        g_free(err->message);
+        err->message = msg;
+    }
+}
+
 static void coroutine_fn blockdev_co(void *opaque)
 {
     SetupCo *s = opaque;
@@ -196,11 +248,12 @@ static void coroutine_fn blockdev_co(void *opaque)
     }
     BlockdevOptions *opts = qapi_BlockdevOptions_from_json(node, keyval,
                                                            &s->err);
-    json_node_unref(node);
     if (opts) {
         qmp_blockdev_add(opts, &s->err);
         qapi_free_BlockdevOptions(opts);
+        add_lock_hint(s->err, node);
     }
+    json_node_unref(node);
 }
 
 static void coroutine_fn export_co(void *opaque)
