@@ -55,7 +55,8 @@ int qcow2_signal_corruption(BlockDriverState *bs, bool fatal, int64_t offset,
                      "suppressed",
                      msg);
     }
-    qapi_event_send_block_image_corrupted(bs->node_name, true, bs->node_name,
+    /* device is "" for a node without a BlockBackend name, as in qsd */
+    qapi_event_send_block_image_corrupted("", true, bs->node_name,
                                           msg, offset >= 0, offset, size >= 0,
                                           size, fatal);
     if (fatal) {
@@ -481,16 +482,10 @@ static int cache_sizes(BDRVQcow2State *s, const BlockdevOptionsQcow2 *o,
     if (o->has_cache_size) {
         uint64_t total = (uint64_t)o->cache_size;
         if (o->has_l2_cache_size && o->has_refcount_cache_size) {
-            if ((uint64_t)o->l2_cache_size + (uint64_t)o->refcount_cache_size !=
-                total) {
-                error_setg(errp, "l2-cache-size (%" PRId64 ") + "
-                                 "refcount-cache-size (%" PRId64 ") != "
-                                 "cache-size (%" PRIu64 ")",
-                           o->l2_cache_size, o->refcount_cache_size, total);
-                return -EINVAL;
-            }
-            *l2 = (uint64_t)o->l2_cache_size;
-            *rc = (uint64_t)o->refcount_cache_size;
+            error_setg(errp, "cache-size, l2-cache-size and "
+                             "refcount-cache-size may not be set at the same "
+                             "time");
+            return -EINVAL;
         } else if (o->has_l2_cache_size) {
             if ((uint64_t)o->l2_cache_size > total) {
                 error_setg(errp, "l2-cache-size may not exceed cache-size");
@@ -986,6 +981,11 @@ static int coroutine_fn qcow2_open(BlockDriverState *bs,
     LIST_INIT(&s->allocs);
 
     if (o->has_data_file && o->data_file) {
+        if (o->data_file->type == QTYPE_QSTRING &&
+            !bdrv_lookup_bs(o->data_file->u.reference,
+                            o->data_file->u.reference, errp)) {
+            return -ENOENT;
+        }
         error_setg(errp, "External data files are not supported");
         return -ENOTSUP;
     }
