@@ -208,6 +208,8 @@ static int coroutine_fn qcow2_create(const ImgCreateArgs *a, GError **errp)
 static const ImgFormat formats[] = {
     { "qcow2", qcow2_probe, qcow2_create_opts, qcow2_create },
     { "raw", raw_probe, raw_create_opts, raw_create },
+    { "add-cow", img_add_cow_probe, img_add_cow_create_opts,
+      img_add_cow_create },
 };
 
 const ImgFormat *img_find_format(const char *name)

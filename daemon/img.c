@@ -36,6 +36,7 @@ static const ImgCommand commands[] = {
       "[-o options] filename [size]" },
     { "info", img_cmd_info,
       "info [-f fmt] [--output=ofmt] [--backing-chain] [-U] filename" },
+    { "check", img_cmd_check, "check [-f fmt] [-q] [-U] filename" },
 };
 
 static void version(void)

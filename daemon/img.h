@@ -107,5 +107,12 @@ void img_close(ImgImage *img);
 /* ---- commands: argv[0] is the command name; return the exit status ---- */
 int img_cmd_create(int argc, char **argv);
 int img_cmd_info(int argc, char **argv);
+/* check (daemon/img-add-cow.c: add-cow is the format it checks) */
+int img_cmd_check(int argc, char **argv);
+
+/* add-cow's entry in the format table (daemon/img-add-cow.c) */
+int img_add_cow_probe(const uint8_t *buf, size_t len);
+extern const ImgCreateOpt img_add_cow_create_opts[];
+int coroutine_fn img_add_cow_create(const ImgCreateArgs *a, GError **errp);
 
 #endif
