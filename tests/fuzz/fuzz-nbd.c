@@ -6,7 +6,8 @@
  * hanging, whatever the bytes say.
  *
  * Two exports over a null-co node make both phases reachable: "disk"
- * (writable) and "ro" (read-only, with qemu:allocation-depth).  The seed
+ * (writable, exporting dirty bitmap "fb") and "ro" (read-only, with
+ * qemu:allocation-depth).  The seed
  * corpus (tests/fuzz/corpus/nbd/) holds valid handshakes followed by
  * requests, so mutations explore the transmission phase too.
  */
@@ -17,6 +18,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "block/dirty-bitmap.h"
 #include "block/export/nbd-int.h"
 #include "util/aio.h"
 #include "util/co-socket.h"
@@ -53,7 +55,7 @@ static void coroutine_fn feed_reader(void *opaque)
 static void coroutine_fn setup_co(void *opaque)
 {
     static const char *const exports[] = {
-        "type=nbd,id=e0,node-name=fz0,name=disk,writable=on",
+        "type=nbd,id=e0,node-name=fz0,name=disk,writable=on,bitmaps.0=fb",
         "type=nbd,id=e1,node-name=fz0,name=ro,description=fuzz,"
         "allocation-depth=on",
     };
@@ -66,6 +68,14 @@ static void coroutine_fn setup_co(void *opaque)
         exit(1);
     }
     bdrv_set_monitor_owned(bs);
+    /* a bitmap with some dirty granules, exported by "disk" */
+    BdrvDirtyBitmap *bm = bdrv_create_dirty_bitmap(bs, 65536, "fb", &err);
+    if (!bm) {
+        fprintf(stderr, "fuzz-nbd: %s\n", err->message);
+        exit(1);
+    }
+    bdrv_set_dirty_bitmap(bm, 65536, 3 * 65536);
+    bdrv_set_dirty_bitmap(bm, 1024 * 1024, 65536);
     for (size_t i = 0; i < G_N_ELEMENTS(exports); i++) {
         if (!blk_exp_add_keyval(exports[i], &err)) {
             fprintf(stderr, "fuzz-nbd: %s\n", err->message);

@@ -44,7 +44,8 @@ seeds = {
     req(5, 0, 65536, cookie=5) + req(3, 0, 0, cookie=6) +
     req(1, 0, 4, cookie=7, data=b'abcd') + DISC,
     'go-writable': struct.pack('>I', 3) + opt(8) +
-    meta(10, b'disk', [b'base:allocation']) + go(b'disk') +
+    meta(10, b'disk', [b'base:allocation', b'qemu:dirty-bitmap:fb']) +
+    go(b'disk') +
     req(1, 0, 512, flags=1, data=b'\xab' * 512) +
     req(6, 4096, 65536, flags=0x12, cookie=2) +
     req(4, 65536, 65536, flags=1, cookie=3) + req(0, 0, 8192, cookie=4) +
