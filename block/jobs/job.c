@@ -69,7 +69,7 @@ static const bool job_verb_table[JOB_VERB__MAX][JOB_STATUS__MAX] = {
     [JOB_VERB_DISMISS] =      { 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0 },
 };
 
-/* Every job, in creation order. */
+/* Every job, newest first (the order query-jobs lists them in, as QEMU). */
 static GQueue all_jobs = G_QUEUE_INIT;
 
 static void job_state_transition(Job *job, JobStatus s1)
@@ -224,11 +224,9 @@ static int job_txn_apply(Job *job, int (*fn)(Job *))
         job_ref(j);
         g_ptr_array_add(jobs, j);
     }
-    /* LIST_INSERT_HEAD built the list newest first; go oldest first. */
-    for (guint i = jobs->len; i-- > 0;) {
-        if (!rc) {
-            rc = fn(jobs->pdata[i]);
-        }
+    /* Newest first, as QEMU (the order of the events of a group). */
+    for (guint i = 0; i < jobs->len && !rc; i++) {
+        rc = fn(jobs->pdata[i]);
     }
     for (guint i = 0; i < jobs->len; i++) {
         job_unref(jobs->pdata[i]);
@@ -288,7 +286,7 @@ void *job_create(const char *job_id, const JobDriver *driver, JobTxn *txn,
     job->pause_count = 1;
     job->paused = true;
     co_queue_init(&job->completion_waiters);
-    g_queue_push_tail(&all_jobs, job);
+    g_queue_push_head(&all_jobs, job);
 
     job_state_transition(job, JOB_STATUS_CREATED);
 

@@ -179,7 +179,7 @@ void job_txn_add_job(JobTxn *txn, Job *job);
 
 /* A job by id (internal jobs have none). */
 Job *job_get(const char *id);
-/* Iterate all jobs (internal ones too): NULL to start. */
+/* Iterate all jobs (internal ones too), newest first: NULL to start. */
 Job *job_next(Job *job);
 bool job_is_internal(const Job *job);
 const char *job_type_str(const Job *job);
