@@ -166,11 +166,71 @@ static void G_GNUC_NORETURN fail(const char *loc, GError *err)
 
 /* ---- argument parsing: keyval, or JSON when it starts with '{' ---- */
 
+/*
+ * QEMU's keyval treats a bare "help" or "?" element as a request for help
+ * (only some options answer it; ours do not).  It is reported only when
+ * the rest of the argument parses, and an element it replaces at the
+ * start takes the implied key with it.  True, with errp set, if `arg`
+ * asks for help or is malformed around it.
+ */
+static bool keyval_wants_help(const char *arg, const char *implied_key,
+                              GError **errp)
+{
+    GString *rest = g_string_new(NULL);
+    bool help = false, help_first = false, first = true;
+    const char *p = arg;
+
+    while (*p) {
+        size_t len = strcspn(p, "=,");
+        const char *end;
+
+        if (len && p[len] != '=') {
+            if ((len == 4 && !strncmp(p, "help", 4)) ||
+                (len == 1 && *p == '?')) {
+                help = true;
+                help_first |= first;
+                first = false;
+                p += len;
+                if (*p == ',') {
+                    p++;
+                }
+                continue;
+            }
+            end = p + len; /* a bare value: no ",," escape */
+        } else {
+            end = p + len + (p[len] == '=');
+            while (*end && !(end[0] == ',' && end[1] != ',')) {
+                end += end[0] == ',' ? 2 : 1;
+            }
+        }
+        g_string_append_len(rest, p, end - p);
+        p = end;
+        if (*p == ',') {
+            g_string_append_c(rest, ',');
+            p++;
+        }
+        first = false;
+    }
+    if (help) {
+        JsonNode *node = keyval_parse(rest->str,
+                                      help_first ? NULL : implied_key, errp);
+        if (node) {
+            json_node_unref(node);
+            error_setg(errp, "Help is not available for this option");
+        }
+    }
+    g_string_free(rest, TRUE);
+    return help;
+}
+
 static JsonNode *parse_arg(const char *arg, const char *implied_key,
                            bool *keyval, GError **errp)
 {
     if (arg[0] != '{') {
         *keyval = true;
+        if (keyval_wants_help(arg, implied_key, errp)) {
+            return NULL;
+        }
         return keyval_parse(arg, implied_key, errp);
     }
     *keyval = false;
@@ -261,7 +321,9 @@ static void coroutine_fn export_co(void *opaque)
     SetupCo *s = opaque;
 
     if (s->arg[0] != '{') {
-        blk_exp_add_keyval(s->arg, &s->err);
+        if (!keyval_wants_help(s->arg, "type", &s->err)) {
+            blk_exp_add_keyval(s->arg, &s->err);
+        }
         return;
     }
     bool keyval;
@@ -283,7 +345,9 @@ static void coroutine_fn nbd_server_co(void *opaque)
     SetupCo *s = opaque;
 
     if (s->arg[0] != '{') {
-        nbd_server_start_keyval(s->arg, &s->err);
+        if (!keyval_wants_help(s->arg, NULL, &s->err)) {
+            nbd_server_start_keyval(s->arg, &s->err);
+        }
         return;
     }
     bool keyval;
