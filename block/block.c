@@ -1157,7 +1157,7 @@ static bool bdrv_has_blk(BlockDriverState *bs)
 {
     BdrvChild *c;
     LIST_FOREACH (c, &bs->parents, next_parent) {
-        if (!c->klass->parent_is_bds) {
+        if (!c->klass->parent_is_bds && !c->klass->parent_is_job) {
             return true;
         }
     }

@@ -201,6 +201,9 @@ const BlockDriver *bdrv_find_format(const char *format_name);
 /* How a parent of an edge behaves (a node, or a BlockBackend). */
 struct BdrvChildClass {
     bool parent_is_bds;
+    /* The parent is a block job watching the node (block/jobs/blockjob.c):
+     * not a BlockBackend, so blockdev-del reports the job's blocker. */
+    bool parent_is_job;
     char *(*get_parent_desc)(BdrvChild *c);
     void (*drained_begin)(BdrvChild *c);
     void (*drained_end)(BdrvChild *c);

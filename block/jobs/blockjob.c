@@ -106,6 +106,7 @@ static bool child_job_drained_poll(BdrvChild *c)
 
 static const BdrvChildClass child_job = {
     .parent_is_bds = false,
+    .parent_is_job = true,
     .get_parent_desc = child_job_get_parent_desc,
     .drained_begin = child_job_drained_begin,
     .drained_end = child_job_drained_end,
@@ -120,6 +121,11 @@ int block_job_add_bdrv(BlockJob *job, const char *name, BlockDriverState *bs,
     if (!c) {
         return -EPERM;
     }
+    /* QEMU blocks every operation on a job's nodes with "block device is
+     * in use by block job: TYPE"; the graph-mod counter is our blocker:
+     * blockdev-del and graph changes through this node refuse with that
+     * text while the job holds it. */
+    bdrv_child_graph_mod_inc(c, job_type_str(&job->job));
     job->nodes = g_slist_prepend(job->nodes, c);
     return 0;
 }
@@ -131,6 +137,7 @@ void block_job_remove_all_bdrv(BlockJob *job)
     GSList *nodes = g_slist_reverse(job->nodes);
     job->nodes = NULL;
     for (GSList *l = nodes; l; l = l->next) {
+        bdrv_child_graph_mod_dec(l->data);
         bdrv_root_unref_child(l->data);
     }
     g_slist_free(nodes);

@@ -250,8 +250,8 @@ static void test_verb_table(void **state)
 {
     /* The table from QEMU's job model: verbs by status. */
     static const char *allowed[JOB_VERB__MAX] = {
-        [JOB_VERB_CANCEL] = "created running paused ready standby waiting "
-                            "pending",
+        [JOB_VERB_CANCEL] = ("created running paused ready standby waiting "
+                             "pending"),
         [JOB_VERB_PAUSE] = "created running paused ready standby",
         [JOB_VERB_RESUME] = "created running paused ready standby",
         [JOB_VERB_SET_SPEED] = "created running paused ready standby",
@@ -706,6 +706,17 @@ static BlockDriverState *open_node(const char *opts)
     return oc.bs;
 }
 
+typedef struct DelCo {
+    BlockDriverState *bs;
+    GError *err;
+} DelCo;
+
+static void coroutine_fn del_co(void *opaque)
+{
+    DelCo *dc = opaque;
+    assert_true(bdrv_co_blockdev_del(dc->bs, &dc->err) < 0);
+}
+
 static TestJob *new_block_job(const char *id, BlockDriverState *bs,
                               int flags, int steps, int64_t speed)
 {
@@ -744,6 +755,18 @@ static void test_block_job(void **state)
                                         &err), 0);
     assert_ptr_equal(block_job_find_by_node(other), bjob);
     assert_ptr_equal(block_job_get("bj"), bjob);
+    /* the job's nodes refuse blockdev-del: the main node has the job's
+     * BlockBackend, the other one the job's blocker */
+    DelCo dc = { .bs = bs };
+    coroutine_run_sync(del_co, &dc);
+    assert_string_equal(dc.err->message, "Node n0 is in use");
+    g_clear_error(&dc.err);
+    dc.bs = other;
+    coroutine_run_sync(del_co, &dc);
+    assert_string_equal(dc.err->message,
+                        "Node 'n1' is busy: block device is in use by block "
+                        "job: backup");
+    g_clear_error(&dc.err);
     job_start(&bjob->job);
     WAIT_FOR(bjob->job.progress_current >= 2);
 
