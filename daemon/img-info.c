@@ -12,6 +12,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "block/block_int.h"
 #include "daemon/img.h"
 #include "util/error.h"
 #include "util/json-stream.h"
@@ -198,6 +199,7 @@ typedef struct InfoArgs {
     const char *fmt;
     bool chain;
     bool force_share;
+    bool image_opts;
 } InfoArgs;
 
 /* The list of ImageInfo, top first; NULL after printing an error. */
@@ -209,6 +211,7 @@ static GPtrArray *coroutine_fn collect(const InfoArgs *a)
                                              NULL);
     char *filename = g_strdup(a->filename);
     char *fmt = g_strdup(a->fmt);
+    bool image_opts = a->image_opts;
 
     while (filename) {
         if (g_hash_table_contains(seen, filename)) {
@@ -220,29 +223,44 @@ static GPtrArray *coroutine_fn collect(const InfoArgs *a)
 
         ImgImage img;
         GError *err = NULL;
-        if (!img_open(&img, filename, fmt, 0, a->force_share, &err)) {
+        bool opened = image_opts
+                          ? img_open_image_opts(&img, filename, fmt, 0,
+                                                a->force_share, &err)
+                          : img_open(&img, filename, fmt, 0, a->force_share,
+                                     &err);
+        if (!opened) {
+            if (image_opts) {
+                error_prepend(&err, "Could not open '%s': ", filename);
+            }
             img_error("%s", err->message);
             g_error_free(err);
             goto err;
         }
         ImageInfo *info = bdrv_co_image_info(img.bs, &err);
+        /*
+         * Opening without the backing file ("backing": null) makes the
+         * block layer describe the node as json:{...}, as QEMU does for
+         * such a blockdev-add; qemu-img (BDRV_O_NO_BACKING) shows the name
+         * of the image file instead.
+         */
+        BlockDriverState *file = img.bs->file ? img.bs->file->bs : NULL;
+        g_autofree char *plain = g_strdup(
+            file && !g_str_has_prefix(file->filename, "json:") ? file->filename
+                                                               : filename);
+        bool backing_off = img.backing_off;
         img_close(&img);
         if (!info) {
             img_error("%s", err->message);
             g_error_free(err);
             goto err;
         }
-        if (g_str_has_prefix(info->filename, "json:")) {
-            /*
-             * Opening without the backing file ("backing": null) makes the
-             * block layer describe the node as json:{...}, as QEMU does for
-             * such a blockdev-add; qemu-img (BDRV_O_NO_BACKING) shows the
-             * name it opened.
-             */
+        if (info && backing_off && g_str_has_prefix(info->filename, "json:") &&
+            !g_str_has_prefix(plain, "json:")) {
             g_free(info->filename);
-            info->filename = g_strdup(filename);
+            info->filename = g_strdup(plain);
         }
         g_ptr_array_add(list, info);
+        image_opts = false; /* only the top image is given as options */
 
         g_clear_pointer(&filename, g_free);
         g_clear_pointer(&fmt, g_free);
@@ -337,8 +355,8 @@ int img_cmd_info(int argc, char **argv)
             img_error("--object is not supported by " IMG_PROG);
             return EXIT_FAILURE;
         case OPTION_IMAGE_OPTS:
-            img_error("--image-opts is not supported by " IMG_PROG);
-            return EXIT_FAILURE;
+            a.image_opts = true;
+            break;
         }
     }
     if (optind != argc - 1) {

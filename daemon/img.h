@@ -93,6 +93,7 @@ typedef struct ImgImage {
     BlockBackend *blk;
     BlockDriverState *bs;
     const char *format; /* static */
+    bool backing_off;   /* we opened it with "backing": null */
 } ImgImage;
 bool coroutine_fn img_open(ImgImage *img, const char *filename,
                            const char *fmt, uint64_t perm, bool force_share,
@@ -102,6 +103,10 @@ bool coroutine_fn img_open(ImgImage *img, const char *filename,
 bool coroutine_fn img_open_bare(ImgImage *img, const char *filename,
                                 const char *fmt, uint64_t perm,
                                 bool force_share, GError **errp);
+/* --image-opts: `optstr` is keyval text ("driver=qcow2,file.filename=x"). */
+bool coroutine_fn img_open_image_opts(ImgImage *img, const char *optstr,
+                                      const char *fmt, uint64_t perm,
+                                      bool force_share, GError **errp);
 void img_close(ImgImage *img);
 
 /* ---- commands: argv[0] is the command name; return the exit status ---- */
