@@ -810,6 +810,10 @@ static int coroutine_fn file_open(BlockDriverState *bs,
     /* Nothing held yet: everything shared, as for a node without users. */
     s->perm = 0;
     s->shared = BLK_PERM_ALL;
+    if (!fo->filename[0]) {
+        error_setg(errp, "The 'file' block driver requires a file name");
+        return -EINVAL;
+    }
     if (fo->has_pr_manager) {
         error_setg(errp, "No persistent reservation manager with id '%s'",
                    fo->pr_manager);
