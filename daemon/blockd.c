@@ -586,8 +586,8 @@ static void process_options(int argc, char **argv, bool pre_init)
             }
             break;
         case 1:
-            error_report("%s: Unexpected argument", optarg);
-            exit(EXIT_FAILURE);
+            error_setg(&err, "Unexpected argument");
+            fail(optarg, err);
         default:
             error_report("internal error: unhandled option %d", c);
             exit(EXIT_FAILURE);
