@@ -76,6 +76,9 @@ class QMPClient:
         """Send bytes (or str) exactly as given: for framing and malformed-input tests."""
         if isinstance(data, str):
             data = data.encode()
+        # recv_msg() leaves a short timeout on the socket; a large send to a
+        # busy server needs longer.
+        self.sock.settimeout(max(self.timeout, 60.0))
         self.sock.sendall(data)
 
     def _next_buffered(self):
