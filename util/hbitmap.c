@@ -301,7 +301,20 @@ static void assign_range(HBitmap *hb, uint64_t start, uint64_t count,
         } else {
             uint64_t *p = chunk_materialise(hb, c);
             uint64_t ch = bits_assign(p, off, n, set);
-            hb->counts[c] = set ? before + (uint32_t)ch : before - (uint32_t)ch;
+            if (ch == 0) {
+                continue; /* the common re-write of a dirty granule */
+            }
+            uint32_t after =
+                set ? before + (uint32_t)ch : before - (uint32_t)ch;
+            hb->counts[c] = after;
+            hb->count = set ? hb->count + ch : hb->count - ch;
+            /* Summaries and storage change only when a chunk stops or
+             * starts being empty or full: skip their cache lines. */
+            if (before != 0 && after != 0 && before != cb && after != cb) {
+                continue;
+            }
+            chunk_normalise(hb, c);
+            continue;
         }
         if (set) {
             hb->count += hb->counts[c] - before;

@@ -363,6 +363,39 @@ static void test_16tib(void **state)
     bdrv_unref(bs);
 }
 
+/* The write path's cost: marking 8 enabled bitmaps per 4k write. */
+static void test_mark_cost(void **state)
+{
+    BlockDriverState *bs =
+        open_node("driver=null-co,node-name=mk,size=1099511627776");
+    for (int i = 0; i < 8; i++) {
+        g_autofree char *n = g_strdup_printf("m%d", i);
+        add(bs, 65536, n);
+    }
+    GRand *r = g_rand_new_with_seed(42);
+    const int N = 1000000;
+    int64_t *offs = g_new(int64_t, N);
+    for (int i = 0; i < N; i++) {
+        offs[i] = (int64_t)g_rand_int_range(r, 0, 1 << 28) * 4096;
+    }
+    gint64 t0 = g_get_monotonic_time();
+    for (int i = 0; i < N; i++) {
+        bdrv_dirty_bitmaps_mark(bs, offs[i], 4096);
+    }
+    gint64 t1 = g_get_monotonic_time();
+    /* second pass: every chunk already allocated (steady state) */
+    for (int i = 0; i < N; i++) {
+        bdrv_dirty_bitmaps_mark(bs, offs[i], 4096);
+    }
+    gint64 t2 = g_get_monotonic_time();
+    printf("8 bitmaps, 4k random marks on 1 TiB: %.0f ns/write (first "
+           "touch), %.0f ns/write (steady)\n",
+           (t1 - t0) * 1000.0 / N, (t2 - t1) * 1000.0 / N);
+    g_free(offs);
+    g_rand_free(r);
+    bdrv_unref(bs);
+}
+
 int main(void)
 {
     GError *err = NULL;
@@ -377,6 +410,7 @@ int main(void)
         cmocka_unit_test(test_successor),
         cmocka_unit_test(test_qmp_actions),
         cmocka_unit_test(test_16tib),
+        cmocka_unit_test(test_mark_cost),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
