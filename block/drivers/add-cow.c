@@ -923,6 +923,21 @@ static int64_t coroutine_fn addcow_allocated_size(BlockDriverState *bs)
     return b < 0 ? b : a + b;
 }
 
+/* The defaults, plus: growing the image writes zeroes over the part of
+ * the new area a longer backing file would otherwise show, so a parent
+ * that resizes needs write on the image file too. */
+static void addcow_child_perm(BlockDriverState *bs, BdrvChild *c,
+                              BdrvChildRole role, uint64_t perm,
+                              uint64_t shared, uint64_t *nperm,
+                              uint64_t *nshared)
+{
+    bdrv_default_perms(bs, c, role, perm, shared, nperm, nshared);
+    if ((role & BDRV_CHILD_DATA) && (perm & BLK_PERM_RESIZE) &&
+        bdrv_is_writable(bs)) {
+        *nperm |= BLK_PERM_WRITE;
+    }
+}
+
 const BlockDriver bdrv_add_cow = {
     .version = BLOCK_DRIVER_VERSION,
     .format_name = "add-cow",
@@ -942,4 +957,5 @@ const BlockDriver bdrv_add_cow = {
     .bdrv_co_get_info = addcow_get_info,
     .bdrv_co_get_allocated_file_size = addcow_allocated_size,
     .bdrv_co_create = add_cow_co_create,
+    .bdrv_child_perm = addcow_child_perm,
 };
