@@ -118,7 +118,7 @@ static void help(void)
 
 static void version(void)
 {
-    printf("blockd " BLOCKD_VERSION "\n"
+    printf("blockd version " BLOCKD_VERSION "\n"
            "Speaks the QMP of qemu-storage-daemon 7.2 (block subset)\n");
 }
 

@@ -41,7 +41,7 @@ static const ImgCommand commands[] = {
 
 static void version(void)
 {
-    printf(IMG_PROG " " BLOCKD_VERSION "\n"
+    printf(IMG_PROG " version " BLOCKD_VERSION "\n"
            "Image tool of blockd; command line and output of qemu-img 7.2\n");
 }
 
