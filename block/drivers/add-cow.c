@@ -48,6 +48,9 @@ typedef struct BDRVAddCowState {
     bool all_allocated; /* compat ALL_ALLOCATED: bitmap and backing unused */
     BdrvChild *image;
     char *image_path; /* resolved, for info */
+    /* Opening the metadata file's name gives the same tree (image and
+     * backing from the header): the node is named after it. */
+    bool plain_name;
 
     uint64_t nclusters;
     uint64_t nblocks;  /* bitmap blocks (cluster-sized) for nclusters */
@@ -428,9 +431,9 @@ static int coroutine_fn addcow_open(BlockDriverState *bs,
     resize_cache(s, add_cow_clusters((uint64_t)size, s->cluster_bits));
     bs->total_bytes = size;
     bs->supported_zero_flags = BDRV_REQ_MAY_UNMAP;
-    if (strncmp(mname, "json:", 5) && !(o->has_image && o->image) &&
-        !(o->has_backing && o->backing &&
-          o->backing->type == QTYPE_QDICT)) {
+    s->plain_name = mname[0] && strncmp(mname, "json:", 5) &&
+                    !(o->has_image && o->image) && !o->has_backing;
+    if (s->plain_name) {
         g_strlcpy(bs->filename, mname, sizeof(bs->filename));
     }
     return 0;
@@ -923,6 +926,14 @@ static int64_t coroutine_fn addcow_allocated_size(BlockDriverState *bs)
     return b < 0 ? b : a + b;
 }
 
+static void addcow_own_filename(BlockDriverState *bs)
+{
+    BDRVAddCowState *s = bs->opaque;
+    if (s->plain_name && bs->file) {
+        g_strlcpy(bs->filename, bs->file->bs->filename, sizeof(bs->filename));
+    }
+}
+
 /* The defaults, plus: growing the image writes zeroes over the part of
  * the new area a longer backing file would otherwise show, so a parent
  * that resizes needs write on the image file too. */
@@ -958,4 +969,5 @@ const BlockDriver bdrv_add_cow = {
     .bdrv_co_get_allocated_file_size = addcow_allocated_size,
     .bdrv_co_create = add_cow_co_create,
     .bdrv_child_perm = addcow_child_perm,
+    .bdrv_own_filename = addcow_own_filename,
 };
