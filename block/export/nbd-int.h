@@ -79,6 +79,10 @@ struct NBDClient {
                             and (on exit) for in-flight requests */
     CoMutex send_lock;   /* one reply (or chunk) at a time on the socket */
 
+    /* input buffer: many small requests arrive in one read() */
+    uint8_t *rbuf;
+    size_t rbuf_pos, rbuf_len;
+
     LIST_ENTRY(NBDClient) exp_link;
     LIST_ENTRY(NBDClient) all_link;
 };
@@ -107,6 +111,12 @@ void blk_exp_wait_gone(bool (*pred)(BlockExport *exp, void *opaque),
 /* ---- nbd-server.c ---- */
 /* Start serving a connected socket (taken over) as a new client. */
 NBDClient *nbd_client_new(int fd);
+/*
+ * Read exactly len bytes from the client, through its input buffer (every
+ * read of a client's socket must go through here).  As co_sock_read_full:
+ * 1, 0 at end of stream before the first byte, -EPIPE part way, -errno.
+ */
+int coroutine_fn nbd_client_read(NBDClient *client, void *buf, size_t len);
 /* Ask a client to go away: shut the socket and wake its session. */
 void nbd_client_close(NBDClient *client);
 /* Stop listening and close every client (nbd-server-stop, shutdown);

@@ -510,7 +510,7 @@ static int coroutine_fn nbd_skip(NBDClient *client, size_t len)
 
     while (len) {
         size_t n = MIN(len, sizeof(buf));
-        int ret = co_sock_read_full(client->fd, buf, n);
+        int ret = nbd_client_read(client, buf, n);
         if (ret <= 0) {
             return ret < 0 ? ret : -EPIPE;
         }
@@ -531,7 +531,7 @@ int coroutine_fn nbd_negotiate(NBDClient *client)
     if (ret < 0) {
         return ret;
     }
-    ret = co_sock_read_full(client->fd, buf, 4);
+    ret = nbd_client_read(client, buf, 4);
     if (ret <= 0) {
         return ret;
     }
@@ -548,7 +548,7 @@ int coroutine_fn nbd_negotiate(NBDClient *client)
         if (client->closing) {
             return -ESHUTDOWN;
         }
-        ret = co_sock_read_full(client->fd, hdr, sizeof(hdr));
+        ret = nbd_client_read(client, hdr, sizeof(hdr));
         if (ret <= 0) {
             return ret;
         }
@@ -580,7 +580,7 @@ int coroutine_fn nbd_negotiate(NBDClient *client)
 
         g_autofree uint8_t *data = g_malloc(len ? len : 1);
         if (len) {
-            ret = co_sock_read_full(client->fd, data, len);
+            ret = nbd_client_read(client, data, len);
             if (ret <= 0) {
                 return ret < 0 ? ret : -EPIPE;
             }

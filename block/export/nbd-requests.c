@@ -601,7 +601,7 @@ static int coroutine_fn nbd_discard_payload(NBDClient *client, uint32_t len)
 
     while (len) {
         uint32_t n = MIN(len, (uint32_t)sizeof(buf));
-        int ret = co_sock_read_full(client->fd, buf, n);
+        int ret = nbd_client_read(client, buf, n);
         if (ret <= 0) {
             return ret < 0 ? ret : -EPIPE;
         }
@@ -635,7 +635,7 @@ static int coroutine_fn nbd_receive_request(NBDClient *client,
         }
         req->buf = nbd_buf_get(req->len);
         if (req->len) {
-            ret = co_sock_read_full(client->fd, req->buf, req->len);
+            ret = nbd_client_read(client, req->buf, req->len);
             if (ret <= 0) {
                 return ret < 0 ? ret : -EPIPE;
             }
@@ -705,7 +705,7 @@ void coroutine_fn nbd_transmission(NBDClient *client)
         if (client->closing) {
             return;
         }
-        ret = co_sock_read_full(client->fd, hdr, sizeof(hdr));
+        ret = nbd_client_read(client, hdr, sizeof(hdr));
         if (ret <= 0 || nbd_get32(hdr) != NBD_REQUEST_MAGIC) {
             return; /* end of stream, error, or garbage: hang up */
         }

@@ -49,6 +49,49 @@ unsigned nbd_client_count(void)
 
 static void nbd_server_update_watch(void);
 
+/* Size of a client's input buffer; payloads at least half as big are
+ * read straight into their own buffer instead. */
+#define NBD_RBUF_SIZE (64 * 1024)
+
+int coroutine_fn nbd_client_read(NBDClient *client, void *buf, size_t len)
+{
+    uint8_t *p = buf;
+    size_t done = 0;
+
+    while (done < len) {
+        size_t avail = client->rbuf_len - client->rbuf_pos;
+        ssize_t n;
+
+        if (avail) {
+            size_t k = MIN(avail, len - done);
+
+            memcpy(p + done, client->rbuf + client->rbuf_pos, k);
+            client->rbuf_pos += k;
+            done += k;
+            continue;
+        }
+        client->rbuf_pos = client->rbuf_len = 0;
+        if (len - done >= NBD_RBUF_SIZE / 2) {
+            n = co_sock_read_some(client->fd, p + done, len - done);
+            if (n > 0) {
+                done += n;
+                continue;
+            }
+        } else {
+            n = co_sock_read_some(client->fd, client->rbuf, NBD_RBUF_SIZE);
+            if (n > 0) {
+                client->rbuf_len = n;
+                continue;
+            }
+        }
+        if (n < 0) {
+            return (int)n;
+        }
+        return done ? -EPIPE : 0;
+    }
+    return 1;
+}
+
 void nbd_client_close(NBDClient *client)
 {
     if (client->closing) {
@@ -85,6 +128,7 @@ static void coroutine_fn nbd_client_session(void *opaque)
     nb_clients--;
     close(client->fd);
     nbd_meta_selection_clear(&client->meta);
+    g_free(client->rbuf);
     g_free(client);
     nbd_server_update_watch();
 }
@@ -94,6 +138,7 @@ NBDClient *nbd_client_new(int fd)
     NBDClient *client = g_new0(NBDClient, 1);
 
     client->fd = fd;
+    client->rbuf = g_malloc(NBD_RBUF_SIZE);
     co_queue_init(&client->reader_wait);
     co_mutex_init(&client->send_lock);
     LIST_INSERT_HEAD(&all_clients, client, all_link);
