@@ -15,11 +15,13 @@ extern const BlockDriver bdrv_null_aio;
 extern const BlockDriver bdrv_qcow2;
 extern const BlockDriver bdrv_blkdebug;
 extern const BlockDriver bdrv_add_cow;
+extern const BlockDriver bdrv_cbw;
 
 static const BlockDriver *const driver_table[] = {
     &bdrv_file,     &bdrv_raw,   &bdrv_null_co,
     &bdrv_null_aio, &bdrv_qcow2, &bdrv_blkdebug,
     &bdrv_add_cow,
+    &bdrv_cbw,
 };
 
 /* Drivers registered by unit tests; searched before the table so a test

@@ -1,0 +1,252 @@
+/*
+ * copy-before-write filter: reads pass through to `file`; a write,
+ * write-zeroes or discard first has the old data of every cluster it
+ * touches copied to `target` (if not copied yet), then goes down.  So
+ * `target` plus what is not yet copied is the image as it was when the
+ * filter was opened: backup's point in time, and the source of a fleecing
+ * export.
+ *
+ * on-cbw-error: break-guest-write fails the guest's write when the copy
+ * fails (the snapshot stays valid); break-snapshot lets the write through
+ * and stops copying for good (the snapshot is broken, reads of it fail).
+ */
+#include <errno.h>
+#include <string.h>
+
+#include "block/block_int.h"
+#include "block/dirty-bitmap.h"
+#include "block/drivers/copy-before-write.h"
+#include "util/error.h"
+
+typedef struct BDRVCbwState {
+    BdrvChild *target;
+    BlockCopyState *bcs;
+    OnCbwError on_cbw_error;
+    uint32_t cbw_timeout_s; /* accepted; see do_cbw */
+    int snapshot_error;     /* break-snapshot: the first copy failure */
+    bool active;            /* false while being taken out of the graph */
+} BDRVCbwState;
+
+static int coroutine_fn cbw_open(BlockDriverState *bs,
+                                 const BlockdevOptions *opts, GError **errp)
+{
+    BDRVCbwState *s = bs->opaque;
+    const BlockdevOptionsCbw *o = &opts->u.copy_before_write;
+
+    s->active = true;
+    bs->file = bdrv_open_child(bs, o->file, "file",
+                               BDRV_CHILD_FILTERED | BDRV_CHILD_PRIMARY,
+                               false, errp);
+    if (!bs->file) {
+        return -EINVAL;
+    }
+    s->target = bdrv_open_child(bs, o->target, "target", BDRV_CHILD_DATA,
+                                false, errp);
+    if (!s->target) {
+        return -EINVAL;
+    }
+    int64_t len = bdrv_getlength(bs->file->bs);
+    if (len < 0) {
+        error_setg_errno(errp, (int)-len, "Could not get the image size");
+        return (int)len;
+    }
+    bs->total_bytes = len;
+    bs->supported_write_flags =
+        BDRV_REQ_FUA & bs->file->bs->supported_write_flags;
+    bs->supported_zero_flags =
+        (BDRV_REQ_FUA | BDRV_REQ_MAY_UNMAP | BDRV_REQ_NO_FALLBACK) &
+        bs->file->bs->supported_zero_flags;
+
+    s->on_cbw_error = o->has_on_cbw_error ? o->on_cbw_error
+                                          : ON_CBW_ERROR_BREAK_GUEST_WRITE;
+    s->cbw_timeout_s = o->has_cbw_timeout ? o->cbw_timeout : 0;
+
+    s->bcs = block_copy_state_new(bs->file, s->target, false, errp);
+    if (!s->bcs) {
+        return -EINVAL;
+    }
+    if (o->has_bitmap) {
+        BlockDriverState *bmbs;
+        BdrvDirtyBitmap *bm = bdrv_dirty_bitmap_lookup(
+            o->bitmap->node, o->bitmap->name, &bmbs, errp);
+        if (!bm) {
+            block_copy_state_free(s->bcs);
+            s->bcs = NULL;
+            return -EINVAL;
+        }
+        if (bdrv_dirty_bitmap_size(bm) != len) {
+            error_setg(errp, "Bitmap '%s' has a different size than the "
+                             "source", o->bitmap->name);
+            block_copy_state_free(s->bcs);
+            s->bcs = NULL;
+            return -EINVAL;
+        }
+        /* only the clusters the bitmap marks are worth preserving */
+        block_copy_set_dirty_from(s->bcs, bm);
+    }
+    return 0;
+}
+
+static void cbw_close(BlockDriverState *bs)
+{
+    BDRVCbwState *s = bs->opaque;
+    block_copy_state_free(s->bcs);
+    s->bcs = NULL;
+}
+
+/* Copy the old data of [offset, offset+bytes) before it is overwritten. */
+static int coroutine_fn do_cbw(BlockDriverState *bs, int64_t offset,
+                               int64_t bytes)
+{
+    BDRVCbwState *s = bs->opaque;
+    if (!s->bcs || s->snapshot_error) {
+        return 0;
+    }
+    int ret = block_copy(s->bcs, offset, bytes);
+    if (ret < 0 && s->on_cbw_error == ON_CBW_ERROR_BREAK_SNAPSHOT) {
+        s->snapshot_error = ret;
+        return 0;
+    }
+    return ret;
+}
+
+static int coroutine_fn cbw_co_pwritev(BlockDriverState *bs, int64_t offset,
+                                       int64_t bytes, IOVector *qiov,
+                                       BdrvRequestFlags flags)
+{
+    int ret = do_cbw(bs, offset, bytes);
+    if (ret < 0) {
+        return ret;
+    }
+    return bdrv_co_pwritev(bs->file, offset, bytes, qiov, flags);
+}
+
+static int coroutine_fn cbw_co_pwrite_zeroes(BlockDriverState *bs,
+                                             int64_t offset, int64_t bytes,
+                                             BdrvRequestFlags flags)
+{
+    int ret = do_cbw(bs, offset, bytes);
+    if (ret < 0) {
+        return ret;
+    }
+    return bdrv_co_pwrite_zeroes(bs->file, offset, bytes, flags);
+}
+
+static int coroutine_fn cbw_co_pdiscard(BlockDriverState *bs, int64_t offset,
+                                        int64_t bytes)
+{
+    int ret = do_cbw(bs, offset, bytes);
+    if (ret < 0) {
+        return ret;
+    }
+    return bdrv_co_pdiscard(bs->file, offset, bytes);
+}
+
+static int coroutine_fn cbw_co_preadv(BlockDriverState *bs, int64_t offset,
+                                      int64_t bytes, IOVector *qiov,
+                                      BdrvRequestFlags flags)
+{
+    return bdrv_co_preadv(bs->file, offset, bytes, qiov, flags);
+}
+
+static void cbw_child_perm(BlockDriverState *bs, BdrvChild *c,
+                           BdrvChildRole role, uint64_t perm, uint64_t shared,
+                           uint64_t *nperm, uint64_t *nshared)
+{
+    BDRVCbwState *s = bs->opaque;
+    if (!(role & BDRV_CHILD_FILTERED)) {
+        /* target: we write it; others may read and write, not resize */
+        *nperm = BLK_PERM_WRITE;
+        *nshared = BLK_PERM_CONSISTENT_READ | BLK_PERM_WRITE |
+                   BLK_PERM_WRITE_UNCHANGED;
+        return;
+    }
+    bdrv_filter_default_perms(bs, c, role, perm, shared, nperm, nshared);
+    if (s->active && !LIST_EMPTY(&bs->parents)) {
+        /* Writes that bypass the filter would not be copied first. */
+        *nperm |= BLK_PERM_CONSISTENT_READ;
+        *nshared &= ~(BLK_PERM_WRITE | BLK_PERM_RESIZE);
+    }
+}
+
+static const char *const cbw_strong_opts[] = {"target", "bitmap", NULL};
+
+const BlockDriver bdrv_cbw = {
+    .version = BLOCK_DRIVER_VERSION,
+    .format_name = "copy-before-write",
+    .driver = BLOCKDEV_DRIVER_COPY_BEFORE_WRITE,
+    .instance_size = sizeof(BDRVCbwState),
+    .is_filter = true,
+    .bdrv_open = cbw_open,
+    .bdrv_close = cbw_close,
+    .bdrv_co_preadv = cbw_co_preadv,
+    .bdrv_co_pwritev = cbw_co_pwritev,
+    .bdrv_co_pwrite_zeroes = cbw_co_pwrite_zeroes,
+    .bdrv_co_pdiscard = cbw_co_pdiscard,
+    .bdrv_child_perm = cbw_child_perm,
+    .strong_opts = cbw_strong_opts,
+};
+
+BlockCopyState *bdrv_cbw_get_block_copy_state(BlockDriverState *bs)
+{
+    if (!bs || bs->drv != &bdrv_cbw) {
+        return NULL;
+    }
+    return ((BDRVCbwState *)bs->opaque)->bcs;
+}
+
+BlockDriverState *coroutine_fn bdrv_cbw_append(BlockDriverState *source,
+                                               BlockDriverState *target,
+                                               const char *filter_node_name,
+                                               GError **errp)
+{
+    BlockdevOptions *opts = g_new0(BlockdevOptions, 1);
+    opts->driver = BLOCKDEV_DRIVER_COPY_BEFORE_WRITE;
+    if (filter_node_name) {
+        opts->has_node_name = true;
+        opts->node_name = g_strdup(filter_node_name);
+    }
+    BlockdevOptionsCbw *o = &opts->u.copy_before_write;
+    o->file = g_new0(BlockdevRef, 1);
+    o->file->type = QTYPE_QSTRING;
+    o->file->u.reference = g_strdup(bdrv_get_node_name(source));
+    o->target = g_new0(BlockdevRef, 1);
+    o->target->type = QTYPE_QSTRING;
+    o->target->u.reference = g_strdup(bdrv_get_node_name(target));
+
+    BlockDriverState *cbw = bdrv_co_open(opts, errp);
+    qapi_free_BlockdevOptions(opts);
+    if (!cbw) {
+        return NULL;
+    }
+    cbw->implicit = !filter_node_name;
+    if (bdrv_replace_node(source, cbw, errp) < 0) {
+        bdrv_unref(cbw);
+        return NULL;
+    }
+    return cbw;
+}
+
+void bdrv_cbw_drop(BlockDriverState *cbw)
+{
+    BDRVCbwState *s = cbw->opaque;
+    BlockDriverState *source = cbw->file->bs;
+    g_autoptr(GError) err = NULL;
+
+    bdrv_ref(cbw);
+    bdrv_drained_begin(cbw);
+    /* Give up the exclusive write first, or the parents going back to the
+     * source would conflict with it. */
+    s->active = false;
+    if (bdrv_refresh_perms(cbw, &err) < 0) {
+        warn_report("copy-before-write: %s", err->message);
+        g_clear_error(&err);
+    }
+    if (bdrv_replace_node(cbw, source, &err) < 0) {
+        warn_report("copy-before-write: cannot remove filter '%s': %s",
+                    cbw->node_name, err->message);
+    }
+    bdrv_drained_end(cbw);
+    bdrv_unref(cbw);
+    bdrv_unref(cbw);
+}

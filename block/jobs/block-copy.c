@@ -1,0 +1,488 @@
+/*
+ * block-copy: see block-copy.h.  One bit per cluster of "still to copy";
+ * a range is claimed (bits cleared, task listed) before anything yields,
+ * so the background workers and copy-before-write callers never copy the
+ * same cluster twice, and a failure sets the bits again.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "block/block_int.h"
+#include "block/jobs/block-copy.h"
+#include "util/error.h"
+
+typedef struct BlockCopyTask {
+    BlockCopyState *s;
+    int64_t offset, bytes; /* cluster aligned (bytes may end at EOF) */
+    CoQueue waiters;       /* callers needing an overlapping range */
+    LIST_ENTRY(BlockCopyTask) next;
+} BlockCopyTask;
+
+struct BlockCopyState {
+    BdrvChild *source, *target;
+    int64_t len;          /* source length when created */
+    int64_t cluster_size; /* power of two */
+    HBitmap *dirty;       /* bit i: cluster i still to copy */
+    LIST_HEAD(, BlockCopyTask) tasks;
+    bool compress;
+    bool skip_unallocated;
+    bool use_copy_range; /* accepted; the copy always reads and writes */
+    int max_workers;
+    int64_t max_chunk;
+    BlockCopyProgressFunc *progress;
+    void *progress_opaque;
+
+    /* block_copy_run */
+    int workers;          /* worker coroutines alive */
+    Coroutine *run_co;    /* the run's coroutine, while waiting */
+    bool run_waiting;
+    int run_ret;
+    bool run_err_read;
+};
+
+#define BLOCK_COPY_MIN_CLUSTER (64 * 1024)
+#define BLOCK_COPY_MEM_ALIGN 4096
+#define ROUND_UP(n, d) (((n) + (d) - 1) / (d) * (d))
+
+BlockCopyState *coroutine_fn block_copy_state_new(BdrvChild *source,
+                                                  BdrvChild *target,
+                                                  bool compress, GError **errp)
+{
+    int64_t len = bdrv_getlength(source->bs);
+    if (len < 0) {
+        error_setg_errno(errp, (int)-len, "Cannot get length of '%s'",
+                         bdrv_get_node_name(source->bs));
+        return NULL;
+    }
+    int64_t tcs = 0;
+    bool dirty_flag;
+    g_autoptr(GError) local = NULL;
+    int ret = bdrv_co_get_bdi(target->bs, &tcs, &dirty_flag, &local);
+    if ((ret < 0 || tcs <= 0) && bdrv_backing_bs(target->bs)) {
+        /* Copying whole clusters matters when the target has a backing
+         * file: a partial cluster would read the rest from it.  QEMU's
+         * message. */
+        error_setg(errp,
+                   "Couldn't determine the cluster size of the target image, "
+                   "which has a backing file: %s",
+                   local ? local->message : "Operation not supported");
+        return NULL;
+    }
+    int64_t cs = BLOCK_COPY_MIN_CLUSTER;
+    if (ret >= 0 && tcs > cs) {
+        cs = tcs;
+    }
+
+    BlockCopyState *s = g_new0(BlockCopyState, 1);
+    s->source = source;
+    s->target = target;
+    s->len = len;
+    s->cluster_size = cs;
+    uint64_t nbits = (uint64_t)((len + cs - 1) / cs);
+    s->dirty = hbitmap_new(nbits);
+    hbitmap_set(s->dirty, 0, nbits);
+    LIST_INIT(&s->tasks);
+    s->compress = compress;
+    s->max_workers = BLOCK_COPY_DEFAULT_MAX_WORKERS;
+    s->max_chunk = BLOCK_COPY_DEFAULT_CHUNK;
+    return s;
+}
+
+void block_copy_state_free(BlockCopyState *s)
+{
+    if (!s) {
+        return;
+    }
+    hbitmap_free(s->dirty);
+    g_free(s);
+}
+
+int64_t block_copy_cluster_size(const BlockCopyState *s)
+{
+    return s->cluster_size;
+}
+
+/* Bytes of clusters [first, first+n): the last one ends at len. */
+static int64_t clusters_bytes(const BlockCopyState *s, uint64_t first,
+                              uint64_t n)
+{
+    int64_t start = (int64_t)first * s->cluster_size;
+    int64_t end = MIN((int64_t)(first + n) * s->cluster_size, s->len);
+    return end > start ? end - start : 0;
+}
+
+int64_t block_copy_dirty_bytes(const BlockCopyState *s)
+{
+    uint64_t n = hbitmap_count(s->dirty);
+    if (!n) {
+        return 0;
+    }
+    int64_t bytes = (int64_t)n * s->cluster_size;
+    /* the last cluster may be partial */
+    uint64_t last = hbitmap_size(s->dirty) - 1;
+    if (hbitmap_get(s->dirty, last)) {
+        bytes -= (int64_t)hbitmap_size(s->dirty) * s->cluster_size - s->len;
+    }
+    return bytes;
+}
+
+void block_copy_set_dirty_from(BlockCopyState *s, const BdrvDirtyBitmap *bm)
+{
+    hbitmap_reset_all(s->dirty);
+    int64_t size = MIN(bdrv_dirty_bitmap_size(bm), s->len);
+    int64_t off = 0, start, count;
+    while (off < size &&
+           bdrv_dirty_bitmap_next_dirty_area(bm, off, size - off, &start,
+                                             &count)) {
+        uint64_t first = (uint64_t)(start / s->cluster_size);
+        uint64_t last = (uint64_t)((start + count - 1) / s->cluster_size);
+        hbitmap_set(s->dirty, first, last - first + 1);
+        off = start + count;
+    }
+}
+
+void block_copy_clear_dirty(BlockCopyState *s)
+{
+    hbitmap_reset_all(s->dirty);
+}
+
+bool block_copy_range_clean(const BlockCopyState *s, int64_t offset,
+                            int64_t bytes)
+{
+    if (bytes <= 0 || offset >= s->len) {
+        return true;
+    }
+    uint64_t first = (uint64_t)(offset / s->cluster_size);
+    uint64_t last = (uint64_t)((MIN(offset + bytes, s->len) - 1) /
+                               s->cluster_size);
+    return hbitmap_next_dirty(s->dirty, first, last - first + 1) < 0;
+}
+
+void block_copy_set_perf(BlockCopyState *s, int max_workers,
+                         int64_t max_chunk, bool use_copy_range)
+{
+    s->max_workers = max_workers > 0 ? max_workers
+                                     : BLOCK_COPY_DEFAULT_MAX_WORKERS;
+    if (max_chunk <= 0) {
+        max_chunk = MAX(BLOCK_COPY_DEFAULT_CHUNK, s->cluster_size);
+    }
+    max_chunk = MIN(max_chunk, BLOCK_COPY_MAX_CHUNK);
+    /* whole clusters: a chunk never splits one */
+    s->max_chunk = MAX(s->cluster_size, max_chunk & ~(s->cluster_size - 1));
+    s->use_copy_range = use_copy_range;
+}
+
+void block_copy_set_compress(BlockCopyState *s, bool compress)
+{
+    s->compress = compress;
+}
+
+void block_copy_set_skip_unallocated(BlockCopyState *s, bool skip)
+{
+    s->skip_unallocated = skip;
+}
+
+void block_copy_set_progress(BlockCopyState *s, BlockCopyProgressFunc *fn,
+                             void *opaque)
+{
+    s->progress = fn;
+    s->progress_opaque = opaque;
+}
+
+int block_copy_in_flight(const BlockCopyState *s)
+{
+    return s->workers;
+}
+
+/* ---- tasks ---- */
+
+static BlockCopyTask *find_overlapping(BlockCopyState *s, int64_t offset,
+                                       int64_t end)
+{
+    BlockCopyTask *t;
+    LIST_FOREACH (t, &s->tasks, next) {
+        if (t->offset < end && offset < t->offset + t->bytes) {
+            return t;
+        }
+    }
+    return NULL;
+}
+
+/* Claim the first dirty run of clusters in [offset, end) (cluster
+ * aligned), at most max_chunk bytes.  NULL if there is none. */
+static BlockCopyTask *task_claim(BlockCopyState *s, int64_t offset,
+                                 int64_t end)
+{
+    uint64_t first = (uint64_t)(offset / s->cluster_size);
+    uint64_t last = (uint64_t)((end + s->cluster_size - 1) / s->cluster_size);
+    uint64_t astart, acount;
+    if (last <= first ||
+        !hbitmap_next_dirty_area(s->dirty, first, last - first, &astart,
+                                 &acount)) {
+        return NULL;
+    }
+    uint64_t maxc = (uint64_t)(s->max_chunk / s->cluster_size);
+    if (acount > maxc) {
+        acount = maxc;
+    }
+    hbitmap_reset(s->dirty, astart, acount);
+    BlockCopyTask *t = g_new0(BlockCopyTask, 1);
+    t->s = s;
+    t->offset = (int64_t)astart * s->cluster_size;
+    t->bytes = clusters_bytes(s, astart, acount);
+    co_queue_init(&t->waiters);
+    LIST_INSERT_HEAD(&s->tasks, t, next);
+    return t;
+}
+
+/* Give back the tail [offset + new_bytes, end) of a task: dirty again. */
+static void task_shrink(BlockCopyTask *t, int64_t new_bytes)
+{
+    BlockCopyState *s = t->s;
+    if (new_bytes >= t->bytes) {
+        return;
+    }
+    uint64_t first = (uint64_t)((t->offset + new_bytes) / s->cluster_size);
+    uint64_t last = (uint64_t)((t->offset + t->bytes - 1) / s->cluster_size);
+    hbitmap_set(s->dirty, first, last - first + 1);
+    t->bytes = new_bytes;
+    /* those waiting for the tail may claim it themselves now */
+    co_queue_restart_all(&t->waiters);
+}
+
+static void task_end(BlockCopyTask *t, int ret)
+{
+    BlockCopyState *s = t->s;
+    if (ret < 0 && t->bytes > 0) {
+        uint64_t first = (uint64_t)(t->offset / s->cluster_size);
+        uint64_t last =
+            (uint64_t)((t->offset + t->bytes - 1) / s->cluster_size);
+        hbitmap_set(s->dirty, first, last - first + 1);
+    }
+    LIST_REMOVE(t, next);
+    co_queue_restart_all(&t->waiters);
+    g_free(t);
+}
+
+/* Round a status length down to whole clusters (at least one). */
+static int64_t status_clusters(BlockCopyState *s, int64_t pnum,
+                               int64_t bytes)
+{
+    if (pnum >= bytes) {
+        return bytes;
+    }
+    int64_t aligned = pnum & ~(s->cluster_size - 1);
+    return aligned > 0 ? aligned : MIN(s->cluster_size, bytes);
+}
+
+static int coroutine_fn write_data(BlockCopyState *s, int64_t offset,
+                                   int64_t bytes, const uint8_t *buf)
+{
+    if (!s->compress) {
+        return bdrv_co_pwrite(s->target, offset, bytes, buf, 0);
+    }
+    /* compressed clusters are written one at a time */
+    for (int64_t done = 0; done < bytes; done += s->cluster_size) {
+        int64_t n = MIN(s->cluster_size, bytes - done);
+        int ret = bdrv_co_pwrite(s->target, offset + done, n, buf + done,
+                                 BDRV_REQ_WRITE_COMPRESSED);
+        if (ret < 0) {
+            return ret;
+        }
+    }
+    return 0;
+}
+
+/*
+ * Copy one claimed task.  The source's status may cover only part of it:
+ * the rest is given back (dirty again) for a later claim.
+ */
+static int coroutine_fn task_copy(BlockCopyTask *t, bool *error_is_read)
+{
+    BlockCopyState *s = t->s;
+    BlockDriverState *src = s->source->bs;
+    int64_t pnum;
+    int ret;
+
+    *error_is_read = true;
+    if (s->skip_unallocated) {
+        ret = bdrv_co_is_allocated(src, t->offset, t->bytes, &pnum);
+        if (ret < 0) {
+            return ret;
+        }
+        task_shrink(t, status_clusters(s, pnum, t->bytes));
+        if (ret == 0 && pnum >= t->bytes) {
+            if (s->progress) {
+                s->progress(s->progress_opaque, t->bytes, true);
+            }
+            return 0;
+        }
+    }
+
+    ret = bdrv_co_block_status_above(src, NULL, t->offset, t->bytes, &pnum,
+                                     NULL, NULL);
+    bool zero = false;
+    if (ret >= 0) {
+        task_shrink(t, status_clusters(s, pnum, t->bytes));
+        zero = (ret & BDRV_BLOCK_ZERO) && pnum >= t->bytes;
+    }
+    /* a failed status query is no reason to fail: copy the data */
+
+    if (zero && !s->compress) {
+        *error_is_read = false;
+        ret = bdrv_co_pwrite_zeroes(s->target, t->offset, t->bytes, 0);
+    } else {
+        uint8_t *buf = NULL;
+        size_t alloc = (size_t)ROUND_UP(t->bytes, BLOCK_COPY_MEM_ALIGN);
+        if (posix_memalign((void **)&buf, BLOCK_COPY_MEM_ALIGN, alloc)) {
+            return -ENOMEM;
+        }
+        ret = bdrv_co_pread(s->source, t->offset, t->bytes, buf, 0);
+        if (ret >= 0) {
+            *error_is_read = false;
+            ret = write_data(s, t->offset, t->bytes, buf);
+        }
+        free(buf);
+    }
+    if (ret < 0) {
+        return ret;
+    }
+    if (s->progress) {
+        s->progress(s->progress_opaque, t->bytes, false);
+    }
+    return 0;
+}
+
+int coroutine_fn block_copy(BlockCopyState *s, int64_t offset, int64_t bytes)
+{
+    if (bytes <= 0 || offset >= s->len) {
+        return 0;
+    }
+    int64_t start = offset & ~(s->cluster_size - 1);
+    int64_t end = MIN(offset + bytes, s->len);
+
+    for (;;) {
+        BlockCopyTask *busy = find_overlapping(s, start, end);
+        if (busy) {
+            /* the other copy may fail: look again after it ended */
+            co_queue_wait(&busy->waiters, NULL);
+            continue;
+        }
+        BlockCopyTask *t = task_claim(s, start, end);
+        if (!t) {
+            return 0;
+        }
+        bool is_read;
+        int ret = task_copy(t, &is_read);
+        task_end(t, ret);
+        if (ret < 0) {
+            return ret;
+        }
+    }
+}
+
+int64_t coroutine_fn block_copy_reset_unallocated(BlockCopyState *s,
+                                                  int64_t offset)
+{
+    int64_t pnum;
+    int64_t bytes = s->len - offset;
+    if (bytes <= 0) {
+        return -EINVAL;
+    }
+    int ret = bdrv_co_is_allocated(s->source->bs, offset, bytes, &pnum);
+    if (ret < 0) {
+        return ret;
+    }
+    if (pnum <= 0) {
+        return -EIO;
+    }
+    if (ret == 0) {
+        /* only whole clusters that are entirely unallocated */
+        int64_t first = ROUND_UP(offset, s->cluster_size);
+        int64_t end = offset + pnum == s->len
+                          ? ROUND_UP(s->len, s->cluster_size)
+                          : ((offset + pnum) & ~(s->cluster_size - 1));
+        if (end > first) {
+            hbitmap_reset(s->dirty, (uint64_t)(first / s->cluster_size),
+                          (uint64_t)((end - first) / s->cluster_size));
+        }
+    }
+    return pnum;
+}
+
+/* ---- background copy ---- */
+
+static void coroutine_fn worker_entry(void *opaque)
+{
+    BlockCopyTask *t = opaque;
+    BlockCopyState *s = t->s;
+    bool is_read = false;
+    int ret = task_copy(t, &is_read);
+    task_end(t, ret);
+    if (ret < 0 && s->run_ret == 0) {
+        s->run_ret = ret;
+        s->run_err_read = is_read;
+    }
+    s->workers--;
+    if (s->run_waiting) {
+        s->run_waiting = false;
+        coroutine_wake(s->run_co);
+    }
+}
+
+/* Wait in the run's coroutine until a worker ends. */
+static void coroutine_fn run_wait(BlockCopyState *s)
+{
+    s->run_co = coroutine_self();
+    s->run_waiting = true;
+    coroutine_yield();
+}
+
+int coroutine_fn block_copy_run(BlockCopyState *s, const BlockCopyRunOps *ops,
+                                void *opaque, bool *error_is_read)
+{
+    int64_t cursor = 0; /* claims go forward; wrap once at the end */
+    s->run_ret = 0;
+    s->run_err_read = false;
+
+    for (;;) {
+        if (s->run_ret < 0 || (ops->should_stop && ops->should_stop(opaque))) {
+            break;
+        }
+        if (s->workers >= s->max_workers) {
+            run_wait(s);
+            continue;
+        }
+        if (ops->before_chunk) {
+            ops->before_chunk(opaque, s->max_chunk);
+            if (s->run_ret < 0 ||
+                (ops->should_stop && ops->should_stop(opaque))) {
+                break;
+            }
+        }
+        BlockCopyTask *t = task_claim(s, cursor, s->len);
+        if (!t && cursor > 0) {
+            cursor = 0;
+            t = task_claim(s, 0, s->len);
+        }
+        if (!t) {
+            if (s->workers == 0) {
+                break;
+            }
+            /* an in-flight copy may fail and make its range dirty */
+            run_wait(s);
+            continue;
+        }
+        cursor = t->offset + t->bytes;
+        s->workers++;
+        coroutine_enter(coroutine_create(worker_entry, t));
+    }
+    while (s->workers > 0) {
+        run_wait(s);
+    }
+    if (error_is_read) {
+        *error_is_read = s->run_err_read;
+    }
+    return s->run_ret;
+}
