@@ -682,6 +682,50 @@ static void test_txn_manual_finalize_cancel(void **state)
     events_reset();
 }
 
+typedef struct CancelCo {
+    Job *job;
+    GError *err;
+} CancelCo;
+
+static void coroutine_fn cancel_co(void *opaque)
+{
+    CancelCo *cc = opaque;
+    job_user_cancel(cc->job, true, &cc->err);
+}
+
+/* A QMP command (a coroutine) cancels a waiting job whose partner still
+ * runs: the abort waits for the partner by yielding, not by polling. */
+static void test_txn_cancel_from_coroutine(void **state)
+{
+    events_reset();
+    JobTxn *txn = job_txn_new();
+    TestJob *a = new_job("wa", txn, JOB_DEFAULT, 1);
+    TestJob *b = new_job("wb", txn, JOB_DEFAULT, 1000000);
+    b->step_ns = 1000 * 1000;
+    job_txn_unref(txn);
+    job_start(&a->b.job);
+    job_start(&b->b.job);
+    WAIT_FOR(a->b.job.status == JOB_STATUS_WAITING);
+    CancelCo cc = { .job = &a->b.job };
+    coroutine_run_sync(cancel_co, &cc);
+    assert_null(cc.err);
+    assert_null(job_get("wa"));
+    assert_null(job_get("wb"));
+    /* both aborted, in transaction order (newest first, as QEMU): the
+     * running one is waited for and finalized before the waiting one */
+    expect_events("JOB_STATUS_CHANGE wa created",
+                  "JOB_STATUS_CHANGE wb created",
+                  "JOB_STATUS_CHANGE wa running",
+                  "JOB_STATUS_CHANGE wb running",
+                  "JOB_STATUS_CHANGE wa waiting",
+                  "JOB_STATUS_CHANGE wb aborting",
+                  "JOB_STATUS_CHANGE wb concluded",
+                  "JOB_STATUS_CHANGE wb null",
+                  "JOB_STATUS_CHANGE wa aborting",
+                  "JOB_STATUS_CHANGE wa concluded",
+                  "JOB_STATUS_CHANGE wa null", NULL);
+}
+
 /* ---- block jobs ---- */
 
 typedef struct OpenCo {
@@ -846,6 +890,64 @@ static void test_block_job(void **state)
 
     bdrv_unref(bs);
     bdrv_unref(other);
+}
+
+/* Block jobs: BLOCK_JOB_READY, and a group with manual finalize sends
+ * BLOCK_JOB_PENDING for each and finalizes both on one job-finalize. */
+static void test_block_job_ready_group(void **state)
+{
+    GError *err = NULL;
+    events_reset();
+    BlockDriverState *bs = open_node("driver=null-co,node-name=g0");
+    JobTxn *txn = job_txn_new();
+    TestJob *a = block_job_create("ga", &test_block_job_driver, txn, bs, 0,
+                                  BLK_PERM_ALL, 0, JOB_MANUAL_FINALIZE, NULL,
+                                  NULL, &err);
+    TestJob *b = block_job_create("gb", &test_block_job_driver, txn, bs, 0,
+                                  BLK_PERM_ALL, 0, JOB_MANUAL_FINALIZE, NULL,
+                                  NULL, &err);
+    assert_non_null(a);
+    assert_non_null(b);
+    job_txn_unref(txn);
+    a->steps = 1;
+    b->steps = 2;
+    a->fail_at = b->fail_at = a->error_at = b->error_at = -1;
+    b->want_ready = true;
+    job_start(&a->b.job);
+    job_start(&b->b.job);
+    WAIT_FOR(b->b.job.status == JOB_STATUS_READY &&
+             a->b.job.status == JOB_STATUS_WAITING);
+    q_obj_block_job_complete_arg ca = { .device = (char *)"gb" };
+    qmp_block_job_complete(&ca, &err);
+    assert_null(err);
+    WAIT_FOR(b->b.job.status == JOB_STATUS_PENDING);
+    assert_int_equal(a->b.job.status, JOB_STATUS_PENDING);
+    q_obj_job_finalize_arg fa = { .id = (char *)"gb" };
+    qmp_job_finalize(&fa, &err);
+    assert_null(err);
+    assert_null(job_get("ga"));
+    assert_null(job_get("gb"));
+    /* (ga's waiting may come before or after gb's ready) */
+    for (guint i = 0; i < events->len; i++) {
+        if (!strcmp(events->pdata[i], "JOB_STATUS_CHANGE ga waiting")) {
+            g_ptr_array_remove_index(events, i);
+            break;
+        }
+    }
+    expect_events("JOB_STATUS_CHANGE ga created",
+                  "JOB_STATUS_CHANGE gb created",
+                  "JOB_STATUS_CHANGE ga running",
+                  "JOB_STATUS_CHANGE gb running",
+                  "JOB_STATUS_CHANGE gb ready", "BLOCK_JOB_READY gb",
+                  "JOB_STATUS_CHANGE gb waiting",
+                  /* newest first, as QEMU */
+                  "JOB_STATUS_CHANGE gb pending", "BLOCK_JOB_PENDING gb",
+                  "JOB_STATUS_CHANGE ga pending", "BLOCK_JOB_PENDING ga",
+                  "BLOCK_JOB_COMPLETED gb", "JOB_STATUS_CHANGE gb concluded",
+                  "JOB_STATUS_CHANGE gb null",
+                  "BLOCK_JOB_COMPLETED ga", "JOB_STATUS_CHANGE ga concluded",
+                  "JOB_STATUS_CHANGE ga null", NULL);
+    bdrv_unref(bs);
 }
 
 static void test_block_job_errors(void **state)
@@ -1025,6 +1127,8 @@ int main(void)
         cmocka_unit_test(test_txn_abort),
         cmocka_unit_test(test_txn_success_waits),
         cmocka_unit_test(test_txn_manual_finalize_cancel),
+        cmocka_unit_test(test_txn_cancel_from_coroutine),
+        cmocka_unit_test(test_block_job_ready_group),
         cmocka_unit_test(test_block_job),
         cmocka_unit_test(test_block_job_errors),
         cmocka_unit_test(test_ratelimit_math),
