@@ -844,10 +844,12 @@ int coroutine_fn bdrv_co_pdiscard(BdrvChild *child, int64_t offset,
         return 0;
     }
     uint32_t align = req_align(bs);
-    /* Unaligned slivers at either end are left alone. */
+    /* Unaligned slivers at either end are left alone (but the bitmaps
+     * see the whole request, as QEMU's do). */
     int64_t start = ROUND_UP(offset, align);
     int64_t end = ROUND_DOWN(offset + bytes, align);
     if (end <= start) {
+        mark_dirty(bs, offset, bytes);
         return 0;
     }
     int64_t dalign = MAX((int64_t)bs->bl.pdiscard_alignment, (int64_t)align);
@@ -883,7 +885,7 @@ int coroutine_fn bdrv_co_pdiscard(BdrvChild *child, int64_t offset,
     if (ret == 0) {
         write_done(bs, start, 0);
     }
-    mark_dirty(bs, start, end - start);
+    mark_dirty(bs, offset, bytes);
     tracked_end(&req);
     bdrv_dec_in_flight(bs);
     return ret;
