@@ -19,6 +19,7 @@
 #include "block/jobs/backup.h"
 #include "block/jobs/block-copy.h"
 #include "qapi/qapi-commands.h"
+#include "util/aio.h"
 #include "util/error.h"
 
 typedef struct BackupJob {
@@ -36,10 +37,8 @@ typedef struct BackupJob {
 static void backup_progress(void *opaque, int64_t bytes, bool skipped)
 {
     BackupJob *s = opaque;
+    (void)skipped;
     job_progress_update(&s->common.job, (uint64_t)bytes);
-    if (!skipped) {
-        block_job_ratelimit_processed_bytes(&s->common, (uint64_t)bytes);
-    }
 }
 
 static bool backup_should_stop(void *opaque)
@@ -48,17 +47,31 @@ static bool backup_should_stop(void *opaque)
     return job_is_cancelled(&s->common.job);
 }
 
-static void coroutine_fn backup_before_chunk(void *opaque, int64_t bytes)
+static void coroutine_fn backup_before_chunk(void *opaque)
 {
     BackupJob *s = opaque;
-    (void)bytes;
-    /* a pause point, and the wait the speed asks for */
-    block_job_ratelimit_sleep(&s->common);
+    /* A pause point, and the wait the speed asks for.  Without a wait
+     * the next chunk starts at once, in the same loop iteration (a sleep
+     * of 0 would let other work in first, as QEMU's block-copy does
+     * not). */
+    if (ratelimit_delay(&s->common.limit, clock_ns()) > 0) {
+        block_job_ratelimit_sleep(&s->common);
+    } else {
+        job_pause_point(&s->common.job);
+    }
+}
+
+static void backup_chunk_started(void *opaque, int64_t bytes)
+{
+    BackupJob *s = opaque;
+    /* accounted when it starts, so the speed bounds what is in flight */
+    block_job_ratelimit_processed_bytes(&s->common, (uint64_t)bytes);
 }
 
 static const BlockCopyRunOps backup_run_ops = {
     .should_stop = backup_should_stop,
     .before_chunk = backup_before_chunk,
+    .chunk_started = backup_chunk_started,
 };
 
 static int coroutine_fn backup_run(Job *job, GError **errp)

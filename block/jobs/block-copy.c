@@ -23,7 +23,10 @@ struct BlockCopyState {
     BdrvChild *source, *target;
     int64_t len;          /* source length when created */
     int64_t cluster_size; /* power of two */
-    HBitmap *dirty;       /* bit i: cluster i still to copy */
+    /* Clusters still to copy: an anonymous, disabled bitmap on the
+     * source node at cluster granularity (QEMU's is one too, so queries
+     * list it the same way). */
+    BdrvDirtyBitmap *dirty;
     LIST_HEAD(, BlockCopyTask) tasks;
     bool compress;
     bool skip_unallocated;
@@ -74,14 +77,20 @@ BlockCopyState *coroutine_fn block_copy_state_new(BdrvChild *source,
         cs = tcs;
     }
 
+    BdrvDirtyBitmap *bm =
+        bdrv_create_dirty_bitmap(source->bs, (uint32_t)cs, NULL, errp);
+    if (!bm) {
+        return NULL;
+    }
+    bdrv_disable_dirty_bitmap(bm);
+    bdrv_set_dirty_bitmap(bm, 0, len);
+
     BlockCopyState *s = g_new0(BlockCopyState, 1);
     s->source = source;
     s->target = target;
     s->len = len;
     s->cluster_size = cs;
-    uint64_t nbits = (uint64_t)((len + cs - 1) / cs);
-    s->dirty = hbitmap_new(nbits);
-    hbitmap_set(s->dirty, 0, nbits);
+    s->dirty = bm;
     LIST_INIT(&s->tasks);
     s->compress = compress;
     s->max_workers = BLOCK_COPY_DEFAULT_MAX_WORKERS;
@@ -94,7 +103,7 @@ void block_copy_state_free(BlockCopyState *s)
     if (!s) {
         return;
     }
-    hbitmap_free(s->dirty);
+    bdrv_release_dirty_bitmap(s->dirty);
     g_free(s);
 }
 
@@ -103,48 +112,30 @@ int64_t block_copy_cluster_size(const BlockCopyState *s)
     return s->cluster_size;
 }
 
-/* Bytes of clusters [first, first+n): the last one ends at len. */
-static int64_t clusters_bytes(const BlockCopyState *s, uint64_t first,
-                              uint64_t n)
-{
-    int64_t start = (int64_t)first * s->cluster_size;
-    int64_t end = MIN((int64_t)(first + n) * s->cluster_size, s->len);
-    return end > start ? end - start : 0;
-}
-
+/* Whole clusters, as QEMU counts progress: a partial last cluster
+ * counts in full. */
 int64_t block_copy_dirty_bytes(const BlockCopyState *s)
 {
-    uint64_t n = hbitmap_count(s->dirty);
-    if (!n) {
-        return 0;
-    }
-    int64_t bytes = (int64_t)n * s->cluster_size;
-    /* the last cluster may be partial */
-    uint64_t last = hbitmap_size(s->dirty) - 1;
-    if (hbitmap_get(s->dirty, last)) {
-        bytes -= (int64_t)hbitmap_size(s->dirty) * s->cluster_size - s->len;
-    }
-    return bytes;
+    return bdrv_dirty_bitmap_count(s->dirty);
 }
 
 void block_copy_set_dirty_from(BlockCopyState *s, const BdrvDirtyBitmap *bm)
 {
-    hbitmap_reset_all(s->dirty);
+    /* bit by area: bm may be frozen (busy), which a merge refuses */
+    bdrv_reset_dirty_bitmap(s->dirty, 0, s->len);
     int64_t size = MIN(bdrv_dirty_bitmap_size(bm), s->len);
     int64_t off = 0, start, count;
     while (off < size &&
            bdrv_dirty_bitmap_next_dirty_area(bm, off, size - off, &start,
                                              &count)) {
-        uint64_t first = (uint64_t)(start / s->cluster_size);
-        uint64_t last = (uint64_t)((start + count - 1) / s->cluster_size);
-        hbitmap_set(s->dirty, first, last - first + 1);
+        bdrv_set_dirty_bitmap(s->dirty, start, count);
         off = start + count;
     }
 }
 
 void block_copy_clear_dirty(BlockCopyState *s)
 {
-    hbitmap_reset_all(s->dirty);
+    bdrv_reset_dirty_bitmap(s->dirty, 0, s->len);
 }
 
 bool block_copy_range_clean(const BlockCopyState *s, int64_t offset,
@@ -153,10 +144,8 @@ bool block_copy_range_clean(const BlockCopyState *s, int64_t offset,
     if (bytes <= 0 || offset >= s->len) {
         return true;
     }
-    uint64_t first = (uint64_t)(offset / s->cluster_size);
-    uint64_t last = (uint64_t)((MIN(offset + bytes, s->len) - 1) /
-                               s->cluster_size);
-    return hbitmap_next_dirty(s->dirty, first, last - first + 1) < 0;
+    return bdrv_dirty_bitmap_next_dirty(s->dirty, offset,
+                                        MIN(bytes, s->len - offset)) < 0;
 }
 
 void block_copy_set_perf(BlockCopyState *s, int max_workers,
@@ -214,23 +203,22 @@ static BlockCopyTask *find_overlapping(BlockCopyState *s, int64_t offset,
 static BlockCopyTask *task_claim(BlockCopyState *s, int64_t offset,
                                  int64_t end)
 {
-    uint64_t first = (uint64_t)(offset / s->cluster_size);
-    uint64_t last = (uint64_t)((end + s->cluster_size - 1) / s->cluster_size);
-    uint64_t astart, acount;
-    if (last <= first ||
-        !hbitmap_next_dirty_area(s->dirty, first, last - first, &astart,
-                                 &acount)) {
+    int64_t astart, acount;
+    end = MIN(end, s->len);
+    if (end <= offset ||
+        !bdrv_dirty_bitmap_next_dirty_area(s->dirty, offset, end - offset,
+                                           &astart, &acount)) {
         return NULL;
     }
-    uint64_t maxc = (uint64_t)(s->max_chunk / s->cluster_size);
-    if (acount > maxc) {
-        acount = maxc;
-    }
-    hbitmap_reset(s->dirty, astart, acount);
+    /* whole clusters (the area may be cut inside one) */
+    int64_t aend = ROUND_UP(astart + acount, s->cluster_size);
+    astart &= ~(s->cluster_size - 1);
+    acount = MIN(aend - astart, s->max_chunk);
+    bdrv_reset_dirty_bitmap(s->dirty, astart, acount);
     BlockCopyTask *t = g_new0(BlockCopyTask, 1);
     t->s = s;
-    t->offset = (int64_t)astart * s->cluster_size;
-    t->bytes = clusters_bytes(s, astart, acount);
+    t->offset = astart;
+    t->bytes = acount;
     co_queue_init(&t->waiters);
     LIST_INSERT_HEAD(&s->tasks, t, next);
     return t;
@@ -243,9 +231,8 @@ static void task_shrink(BlockCopyTask *t, int64_t new_bytes)
     if (new_bytes >= t->bytes) {
         return;
     }
-    uint64_t first = (uint64_t)((t->offset + new_bytes) / s->cluster_size);
-    uint64_t last = (uint64_t)((t->offset + t->bytes - 1) / s->cluster_size);
-    hbitmap_set(s->dirty, first, last - first + 1);
+    bdrv_set_dirty_bitmap(s->dirty, t->offset + new_bytes,
+                          t->bytes - new_bytes);
     t->bytes = new_bytes;
     /* those waiting for the tail may claim it themselves now */
     co_queue_restart_all(&t->waiters);
@@ -255,10 +242,7 @@ static void task_end(BlockCopyTask *t, int ret)
 {
     BlockCopyState *s = t->s;
     if (ret < 0 && t->bytes > 0) {
-        uint64_t first = (uint64_t)(t->offset / s->cluster_size);
-        uint64_t last =
-            (uint64_t)((t->offset + t->bytes - 1) / s->cluster_size);
-        hbitmap_set(s->dirty, first, last - first + 1);
+        bdrv_set_dirty_bitmap(s->dirty, t->offset, t->bytes);
     }
     LIST_REMOVE(t, next);
     co_queue_restart_all(&t->waiters);
@@ -305,14 +289,18 @@ static int coroutine_fn task_copy(BlockCopyTask *t, bool *error_is_read)
     int64_t pnum;
     int ret;
 
+    /* t->bytes is whole clusters; the I/O stops at the end of the image */
+#define IO_BYTES (MIN(t->bytes, s->len - t->offset))
     *error_is_read = true;
     if (s->skip_unallocated) {
-        ret = bdrv_co_is_allocated(src, t->offset, t->bytes, &pnum);
+        ret = bdrv_co_is_allocated(src, t->offset, IO_BYTES, &pnum);
         if (ret < 0) {
             return ret;
         }
-        task_shrink(t, status_clusters(s, pnum, t->bytes));
-        if (ret == 0 && pnum >= t->bytes) {
+        if (pnum < IO_BYTES) {
+            task_shrink(t, status_clusters(s, pnum, t->bytes));
+        }
+        if (ret == 0 && pnum >= IO_BYTES) {
             if (s->progress) {
                 s->progress(s->progress_opaque, t->bytes, true);
             }
@@ -320,28 +308,32 @@ static int coroutine_fn task_copy(BlockCopyTask *t, bool *error_is_read)
         }
     }
 
-    ret = bdrv_co_block_status_above(src, NULL, t->offset, t->bytes, &pnum,
+    ret = bdrv_co_block_status_above(src, NULL, t->offset, IO_BYTES, &pnum,
                                      NULL, NULL);
     bool zero = false;
     if (ret >= 0) {
-        task_shrink(t, status_clusters(s, pnum, t->bytes));
-        zero = (ret & BDRV_BLOCK_ZERO) && pnum >= t->bytes;
+        if (pnum < IO_BYTES) {
+            task_shrink(t, status_clusters(s, pnum, t->bytes));
+        }
+        zero = (ret & BDRV_BLOCK_ZERO) && pnum >= IO_BYTES;
     }
     /* a failed status query is no reason to fail: copy the data */
 
+    int64_t n = IO_BYTES;
+#undef IO_BYTES
     if (zero && !s->compress) {
         *error_is_read = false;
-        ret = bdrv_co_pwrite_zeroes(s->target, t->offset, t->bytes, 0);
+        ret = bdrv_co_pwrite_zeroes(s->target, t->offset, n, 0);
     } else {
         uint8_t *buf = NULL;
-        size_t alloc = (size_t)ROUND_UP(t->bytes, BLOCK_COPY_MEM_ALIGN);
+        size_t alloc = (size_t)ROUND_UP(n, BLOCK_COPY_MEM_ALIGN);
         if (posix_memalign((void **)&buf, BLOCK_COPY_MEM_ALIGN, alloc)) {
             return -ENOMEM;
         }
-        ret = bdrv_co_pread(s->source, t->offset, t->bytes, buf, 0);
+        ret = bdrv_co_pread(s->source, t->offset, n, buf, 0);
         if (ret >= 0) {
             *error_is_read = false;
-            ret = write_data(s, t->offset, t->bytes, buf);
+            ret = write_data(s, t->offset, n, buf);
         }
         free(buf);
     }
@@ -404,8 +396,7 @@ int64_t coroutine_fn block_copy_reset_unallocated(BlockCopyState *s,
                           ? ROUND_UP(s->len, s->cluster_size)
                           : ((offset + pnum) & ~(s->cluster_size - 1));
         if (end > first) {
-            hbitmap_reset(s->dirty, (uint64_t)(first / s->cluster_size),
-                          (uint64_t)((end - first) / s->cluster_size));
+            bdrv_reset_dirty_bitmap(s->dirty, first, end - first);
         }
     }
     return pnum;
@@ -455,7 +446,7 @@ int coroutine_fn block_copy_run(BlockCopyState *s, const BlockCopyRunOps *ops,
             continue;
         }
         if (ops->before_chunk) {
-            ops->before_chunk(opaque, s->max_chunk);
+            ops->before_chunk(opaque);
             if (s->run_ret < 0 ||
                 (ops->should_stop && ops->should_stop(opaque))) {
                 break;
@@ -475,6 +466,9 @@ int coroutine_fn block_copy_run(BlockCopyState *s, const BlockCopyRunOps *ops,
             continue;
         }
         cursor = t->offset + t->bytes;
+        if (ops->chunk_started) {
+            ops->chunk_started(opaque, t->bytes);
+        }
         s->workers++;
         coroutine_enter(coroutine_create(worker_entry, t));
     }

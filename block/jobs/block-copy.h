@@ -87,9 +87,11 @@ typedef struct BlockCopyRunOps {
     /* Stop spawning (cancel): true ends the run with 0 after in-flight
      * chunks finished. */
     bool (*should_stop)(void *opaque);
-    /* Before each spawn: pause point and rate limit, in the run's
-     * coroutine; `bytes` is the chunk about to start. */
-    void coroutine_fn (*before_chunk)(void *opaque, int64_t bytes);
+    /* Before each claim: pause point and the rate limit's wait, in the
+     * run's coroutine. */
+    void coroutine_fn (*before_chunk)(void *opaque);
+    /* A chunk of `bytes` was claimed and starts now (rate accounting). */
+    void (*chunk_started)(void *opaque, int64_t bytes);
 } BlockCopyRunOps;
 
 /*
