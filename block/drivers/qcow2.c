@@ -153,7 +153,9 @@ static size_t put_ext(uint8_t *buf, size_t pos, size_t cap, uint32_t type,
     }
     qcow2_put_be32(buf + pos, type);
     qcow2_put_be32(buf + pos + 4, len);
-    memcpy(buf + pos + 8, data, len);
+    if (len) {
+        memcpy(buf + pos + 8, data, len);
+    }
     memset(buf + pos + 8 + len, 0, need - 8 - len);
     return need;
 }
@@ -730,7 +732,8 @@ static int coroutine_fn qcow2_do_open(BlockDriverState *bs,
         s->incompat = qcow2_be64(h + 72);
         s->compat = qcow2_be64(h + 80);
         s->autoclear = qcow2_be64(h + 88);
-        s->refcount_order = (int)qcow2_be32(h + 96);
+        uint32_t order = qcow2_be32(h + 96);
+        s->refcount_order = order > 64 ? 64 : (int)order; /* checked below */
         s->header_length = qcow2_be32(h + 100);
         if (s->header_length < 104) {
             error_setg(errp, "qcow2 header too short");
