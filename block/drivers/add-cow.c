@@ -159,6 +159,11 @@ static int coroutine_fn write_back(BlockDriverState *bs, uint64_t b0,
     BDRVAddCowState *s = bs->opaque;
     int ret = 0;
     uint8_t *snap = NULL;
+    if (!bdrv_is_writable(bs)) {
+        /* read-only: blocks dirtied by masking stray bits on load stay
+         * in memory (the bits are ignored on read anyway) */
+        return 0;
+    }
     co_mutex_lock(&s->wb_lock);
     for (uint64_t bi = b0; bi <= b1 && bi < s->nblocks; bi++) {
         if (!s->blocks[bi] || !s->dirty[bi]) {
