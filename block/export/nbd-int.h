@@ -153,8 +153,8 @@ int nbd_bitmap_status(BlockExport *exp, uint32_t id, uint64_t off,
 
 /* ---- nbd-requests.c ---- */
 /* Serve requests until disconnect; returns when the reader stops (the
- * caller then waits for in-flight requests). */
-void coroutine_fn nbd_transmission(NBDClient *client);
+ * caller then waits for in-flight requests): true for NBD_CMD_DISC. */
+bool coroutine_fn nbd_transmission(NBDClient *client);
 /* Drain callbacks: readers stop dispatching while the export is drained. */
 void nbd_export_drained_begin(BlockExport *exp);
 void nbd_export_drained_end(BlockExport *exp);

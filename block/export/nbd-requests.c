@@ -692,7 +692,7 @@ static int coroutine_fn nbd_receive_request(NBDClient *client,
     return 0;
 }
 
-void coroutine_fn nbd_transmission(NBDClient *client)
+bool coroutine_fn nbd_transmission(NBDClient *client)
 {
     for (;;) {
         uint8_t hdr[NBD_REQUEST_SIZE];
@@ -703,11 +703,11 @@ void coroutine_fn nbd_transmission(NBDClient *client)
             co_queue_wait(&client->reader_wait, NULL);
         }
         if (client->closing) {
-            return;
+            return false;
         }
         ret = nbd_client_read(client, hdr, sizeof(hdr));
         if (ret <= 0 || nbd_get32(hdr) != NBD_REQUEST_MAGIC) {
-            return; /* end of stream, error, or garbage: hang up */
+            return false; /* end of stream, error, or garbage: hang up */
         }
         req = g_new0(NBDRequest, 1);
         req->client = client;
@@ -718,7 +718,7 @@ void coroutine_fn nbd_transmission(NBDClient *client)
         req->len = nbd_get32(hdr + 24);
         if (req->type == NBD_CMD_DISC) {
             g_free(req);
-            return; /* the caller waits for requests in flight */
+            return true; /* the caller answers requests in flight */
         }
         /*
          * Memory budget: a client that queues big reads and never reads
@@ -736,7 +736,7 @@ void coroutine_fn nbd_transmission(NBDClient *client)
         }
         if (client->closing) {
             g_free(req);
-            return;
+            return false;
         }
         ret = nbd_receive_request(client, req);
         /* While drained, hold the request back from the block layer. */
@@ -746,7 +746,7 @@ void coroutine_fn nbd_transmission(NBDClient *client)
         if (ret < 0 || client->closing) {
             nbd_buf_put(req->buf, req->len);
             g_free(req);
-            return;
+            return false;
         }
         client->nb_inflight++;
         client->inflight_bytes += req->cost;

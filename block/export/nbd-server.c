@@ -108,15 +108,24 @@ static void coroutine_fn nbd_client_session(void *opaque)
 {
     NBDClient *client = opaque;
     int ret = nbd_negotiate(client);
+    bool soft = false;
 
     if (ret > 0 && !client->closing) {
-        nbd_transmission(client);
+        soft = nbd_transmission(client);
     }
-    nbd_client_close(client);
+    /*
+     * NBD_CMD_DISC (a soft disconnect): outstanding requests are handled
+     * and answered before the socket closes.  Anything else: cut the
+     * connection now; running requests finish, their replies fail.
+     */
+    if (!soft) {
+        nbd_client_close(client);
+    }
     /* Requests still running hold pointers to us and to the export. */
     while (client->nb_inflight > 0) {
         co_queue_wait(&client->reader_wait, NULL);
     }
+    nbd_client_close(client);
     if (client->exp) {
         BlockExport *exp = client->exp;
 

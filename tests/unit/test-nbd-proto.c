@@ -505,6 +505,29 @@ static void test_pipelined(void **state)
     c_close(&c);
 }
 
+/* NBD_CMD_DISC after requests: they are answered, then the server
+ * hangs up. */
+static void test_disc_answers(void **state)
+{
+    Client c = c_connect(NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES);
+    uint8_t data[512];
+
+    c_go(&c, "slow");
+    for (unsigned i = 0; i < 4; i++) {
+        c_req(&c, NBD_CMD_READ, 0, i, 0, sizeof(data));
+    }
+    c_req(&c, NBD_CMD_DISC, 0, 99, 0, 0);
+    for (unsigned i = 0; i < 4; i++) {
+        uint8_t r[NBD_SIMPLE_REPLY_SIZE];
+
+        assert_true(c_recv(&c, r, sizeof(r)));
+        assert_int_equal(nbd_get32(r + 4), 0);
+        assert_true(c_recv(&c, data, sizeof(data)));
+    }
+    assert_true(c_closed(&c));
+    c_close(&c);
+}
+
 static void coroutine_fn del_co(void *opaque)
 {
     q_obj_block_export_del_arg arg = { .id = opaque };
@@ -719,6 +742,7 @@ int main(void)
         cmocka_unit_test(test_drain),
         cmocka_unit_test(test_pipelined),
         cmocka_unit_test(test_budget),
+        cmocka_unit_test(test_disc_answers),
         cmocka_unit_test(test_bitmap),
         cmocka_unit_test(test_delete_hard),
     };
