@@ -862,7 +862,7 @@ static int coroutine_fn cluster_op(BlockDriverState *bs, uint64_t offset,
                     for (uint64_t j = 0; j < nfreed; j++) {
                         qcow2_free_any_cluster(bs, freed[j]);
                     }
-                    if (op == OP_DISCARD && s->discard_passthrough) {
+                    if (op != OP_ZERO && s->discard_passthrough) {
                         pass_discards(bs, freed, nfreed);
                     }
                     nfreed = 0;
@@ -877,7 +877,7 @@ static int coroutine_fn cluster_op(BlockDriverState *bs, uint64_t offset,
         for (uint64_t j = 0; j < nfreed; j++) {
             qcow2_free_any_cluster(bs, freed[j]);
         }
-        if (op == OP_DISCARD && s->discard_passthrough) {
+        if (op != OP_ZERO && s->discard_passthrough) {
             pass_discards(bs, freed, nfreed);
         }
         offset += chunk;
