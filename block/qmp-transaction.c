@@ -23,6 +23,8 @@ static void backup_action_commit(void *opaque)
 {
     BlockJob *job = opaque;
     job_start(&job->job);
+    /* QEMU enters each job as it starts it */
+    backup_let_jobs_start();
 }
 
 static void backup_action_abort(void *opaque)
@@ -93,6 +95,13 @@ static int coroutine_fn snapshot_action(const BlockdevSnapshot *arg,
     BlockDriverState *old_bs = bdrv_lookup_bs(arg->node, arg->node, errp);
     if (!old_bs) {
         return -ENOENT;
+    }
+    const char *user = bdrv_backing_user(old_bs);
+    if (user) {
+        /* QEMU's op blocker on backing nodes */
+        error_setg(errp, "Node '%s' is busy: node is used as backing hd of "
+                         "'%s'", bdrv_get_node_name(old_bs), user);
+        return -EBUSY;
     }
     if (!bdrv_is_read_only(old_bs)) {
         int ret = bdrv_co_flush(old_bs);
@@ -228,9 +237,6 @@ void qmp_transaction(q_obj_transaction_arg *arg, GError **errp)
     /* Jobs start (commit) still drained, as in QEMU: they pause at their
      * first pause point until the drain ends. */
     tran_finalize(tran, ret);
-    if (ret == 0) {
-        backup_let_jobs_start();
-    }
     bdrv_drain_all_end();
     if (txn) {
         job_txn_unref(txn);

@@ -154,6 +154,14 @@ static void cbw_child_perm(BlockDriverState *bs, BdrvChild *c,
                            uint64_t *nperm, uint64_t *nshared)
 {
     BDRVCbwState *s = bs->opaque;
+    if (!s->active) {
+        /* Being taken out (drained): its edges must not stand in the way
+         * of the parents moving back onto the source, which may have
+         * another active filter among them. */
+        *nperm = 0;
+        *nshared = BLK_PERM_ALL;
+        return;
+    }
     if (!(role & BDRV_CHILD_FILTERED)) {
         /* target: we write it; others may read and write, not resize */
         *nperm = BLK_PERM_WRITE;
@@ -162,7 +170,7 @@ static void cbw_child_perm(BlockDriverState *bs, BdrvChild *c,
         return;
     }
     bdrv_filter_default_perms(bs, c, role, perm, shared, nperm, nshared);
-    if (s->active && !LIST_EMPTY(&bs->parents)) {
+    if (!LIST_EMPTY(&bs->parents)) {
         /* Writes that bypass the filter would not be copied first. */
         *nperm |= BLK_PERM_CONSISTENT_READ;
         *nshared &= ~(BLK_PERM_WRITE | BLK_PERM_RESIZE);

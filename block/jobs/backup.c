@@ -47,18 +47,24 @@ static bool backup_should_stop(void *opaque)
     return job_is_cancelled(&s->common.job);
 }
 
-static void coroutine_fn backup_before_chunk(void *opaque)
+static void coroutine_fn backup_pause_point(void *opaque)
 {
     BackupJob *s = opaque;
-    /* A pause point, and the wait the speed asks for.  Without a wait
-     * the next chunk starts at once, in the same loop iteration (a sleep
-     * of 0 would let other work in first, as QEMU's block-copy does
-     * not). */
-    if (ratelimit_delay(&s->common.limit, clock_ns()) > 0) {
-        block_job_ratelimit_sleep(&s->common);
-    } else {
-        job_pause_point(&s->common.job);
-    }
+    job_pause_point(&s->common.job);
+}
+
+/* Only when there is a chunk to copy does the speed make the job wait
+ * (a job whose last chunk is done finishes at once, as QEMU's). */
+static bool backup_must_wait(void *opaque)
+{
+    BackupJob *s = opaque;
+    return ratelimit_delay(&s->common.limit, clock_ns()) > 0;
+}
+
+static void coroutine_fn backup_wait(void *opaque)
+{
+    BackupJob *s = opaque;
+    block_job_ratelimit_sleep(&s->common);
 }
 
 static void backup_chunk_started(void *opaque, int64_t bytes)
@@ -70,7 +76,9 @@ static void backup_chunk_started(void *opaque, int64_t bytes)
 
 static const BlockCopyRunOps backup_run_ops = {
     .should_stop = backup_should_stop,
-    .before_chunk = backup_before_chunk,
+    .pause_point = backup_pause_point,
+    .must_wait = backup_must_wait,
+    .wait = backup_wait,
     .chunk_started = backup_chunk_started,
 };
 

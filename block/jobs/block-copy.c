@@ -445,8 +445,8 @@ int coroutine_fn block_copy_run(BlockCopyState *s, const BlockCopyRunOps *ops,
             run_wait(s);
             continue;
         }
-        if (ops->before_chunk) {
-            ops->before_chunk(opaque);
+        if (ops->pause_point) {
+            ops->pause_point(opaque);
             if (s->run_ret < 0 ||
                 (ops->should_stop && ops->should_stop(opaque))) {
                 break;
@@ -463,6 +463,13 @@ int coroutine_fn block_copy_run(BlockCopyState *s, const BlockCopyRunOps *ops,
             }
             /* an in-flight copy may fail and make its range dirty */
             run_wait(s);
+            continue;
+        }
+        if (ops->must_wait && ops->must_wait(opaque)) {
+            /* Do not hold the claim while sleeping: a guest write to it
+             * would wait for the rate limit. */
+            task_end(t, -EAGAIN);
+            ops->wait(opaque);
             continue;
         }
         cursor = t->offset + t->bytes;

@@ -87,10 +87,13 @@ typedef struct BlockCopyRunOps {
     /* Stop spawning (cancel): true ends the run with 0 after in-flight
      * chunks finished. */
     bool (*should_stop)(void *opaque);
-    /* Before each claim: pause point and the rate limit's wait, in the
-     * run's coroutine. */
-    void coroutine_fn (*before_chunk)(void *opaque);
-    /* A chunk of `bytes` was claimed and starts now (rate accounting). */
+    /* Between chunks, in the run's coroutine (the job's pause point). */
+    void coroutine_fn (*pause_point)(void *opaque);
+    /* A chunk is ready to start: true if the rate limit says to wait
+     * first (the chunk is given back, then `wait` runs). */
+    bool (*must_wait)(void *opaque);
+    void coroutine_fn (*wait)(void *opaque);
+    /* A chunk of `bytes` starts now (rate accounting). */
     void (*chunk_started)(void *opaque, int64_t bytes);
 } BlockCopyRunOps;
 
