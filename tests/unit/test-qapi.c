@@ -754,7 +754,8 @@ static void test_introspection(void **state)
     for (SchemaInfoList *l = schema; l; l = l->next) {
         ncmd += l->value->meta_type == SCHEMA_META_TYPE_COMMAND;
     }
-    assert_int_equal(ncmd, G_N_ELEMENTS(commands));
+    /* later issues add commands: the foundation's must all be there */
+    assert_true(ncmd >= G_N_ELEMENTS(commands));
     for (size_t i = 0; i < G_N_ELEMENTS(commands); i++) {
         const SchemaInfo *e = find_entry(schema, commands[i]);
         if (!e || e->meta_type != SCHEMA_META_TYPE_COMMAND) {
