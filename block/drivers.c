@@ -16,12 +16,14 @@ extern const BlockDriver bdrv_qcow2;
 extern const BlockDriver bdrv_blkdebug;
 extern const BlockDriver bdrv_add_cow;
 extern const BlockDriver bdrv_cbw;
+extern const BlockDriver bdrv_snapshot_access;
 
 static const BlockDriver *const driver_table[] = {
     &bdrv_file,     &bdrv_raw,   &bdrv_null_co,
     &bdrv_null_aio, &bdrv_qcow2, &bdrv_blkdebug,
     &bdrv_add_cow,
     &bdrv_cbw,
+    &bdrv_snapshot_access,
 };
 
 /* Drivers registered by unit tests; searched before the table so a test

@@ -18,14 +18,32 @@
 #include "block/drivers/copy-before-write.h"
 #include "util/error.h"
 
+#define ROUND_UP_CLUSTER(n, cs) (((n) + (cs) - 1) & ~((int64_t)(cs) - 1))
+
+/* A snapshot read of the source in flight: guest writes to its range wait
+ * until it is done. */
+typedef struct SnapshotRead {
+    int64_t offset, bytes;
+    CoQueue waiters;
+    LIST_ENTRY(SnapshotRead) next;
+} SnapshotRead;
+
 typedef struct BDRVCbwState {
     BdrvChild *target;
     BlockCopyState *bcs;
+    int64_t cluster_size;
+    /* Clusters whose old data is on the target (read them there). */
+    BdrvDirtyBitmap *done_bitmap;
+    /* Clusters the point-in-time view has (the to-copy set at open). */
+    BdrvDirtyBitmap *access_bitmap;
+    LIST_HEAD(, SnapshotRead) reads;
     OnCbwError on_cbw_error;
     uint32_t cbw_timeout_s; /* accepted; see do_cbw */
     int snapshot_error;     /* break-snapshot: the first copy failure */
     bool active;            /* false while being taken out of the graph */
 } BDRVCbwState;
+
+static void cbw_close(BlockDriverState *bs);
 
 static int coroutine_fn cbw_open(BlockDriverState *bs,
                                  const BlockdevOptions *opts, GError **errp)
@@ -84,12 +102,45 @@ static int coroutine_fn cbw_open(BlockDriverState *bs,
         /* only the clusters the bitmap marks are worth preserving */
         block_copy_set_dirty_from(s->bcs, bm);
     }
+
+    /* As QEMU: two anonymous disabled bitmaps on the filter node */
+    s->cluster_size = block_copy_cluster_size(s->bcs);
+    s->done_bitmap =
+        bdrv_create_dirty_bitmap(bs, (uint32_t)s->cluster_size, NULL, errp);
+    if (!s->done_bitmap) {
+        goto fail;
+    }
+    bdrv_disable_dirty_bitmap(s->done_bitmap);
+    s->access_bitmap =
+        bdrv_create_dirty_bitmap(bs, (uint32_t)s->cluster_size, NULL, errp);
+    if (!s->access_bitmap) {
+        goto fail;
+    }
+    bdrv_disable_dirty_bitmap(s->access_bitmap);
+    if (!bdrv_merge_dirty_bitmap(s->access_bitmap,
+                                 block_copy_dirty_bitmap(s->bcs), NULL,
+                                 errp)) {
+        goto fail;
+    }
+    LIST_INIT(&s->reads);
     return 0;
+
+fail:
+    cbw_close(bs);
+    return -EINVAL;
 }
 
 static void cbw_close(BlockDriverState *bs)
 {
     BDRVCbwState *s = bs->opaque;
+    if (s->access_bitmap) {
+        bdrv_release_dirty_bitmap(s->access_bitmap);
+        s->access_bitmap = NULL;
+    }
+    if (s->done_bitmap) {
+        bdrv_release_dirty_bitmap(s->done_bitmap);
+        s->done_bitmap = NULL;
+    }
     block_copy_state_free(s->bcs);
     s->bcs = NULL;
 }
@@ -103,11 +154,30 @@ static int coroutine_fn do_cbw(BlockDriverState *bs, int64_t offset,
         return 0;
     }
     int ret = block_copy(s->bcs, offset, bytes);
-    if (ret < 0 && s->on_cbw_error == ON_CBW_ERROR_BREAK_SNAPSHOT) {
-        s->snapshot_error = ret;
-        return 0;
+    if (ret < 0) {
+        if (s->on_cbw_error == ON_CBW_ERROR_BREAK_SNAPSHOT) {
+            s->snapshot_error = ret;
+            return 0;
+        }
+        return ret;
     }
-    return ret;
+    int64_t start = offset & ~(s->cluster_size - 1);
+    int64_t end = MIN(offset + bytes, bs->total_bytes);
+    bdrv_set_dirty_bitmap(s->done_bitmap, start, end - start);
+    /* readers of the old data on the source finish first */
+    for (;;) {
+        SnapshotRead *r, *busy = NULL;
+        LIST_FOREACH (r, &s->reads, next) {
+            if (r->offset < end && start < r->offset + r->bytes) {
+                busy = r;
+                break;
+            }
+        }
+        if (!busy) {
+            return 0;
+        }
+        co_queue_wait(&busy->waiters, NULL);
+    }
 }
 
 static int coroutine_fn cbw_co_pwritev(BlockDriverState *bs, int64_t offset,
@@ -222,6 +292,13 @@ BlockDriverState *coroutine_fn bdrv_cbw_append(BlockDriverState *source,
     o->target->type = QTYPE_QSTRING;
     o->target->u.reference = g_strdup(bdrv_get_node_name(target));
 
+    if (filter_node_name && bdrv_find_node(filter_node_name)) {
+        error_setg(errp,
+                   "Could not create node: Duplicate nodes with node-name='%s'",
+                   filter_node_name);
+        qapi_free_BlockdevOptions(opts);
+        return NULL;
+    }
     BlockDriverState *cbw = bdrv_co_open(opts, errp);
     qapi_free_BlockdevOptions(opts);
     if (!cbw) {
@@ -257,4 +334,100 @@ void bdrv_cbw_drop(BlockDriverState *cbw)
     bdrv_drained_end(cbw);
     bdrv_unref(cbw);
     bdrv_unref(cbw);
+}
+
+/* ---- the point-in-time view (snapshot-access) ---- */
+
+/* The run of clusters from offset with the same (access, done) state,
+ * cut to bytes. */
+static int64_t view_run(BDRVCbwState *s, int64_t offset, int64_t bytes,
+                        bool *access, bool *done)
+{
+    *access = bdrv_dirty_bitmap_get(s->access_bitmap, offset);
+    *done = bdrv_dirty_bitmap_get(s->done_bitmap, offset);
+    int64_t end = offset + bytes;
+    int64_t next = (offset & ~(s->cluster_size - 1)) + s->cluster_size;
+    while (next < end && bdrv_dirty_bitmap_get(s->access_bitmap, next) ==
+                             *access &&
+           bdrv_dirty_bitmap_get(s->done_bitmap, next) == *done) {
+        next += s->cluster_size;
+    }
+    return MIN(next, end) - offset;
+}
+
+int coroutine_fn bdrv_cbw_snapshot_preadv(BlockDriverState *cbw,
+                                          int64_t offset, int64_t bytes,
+                                          IOVector *qiov)
+{
+    if (!cbw || cbw->drv != &bdrv_cbw) {
+        return -ENOTSUP;
+    }
+    BDRVCbwState *s = cbw->opaque;
+    int64_t done_bytes = 0;
+
+    while (done_bytes < bytes) {
+        if (s->snapshot_error) {
+            return s->snapshot_error;
+        }
+        bool access, done;
+        int64_t n = view_run(s, offset + done_bytes, bytes - done_bytes,
+                             &access, &done);
+        if (!access) {
+            return -EACCES;
+        }
+        IOVector part;
+        qiov_init(&part, qiov->niov);
+        qiov_concat(&part, qiov, (size_t)done_bytes, (size_t)n);
+        int ret;
+        if (done) {
+            ret = bdrv_co_preadv(s->target, offset + done_bytes, n, &part, 0);
+        } else {
+            /* Hold off guest writes to this range until the read is
+             * done (they copy first, then wait for us). */
+            SnapshotRead r = {.offset = offset + done_bytes, .bytes = n};
+            co_queue_init(&r.waiters);
+            LIST_INSERT_HEAD(&s->reads, &r, next);
+            ret = bdrv_co_preadv(cbw->file, offset + done_bytes, n, &part, 0);
+            LIST_REMOVE(&r, next);
+            co_queue_restart_all(&r.waiters);
+        }
+        qiov_destroy(&part);
+        if (ret < 0) {
+            return ret;
+        }
+        done_bytes += n;
+    }
+    return 0;
+}
+
+int coroutine_fn bdrv_cbw_snapshot_pdiscard(BlockDriverState *cbw,
+                                            int64_t offset, int64_t bytes)
+{
+    if (!cbw || cbw->drv != &bdrv_cbw) {
+        return -ENOTSUP;
+    }
+    BDRVCbwState *s = cbw->opaque;
+    int64_t start = ROUND_UP_CLUSTER(offset, s->cluster_size);
+    int64_t end = offset + bytes >= cbw->total_bytes
+                      ? cbw->total_bytes
+                      : ((offset + bytes) & ~(s->cluster_size - 1));
+    if (end <= start) {
+        return 0;
+    }
+    bdrv_reset_dirty_bitmap(s->access_bitmap, start, end - start);
+    block_copy_reset(s->bcs, start, end - start);
+    return bdrv_co_pdiscard(s->target, start, end - start);
+}
+
+int coroutine_fn bdrv_cbw_snapshot_block_status(BlockDriverState *cbw,
+                                                int64_t offset, int64_t bytes,
+                                                int64_t *pnum)
+{
+    if (!cbw || cbw->drv != &bdrv_cbw) {
+        return -ENOTSUP;
+    }
+    BDRVCbwState *s = cbw->opaque;
+    bool access, done;
+    *pnum = view_run(s, offset, bytes, &access, &done);
+    return access ? BDRV_BLOCK_DATA | BDRV_BLOCK_ALLOCATED : 0;
 }

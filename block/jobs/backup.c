@@ -332,12 +332,22 @@ BlockJob *coroutine_fn backup_job_create_qmp(const BlockdevBackup *arg,
         error_setg(errp, "Source and target cannot be the same");
         return NULL;
     }
+    /* QEMU's op blocker: a job's target is not another backup's */
+    BlockJob *busy = block_job_find_by_node(target);
+    if (busy) {
+        error_setg(errp,
+                   "Node '%s' is busy: block device is in use by block job: "
+                   "%s",
+                   bdrv_get_node_name(target), job_type_str(&busy->job));
+        return NULL;
+    }
     if (compress && !(target->supported_write_flags &
                       BDRV_REQ_WRITE_COMPRESSED) &&
         !(bdrv_skip_filters(target)->supported_write_flags &
           BDRV_REQ_WRITE_COMPRESSED)) {
+        /* QEMU names the device, which a node without one has not */
         error_setg(errp, "Compression is not supported for this drive %s",
-                   bdrv_get_node_name(target));
+                   "");
         return NULL;
     }
     if (max_workers < 1 || max_workers > INT_MAX) {
@@ -347,10 +357,6 @@ BlockJob *coroutine_fn backup_job_create_qmp(const BlockdevBackup *arg,
     if (max_chunk < 0) {
         error_setg(errp, "max-chunk must be zero (which means no limit) or "
                          "positive");
-        return NULL;
-    }
-    if (speed < 0) {
-        error_setg(errp, "Invalid parameter 'speed'");
         return NULL;
     }
     if (bm) {

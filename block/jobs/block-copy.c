@@ -133,6 +133,16 @@ void block_copy_set_dirty_from(BlockCopyState *s, const BdrvDirtyBitmap *bm)
     }
 }
 
+BdrvDirtyBitmap *block_copy_dirty_bitmap(BlockCopyState *s)
+{
+    return s->dirty;
+}
+
+void block_copy_reset(BlockCopyState *s, int64_t offset, int64_t bytes)
+{
+    bdrv_reset_dirty_bitmap(s->dirty, offset, bytes);
+}
+
 void block_copy_clear_dirty(BlockCopyState *s)
 {
     bdrv_reset_dirty_bitmap(s->dirty, 0, s->len);

@@ -53,6 +53,10 @@ int64_t block_copy_dirty_bytes(const BlockCopyState *s);
 /* Replace the to-copy set by the dirty bits of `bm` (incremental and
  * bitmap sync), rounded out to clusters. */
 void block_copy_set_dirty_from(BlockCopyState *s, const BdrvDirtyBitmap *bm);
+/* The to-copy set itself (an anonymous disabled bitmap on the source). */
+BdrvDirtyBitmap *block_copy_dirty_bitmap(BlockCopyState *s);
+/* Nothing more to copy in [offset, offset+bytes) (snapshot discard). */
+void block_copy_reset(BlockCopyState *s, int64_t offset, int64_t bytes);
 /* Nothing to copy (sync=none: only what guest writes touch). */
 void block_copy_clear_dirty(BlockCopyState *s);
 /* Is [offset, offset+bytes) all copied (or not to be copied)? */
