@@ -13,6 +13,7 @@ filesystem-dependent sizes are replaced by fixed words.
 import atexit
 import json
 import os
+import time
 import re
 import shutil
 import subprocess
@@ -225,7 +226,22 @@ def qmp_log(d_or_client, name, args=None, /, filters=(), indent=None, **kwargs):
         req['arguments'] = arguments
     log(req, filters)
     reply = c.cmd(name, arguments)
+    if name == 'block-export-del':
+        reply = _retry_export_del(c, arguments, reply)
     log(reply, filters, indent=indent)
+    return reply
+
+
+def _retry_export_del(c, arguments, reply, timeout=10.0):
+    # A client program that just exited may not have been seen to
+    # disconnect yet (both daemons answer "still in use" until then):
+    # give the server a moment, as a script that knows its clients are
+    # gone would.
+    deadline = time.monotonic() + timeout
+    while ('still in use' in reply.get('error', {}).get('desc', '')
+           and time.monotonic() < deadline):
+        time.sleep(0.05)
+        reply = c.cmd('block-export-del', arguments)
     return reply
 
 
