@@ -164,9 +164,12 @@ Qcow2BitmapEntry *qcow2_bitmap_dir_parse(const uint8_t *buf, size_t len,
         }
         if (b->table_offset % cluster_size || b->table_offset == 0 ||
             b->table_size > QCOW2_BME_MAX_TABLE_SIZE ||
-            b->table_size != qcow2_bitmap_table_entries(
-                                 virtual_size, b->granularity_bits,
-                                 cluster_size)) {
+            (!(b->flags & QCOW2_BME_FLAG_IN_USE) &&
+             b->table_size != qcow2_bitmap_table_entries(
+                                  virtual_size, b->granularity_bits,
+                                  cluster_size))) {
+            /* An in-use entry may predate a resize of the image that was
+             * never stored (crash): it loads inconsistent, data unread. */
             error_setg(errp, "Bitmap '%s' has an invalid bitmap table",
                        b->name);
             goto fail;
@@ -247,20 +250,47 @@ static int coroutine_fn load_bitmap(BlockDriverState *bs, BDRVQcow2State *s,
     return 0;
 }
 
-int coroutine_fn qcow2_bitmaps_load_readonly(BlockDriverState *bs,
-                                             GError **errp)
+/* ---- the directory as it is on disk ---- */
+
+/* The image's bitmaps extension and directory, parsed, with each entry's
+ * raw bytes (entries kept as they are are copied verbatim). */
+typedef struct Dir {
+    Qcow2BitmapExt ext; /* nb_bitmaps 0: no (valid) extension */
+    uint8_t *raw;
+    Qcow2BitmapEntry *e;
+    size_t *off, *len; /* each entry's place in raw */
+} Dir;
+
+static void dir_free(Dir *d)
 {
-    BDRVQcow2State *s = bs->opaque;
+    qcow2_bitmap_dir_free(d->e, d->ext.nb_bitmaps);
+    g_free(d->raw);
+    g_free(d->off);
+    g_free(d->len);
+    memset(d, 0, sizeof(*d));
+}
+
+/* The bitmaps extension the image vouches for (autoclear bit set), or
+ * NULL.  A stale one (bit clear) is metadata of nobody. */
+static Qcow2Extension *find_ext(BDRVQcow2State *s)
+{
     if (!(s->autoclear & QCOW2_AUTOCLEAR_BITMAPS) || !s->extensions) {
-        return 0;
+        return NULL;
     }
-    const Qcow2Extension *x = NULL;
     for (guint i = 0; i < s->extensions->len; i++) {
-        const Qcow2Extension *e = g_ptr_array_index(s->extensions, i);
+        Qcow2Extension *e = g_ptr_array_index(s->extensions, i);
         if (e->type == QCOW2_EXT_BITMAPS) {
-            x = e;
+            return e;
         }
     }
+    return NULL;
+}
+
+static int coroutine_fn dir_read(BlockDriverState *bs, Dir *d, GError **errp)
+{
+    BDRVQcow2State *s = bs->opaque;
+    memset(d, 0, sizeof(*d));
+    const Qcow2Extension *x = find_ext(s);
     if (!x) {
         return 0;
     }
@@ -269,44 +299,563 @@ int coroutine_fn qcow2_bitmaps_load_readonly(BlockDriverState *bs,
                                 errp)) {
         return -EINVAL;
     }
-    g_autofree uint8_t *dir = g_malloc(MAX(ext.dir_size, 1));
+    d->raw = g_malloc(MAX(ext.dir_size, 1));
     int ret = bdrv_co_pread(bs->file, (int64_t)ext.dir_offset,
-                            (int64_t)ext.dir_size, dir, 0);
+                            (int64_t)ext.dir_size, d->raw, 0);
     if (ret < 0) {
         error_setg_errno(errp, -ret, "Could not read bitmap directory");
+        dir_free(d);
         return ret;
     }
-    Qcow2BitmapEntry *e =
-        qcow2_bitmap_dir_parse(dir, ext.dir_size, ext.nb_bitmaps,
-                               s->cluster_size, (int64_t)s->size, errp);
-    if (!e) {
+    d->e = qcow2_bitmap_dir_parse(d->raw, ext.dir_size, ext.nb_bitmaps,
+                                  s->cluster_size, (int64_t)s->size, errp);
+    if (!d->e) {
+        dir_free(d);
         return -EINVAL;
     }
+    d->ext = ext;
+    d->off = g_new(size_t, ext.nb_bitmaps);
+    d->len = g_new(size_t, ext.nb_bitmaps);
+    size_t pos = 0;
     for (uint32_t i = 0; i < ext.nb_bitmaps; i++) {
+        /* parse checked every size already */
+        const uint8_t *p = d->raw + pos;
+        size_t n = ((size_t)ENTRY_FIXED + rd32(p + 20) + rd16(p + 18) + 7) &
+                   ~(size_t)7;
+        d->off[i] = pos;
+        d->len[i] = n;
+        pos += n;
+    }
+    return 0;
+}
+
+static int dir_find(const Dir *d, const char *name)
+{
+    for (uint32_t i = 0; i < d->ext.nb_bitmaps; i++) {
+        if (!strcmp(d->e[i].name, name)) {
+            return (int)i;
+        }
+    }
+    return -1;
+}
+
+static size_t entry_size(size_t name_len)
+{
+    return (ENTRY_FIXED + name_len + 7) & ~(size_t)7;
+}
+
+static void put_entry(GByteArray *out, uint64_t table_offset,
+                      uint32_t table_size, uint32_t flags, uint8_t gran_bits,
+                      const char *name)
+{
+    size_t nl = strlen(name), n = entry_size(nl);
+    uint8_t *p = g_malloc0(n);
+    qcow2_put_be64(p, table_offset);
+    qcow2_put_be32(p + 8, table_size);
+    qcow2_put_be32(p + 12, flags);
+    p[16] = 1; /* type: dirty tracking bitmap */
+    p[17] = gran_bits;
+    qcow2_put_be16(p + 18, (uint16_t)nl);
+    qcow2_put_be32(p + 20, 0); /* no extra data */
+    memcpy(p + ENTRY_FIXED, name, nl);
+    g_byte_array_append(out, p, (guint)n);
+    g_free(p);
+}
+
+/* Host ranges to give back once the image no longer points at them. */
+typedef struct FreeList {
+    GArray *r; /* pairs of uint64_t: offset, size */
+} FreeList;
+
+static void free_add(FreeList *f, uint64_t off, uint64_t size)
+{
+    if (!f->r) {
+        f->r = g_array_new(FALSE, FALSE, sizeof(uint64_t));
+    }
+    g_array_append_val(f->r, off);
+    g_array_append_val(f->r, size);
+}
+
+/* Collect an on-disk bitmap's table and data clusters.  A table that
+ * cannot be read or holds bad entries leaks instead (never free what
+ * might be someone else's cluster). */
+static void coroutine_fn free_add_bitmap(BlockDriverState *bs,
+                                         const Qcow2BitmapEntry *b,
+                                         FreeList *f)
+{
+    BDRVQcow2State *s = bs->opaque;
+    size_t tbytes = (size_t)b->table_size * 8;
+    g_autofree uint8_t *table = g_malloc(MAX(tbytes, 1));
+    if (bdrv_co_pread(bs->file, (int64_t)b->table_offset, (int64_t)tbytes,
+                      table, 0) < 0) {
+        return;
+    }
+    for (uint32_t i = 0; i < b->table_size; i++) {
+        uint64_t ent = rd64(table + (size_t)i * 8);
+        uint64_t off = ent & BME_TABLE_OFFSET;
+        if ((ent & BME_TABLE_RESERVED) || (off && (ent & 1)) ||
+            off % s->cluster_size) {
+            return;
+        }
+    }
+    for (uint32_t i = 0; i < b->table_size; i++) {
+        uint64_t off = rd64(table + (size_t)i * 8) & BME_TABLE_OFFSET;
+        if (off) {
+            free_add(f, off, s->cluster_size);
+        }
+    }
+    free_add(f, b->table_offset, ROUND_UP(MAX(tbytes, 1), s->cluster_size));
+}
+
+static void coroutine_fn free_run(BlockDriverState *bs, FreeList *f)
+{
+    if (!f->r) {
+        return;
+    }
+    for (guint i = 0; i + 1 < f->r->len; i += 2) {
+        qcow2_free_clusters(bs, g_array_index(f->r, uint64_t, i),
+                            g_array_index(f->r, uint64_t, i + 1));
+    }
+    g_array_free(f->r, TRUE);
+    f->r = NULL;
+}
+
+/*
+ * Point the header at a new directory (nb 0: no bitmaps, the extension
+ * and the autoclear bit go) and write it.  The directory must be on disk
+ * and flushed already: after this write, the image is its bitmaps.
+ */
+static int coroutine_fn set_ext(BlockDriverState *bs, uint32_t nb,
+                                uint64_t dir_size, uint64_t dir_offset)
+{
+    BDRVQcow2State *s = bs->opaque;
+    if (!s->extensions) {
+        s->extensions = g_ptr_array_new();
+    }
+    Qcow2Extension *x = NULL;
+    for (guint i = 0; i < s->extensions->len; i++) {
+        Qcow2Extension *e = g_ptr_array_index(s->extensions, i);
+        if (e->type == QCOW2_EXT_BITMAPS) {
+            if (!nb) {
+                g_free(e->data);
+                g_free(e);
+                g_ptr_array_remove_index(s->extensions, i);
+                break;
+            }
+            x = e;
+        }
+    }
+    if (nb) {
+        if (!x) {
+            x = g_new0(Qcow2Extension, 1);
+            x->type = QCOW2_EXT_BITMAPS;
+            g_ptr_array_add(s->extensions, x);
+        }
+        g_free(x->data);
+        x->len = 24;
+        x->data = g_malloc0(24);
+        qcow2_put_be32(x->data, nb);
+        qcow2_put_be64(x->data + 8, dir_size);
+        qcow2_put_be64(x->data + 16, dir_offset);
+        s->autoclear |= QCOW2_AUTOCLEAR_BITMAPS;
+    } else {
+        s->autoclear &= ~QCOW2_AUTOCLEAR_BITMAPS;
+    }
+    s->bitmap_dir_offset = nb ? dir_offset : 0;
+    s->bitmap_dir_size = nb ? dir_size : 0;
+    return qcow2_update_header(bs);
+}
+
+/* Write a new directory to fresh clusters and switch the header to it;
+ * the old directory's clusters are queued on f. */
+static int coroutine_fn replace_dir(BlockDriverState *bs, const Dir *old,
+                                    GByteArray *dir, uint32_t nb,
+                                    FreeList *f, GError **errp)
+{
+    BDRVQcow2State *s = bs->opaque;
+    int64_t off = 0;
+    int ret;
+    if (nb) {
+        off = qcow2_alloc_clusters(bs, dir->len);
+        if (off < 0) {
+            error_setg_errno(errp, (int)-off,
+                             "Could not allocate the bitmap directory");
+            return (int)off;
+        }
+        /* the refcounts of every new cluster before anything points at
+         * them */
+        ret = qcow2_cache_flush(bs, s->rc_cache);
+        if (ret == 0) {
+            ret = bdrv_co_pwrite(bs->file, off, dir->len, dir->data, 0);
+        }
+        if (ret == 0) {
+            ret = bdrv_co_flush(bs->file->bs);
+        }
+        if (ret < 0) {
+            error_setg_errno(errp, -ret,
+                             "Could not write the bitmap directory");
+            qcow2_free_clusters(bs, (uint64_t)off, dir->len);
+            return ret;
+        }
+    }
+    ret = set_ext(bs, nb, nb ? dir->len : 0, (uint64_t)off);
+    if (ret < 0) {
+        error_setg_errno(errp, -ret, "Could not update the qcow2 header");
+        return ret;
+    }
+    if (old->ext.nb_bitmaps) {
+        free_add(f, old->ext.dir_offset,
+                 ROUND_UP(MAX(old->ext.dir_size, 1), s->cluster_size));
+    }
+    return 0;
+}
+
+/* ---- loading ---- */
+
+int coroutine_fn qcow2_bitmaps_load(BlockDriverState *bs, GError **errp)
+{
+    BDRVQcow2State *s = bs->opaque;
+    Dir d;
+    int ret = dir_read(bs, &d, errp);
+    if (ret < 0 || !d.ext.nb_bitmaps) {
+        return ret;
+    }
+    bool mark = false;
+    for (uint32_t i = 0; i < d.ext.nb_bitmaps; i++) {
+        Qcow2BitmapEntry *b = &d.e[i];
         BdrvDirtyBitmap *bm = bdrv_create_dirty_bitmap(
-            bs, UINT32_C(1) << e[i].granularity_bits, e[i].name, errp);
+            bs, UINT32_C(1) << b->granularity_bits, b->name, errp);
         if (!bm) {
             ret = -EINVAL;
             break;
         }
         bdrv_dirty_bitmap_set_persistence(bm, true);
-        bdrv_dirty_bitmap_set_readonly(bm, true);
-        if (e[i].flags & QCOW2_BME_FLAG_IN_USE) {
+        if (!s->writable) {
+            bdrv_dirty_bitmap_set_readonly(bm, true);
+        }
+        if (b->flags & QCOW2_BME_FLAG_IN_USE) {
             /* not closed cleanly: it may have missed writes */
             bdrv_dirty_bitmap_set_inconsistent(bm);
             continue;
         }
-        if (!(e[i].flags & QCOW2_BME_FLAG_AUTO)) {
+        if (!(b->flags & QCOW2_BME_FLAG_AUTO)) {
             bdrv_disable_dirty_bitmap(bm);
         }
-        ret = load_bitmap(bs, s, &e[i], bm, errp);
+        ret = load_bitmap(bs, s, b, bm, errp);
         if (ret < 0) {
             break;
         }
+        if (s->writable) {
+            /* in use from now on: the flag goes before any write */
+            uint8_t *fl = d.raw + d.off[i] + 12;
+            qcow2_put_be32(fl, rd32(fl) | QCOW2_BME_FLAG_IN_USE);
+            mark = true;
+        }
     }
-    qcow2_bitmap_dir_free(e, ext.nb_bitmaps);
+    if (ret == 0 && mark) {
+        /* Only flags change: the directory is rewritten in place. */
+        ret = bdrv_co_pwrite(bs->file, (int64_t)d.ext.dir_offset,
+                             (int64_t)d.ext.dir_size, d.raw, 0);
+        if (ret == 0) {
+            ret = bdrv_co_flush(bs->file->bs);
+        }
+        if (ret < 0) {
+            error_setg_errno(errp, -ret, "Can't update bitmap directory");
+        }
+    }
+    dir_free(&d);
     if (ret < 0) {
         bdrv_release_all_dirty_bitmaps(bs);
     }
     return ret < 0 ? ret : 0;
+}
+
+/* ---- storing ---- */
+
+/* Write bm's data clusters (all-zero ones stay entry 0) and its table.
+ * New clusters are queued on `fresh` so a failure can give them back. */
+static int coroutine_fn store_bitmap(BlockDriverState *bs,
+                                     BdrvDirtyBitmap *bm, uint32_t *tsize,
+                                     uint64_t *toff, FreeList *fresh,
+                                     GError **errp)
+{
+    BDRVQcow2State *s = bs->opaque;
+    uint32_t gran = bdrv_dirty_bitmap_granularity(bm);
+    uint8_t gbits = (uint8_t)g_bit_nth_lsf(gran, -1);
+    uint64_t n = qcow2_bitmap_table_entries((int64_t)s->size, gbits,
+                                            s->cluster_size);
+    uint64_t granules = (s->size + gran - 1) >> gbits;
+    uint64_t per_cluster = s->cluster_size * 8;
+    size_t tbytes = (size_t)n * 8;
+    g_autofree uint8_t *table = g_malloc0(MAX(tbytes, 1));
+    g_autofree uint8_t *buf = g_malloc(s->cluster_size);
+    int ret;
+    for (uint64_t i = 0; i < n; i++) {
+        uint64_t first = i * per_cluster;
+        uint64_t count = MIN(per_cluster, granules - first);
+        if (bdrv_dirty_bitmap_next_dirty(bm, (int64_t)(first << gbits),
+                                         (int64_t)(count << gbits)) < 0) {
+            continue; /* all zeroes: entry 0, no cluster */
+        }
+        memset(buf, 0, s->cluster_size);
+        bdrv_dirty_bitmap_serialize(bm, first, count, buf);
+        int64_t off = qcow2_alloc_clusters(bs, s->cluster_size);
+        if (off < 0) {
+            error_setg_errno(errp, (int)-off, "Could not allocate bitmap "
+                                              "cluster");
+            return (int)off;
+        }
+        free_add(fresh, (uint64_t)off, s->cluster_size);
+        ret = bdrv_co_pwrite(bs->file, off, (int64_t)s->cluster_size, buf, 0);
+        if (ret < 0) {
+            error_setg_errno(errp, -ret, "Could not write bitmap data");
+            return ret;
+        }
+        qcow2_put_be64(table + i * 8, (uint64_t)off);
+    }
+    int64_t off = qcow2_alloc_clusters(bs, MAX(tbytes, 1));
+    if (off < 0) {
+        error_setg_errno(errp, (int)-off, "Could not allocate bitmap table");
+        return (int)off;
+    }
+    free_add(fresh, (uint64_t)off, ROUND_UP(MAX(tbytes, 1), s->cluster_size));
+    ret = bdrv_co_pwrite(bs->file, off, (int64_t)tbytes, table, 0);
+    if (ret < 0) {
+        error_setg_errno(errp, -ret, "Could not write bitmap table");
+        return ret;
+    }
+    *tsize = (uint32_t)n;
+    *toff = (uint64_t)off;
+    return 0;
+}
+
+static bool storable(BdrvDirtyBitmap *bm)
+{
+    return bdrv_dirty_bitmap_persistent(bm) && bdrv_dirty_bitmap_name(bm) &&
+           !bdrv_dirty_bitmap_inconsistent(bm) &&
+           !bdrv_dirty_bitmap_readonly(bm);
+}
+
+int coroutine_fn qcow2_bitmaps_store(BlockDriverState *bs, GError **errp)
+{
+    BDRVQcow2State *s = bs->opaque;
+    if (!s->writable || s->corrupt_fatal || s->version < 3) {
+        return 0;
+    }
+    bool any = false;
+    for (GList *l = bs->dirty_bitmaps; l; l = l->next) {
+        any |= storable(l->data);
+    }
+    if (!any && !find_ext(s)) {
+        return 0;
+    }
+    co_mutex_lock(&s->lock);
+    Dir d;
+    FreeList old = { 0 }, fresh = { 0 };
+    GByteArray *dir = g_byte_array_new();
+    uint32_t nb = 0;
+    int ret = dir_read(bs, &d, errp);
+    if (ret < 0) {
+        goto out;
+    }
+    /* Old entries keep their place: rewritten if their bitmap is in memory
+     * and consistent, else verbatim (an inconsistent one stays in use). */
+    for (uint32_t i = 0; i < d.ext.nb_bitmaps; i++) {
+        BdrvDirtyBitmap *bm = bdrv_find_dirty_bitmap(bs, d.e[i].name);
+        if (bm && storable(bm)) {
+            uint32_t tsize;
+            uint64_t toff;
+            ret = store_bitmap(bs, bm, &tsize, &toff, &fresh, errp);
+            if (ret < 0) {
+                goto out;
+            }
+            put_entry(dir, toff, tsize,
+                      bdrv_dirty_bitmap_enabled(bm) ? QCOW2_BME_FLAG_AUTO : 0,
+                      d.e[i].granularity_bits, d.e[i].name);
+            free_add_bitmap(bs, &d.e[i], &old);
+        } else {
+            g_byte_array_append(dir, d.raw + d.off[i], (guint)d.len[i]);
+        }
+        nb++;
+    }
+    /* New bitmaps after them, oldest first (the list is newest first). */
+    for (GList *l = g_list_last(bs->dirty_bitmaps); l; l = l->prev) {
+        BdrvDirtyBitmap *bm = l->data;
+        if (!storable(bm) || dir_find(&d, bdrv_dirty_bitmap_name(bm)) >= 0) {
+            continue;
+        }
+        uint32_t tsize;
+        uint64_t toff;
+        ret = store_bitmap(bs, bm, &tsize, &toff, &fresh, errp);
+        if (ret < 0) {
+            goto out;
+        }
+        put_entry(dir, toff, tsize,
+                  bdrv_dirty_bitmap_enabled(bm) ? QCOW2_BME_FLAG_AUTO : 0,
+                  (uint8_t)g_bit_nth_lsf(bdrv_dirty_bitmap_granularity(bm),
+                                         -1),
+                  bdrv_dirty_bitmap_name(bm));
+        nb++;
+    }
+    /* data and tables must be on disk before the directory names them */
+    ret = bdrv_co_flush(bs->file->bs);
+    if (ret < 0) {
+        error_setg_errno(errp, -ret, "Could not flush bitmap data");
+        goto out;
+    }
+    ret = replace_dir(bs, &d, dir, nb, &old, errp);
+    if (ret < 0) {
+        goto out;
+    }
+    if (fresh.r) { /* the image owns them now */
+        g_array_free(fresh.r, TRUE);
+        fresh.r = NULL;
+    }
+    free_run(bs, &old);
+    ret = qcow2_cache_flush(bs, s->rc_cache);
+    if (ret < 0) {
+        error_setg_errno(errp, -ret, "Could not flush refcounts");
+    }
+out:
+    if (fresh.r) {
+        free_run(bs, &fresh); /* never referenced: give them back */
+    }
+    if (old.r) {
+        g_array_free(old.r, TRUE); /* still referenced: keep */
+    }
+    g_byte_array_unref(dir);
+    dir_free(&d);
+    co_mutex_unlock(&s->lock);
+    return ret;
+}
+
+/* ---- adding and removing ---- */
+
+bool coroutine_fn qcow2_co_can_store_new_dirty_bitmap(BlockDriverState *bs,
+                                                      const char *name,
+                                                      uint32_t granularity,
+                                                      GError **errp)
+{
+    BDRVQcow2State *s = bs->opaque;
+    GError *err = NULL;
+    int gbits = g_bit_nth_lsf(granularity, -1);
+    uint64_t len = s->size;
+    Dir d = { 0 };
+    if (s->version < 3) {
+        error_setg(&err, "Cannot store dirty bitmaps in qcow2 v2 files");
+        goto fail;
+    }
+    if (gbits > QCOW2_BME_MAX_GRANULARITY_BITS) {
+        error_setg(&err, "Granularity exceeds maximum (%llu bytes)",
+                   1ULL << QCOW2_BME_MAX_GRANULARITY_BITS);
+        goto fail;
+    }
+    if (gbits < QCOW2_BME_MIN_GRANULARITY_BITS) {
+        error_setg(&err, "Granularity is under minimum (%llu bytes)",
+                   1ULL << QCOW2_BME_MIN_GRANULARITY_BITS);
+        goto fail;
+    }
+    /* 512 MiB of bitmap at most, in at most the table limit of clusters */
+    if ((len >> gbits) > (UINT64_C(0x20000000) * 8) ||
+        (len >> gbits) > (uint64_t)QCOW2_BME_MAX_TABLE_SIZE *
+                              s->cluster_size * 8) {
+        error_setg(&err, "Too much space will be occupied by the bitmap. "
+                         "Use larger granularity");
+        goto fail;
+    }
+    if (strlen(name) > QCOW2_BME_MAX_NAME_SIZE) {
+        error_setg(&err, "Name length exceeds maximum (%u characters)",
+                   QCOW2_BME_MAX_NAME_SIZE);
+        goto fail;
+    }
+    co_mutex_lock(&s->lock);
+    int ret = dir_read(bs, &d, &err);
+    co_mutex_unlock(&s->lock);
+    if (ret < 0) {
+        goto fail;
+    }
+    if (d.ext.nb_bitmaps >= QCOW2_MAX_BITMAPS) {
+        error_setg(&err,
+                   "Maximum number of persistent bitmaps is already reached");
+        goto fail;
+    }
+    if (d.ext.dir_size + entry_size(strlen(name)) >
+        QCOW2_MAX_BITMAP_DIRECTORY_SIZE) {
+        error_setg(&err, "Not enough space in the bitmap directory");
+        goto fail;
+    }
+    if (dir_find(&d, name) >= 0) {
+        error_setg(&err, "Bitmap with the same name is already stored");
+        goto fail;
+    }
+    dir_free(&d);
+    return true;
+fail:
+    dir_free(&d);
+    error_prepend(&err, "Can't make bitmap '%s' persistent in '%s': ", name,
+                  bs->node_name);
+    g_propagate_error(errp, err);
+    return false;
+}
+
+int coroutine_fn qcow2_co_remove_persistent_dirty_bitmap(BlockDriverState *bs,
+                                                         const char *name,
+                                                         GError **errp)
+{
+    BDRVQcow2State *s = bs->opaque;
+    if (!s->writable) {
+        error_setg(errp, "Can't remove bitmap '%s' from '%s': the image is "
+                         "read-only", name, bs->node_name);
+        return -EACCES;
+    }
+    co_mutex_lock(&s->lock);
+    Dir d;
+    FreeList old = { 0 };
+    GByteArray *dir = g_byte_array_new();
+    int ret = dir_read(bs, &d, errp);
+    int idx = ret < 0 ? -1 : dir_find(&d, name);
+    if (idx >= 0) {
+        /* not stored yet (added since open): nothing on disk */
+        uint32_t nb = 0;
+        for (uint32_t i = 0; i < d.ext.nb_bitmaps; i++) {
+            if ((int)i != idx) {
+                g_byte_array_append(dir, d.raw + d.off[i], (guint)d.len[i]);
+                nb++;
+            }
+        }
+        free_add_bitmap(bs, &d.e[idx], &old);
+        ret = replace_dir(bs, &d, dir, nb, &old, errp);
+        if (ret == 0) {
+            free_run(bs, &old);
+            ret = qcow2_cache_flush(bs, s->rc_cache);
+            if (ret < 0) {
+                error_setg_errno(errp, -ret, "Could not flush refcounts");
+            }
+        }
+    }
+    if (old.r) {
+        g_array_free(old.r, TRUE);
+    }
+    g_byte_array_unref(dir);
+    dir_free(&d);
+    co_mutex_unlock(&s->lock);
+    if (ret < 0) {
+        g_prefix_error(errp, "Failed to remove bitmap '%s' from '%s': ",
+                       name, bs->node_name);
+    }
+    return ret < 0 ? ret : 0;
+}
+
+/* ---- resize ---- */
+
+int qcow2_bitmaps_truncate_check(BlockDriverState *bs, GError **errp)
+{
+    for (GList *l = bs->dirty_bitmaps; l; l = l->next) {
+        BdrvDirtyBitmap *bm = l->data;
+        if (bdrv_dirty_bitmap_persistent(bm) &&
+            bdrv_dirty_bitmap_check(bm, BDRV_BITMAP_DEFAULT, errp)) {
+            return -ENOTSUP;
+        }
+    }
+    return 0;
 }

@@ -3,13 +3,11 @@
  * spec): parsing the extension and the bitmap directory, and loading the
  * bitmaps of an image opened read-only.
  *
- * Done: the parsers (pure functions over untrusted bytes, with the spec's
- * and QEMU's limits; unit test and fuzz target) and read-only loading
- * (bitmaps readonly and persistent; an in-use one inconsistent with no
- * data read).  Not done yet: images opened writable (marking in-use,
- * storing on close/flush, resize, removal from the image), which needs
- * cluster allocation in the qcow2 driver; such opens still drop the
- * bitmaps by clearing the autoclear bit, as a bitmap-unaware QEMU would.
+ * The parsers are pure functions over untrusted bytes, with the spec's and
+ * QEMU's limits (unit test and fuzz target).  Read-only opens load the
+ * bitmaps readonly; writable opens mark them in use on disk and store
+ * them back on clean close.  As in QEMU, bitmaps are not stored on flush:
+ * a daemon killed after a flush leaves them in use (inconsistent).
  */
 #ifndef BLOCK_DRIVERS_QCOW2_BITMAP_H
 #define BLOCK_DRIVERS_QCOW2_BITMAP_H
@@ -70,9 +68,33 @@ uint64_t qcow2_bitmap_table_entries(int64_t virtual_size,
                                     uint8_t granularity_bits,
                                     uint64_t cluster_size);
 
-/* Create the dirty bitmaps stored in a qcow2 node opened read-only (its
- * driver state must be open).  No-op without a valid bitmaps extension. */
-int coroutine_fn qcow2_bitmaps_load_readonly(BlockDriverState *bs,
-                                             GError **errp);
+/*
+ * Open: create the node's stored bitmaps (its driver state must be open).
+ * Read-only image: readonly bitmaps.  Writable: each bitmap that was
+ * stored cleanly is loaded and marked in-use on disk (directory rewritten
+ * and flushed) before this returns, so before any write.  An entry
+ * already in use loads inconsistent (no data read) and stays as it is on
+ * disk until removed.  No-op without a valid bitmaps extension.
+ */
+int coroutine_fn qcow2_bitmaps_load(BlockDriverState *bs, GError **errp);
+/*
+ * Clean close: write every persistent, consistent bitmap (data clusters,
+ * table, a new directory without in-use, then the header, then free the
+ * old clusters).  A crash at any point leaves an openable image: the old
+ * directory (bitmaps in use: inconsistent) or the new one; at worst
+ * clusters leak.
+ */
+int coroutine_fn qcow2_bitmaps_store(BlockDriverState *bs, GError **errp);
+/* BlockDriver hooks (QEMU's checks and messages). */
+bool coroutine_fn qcow2_co_can_store_new_dirty_bitmap(BlockDriverState *bs,
+                                                      const char *name,
+                                                      uint32_t granularity,
+                                                      GError **errp);
+int coroutine_fn qcow2_co_remove_persistent_dirty_bitmap(BlockDriverState *bs,
+                                                         const char *name,
+                                                         GError **errp);
+/* Before a resize: every persistent bitmap must be resizable (not
+ * inconsistent, busy or readonly).  -ENOTSUP with the error otherwise. */
+int qcow2_bitmaps_truncate_check(BlockDriverState *bs, GError **errp);
 
 #endif

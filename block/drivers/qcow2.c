@@ -945,9 +945,11 @@ static int coroutine_fn qcow2_do_open(BlockDriverState *bs,
     s->fresh_start = ROUND_UP((uint64_t)flen, s->cluster_size);
     s->writable = want_write;
 
+    bool rebuilt = false;
     if (want_write && (s->incompat & QCOW2_INCOMPAT_DIRTY)) {
         /* Closed uncleanly with lazy refcounts: the refcounts on disk
          * cannot be trusted.  Recount from the L1/L2 tables first. */
+        rebuilt = true;
         ret = qcow2_rebuild_refcounts(bs, errp);
         if (ret < 0) {
             error_prepend(errp, "qcow2: image is dirty (lazy refcounts): ");
@@ -961,9 +963,12 @@ static int coroutine_fn qcow2_do_open(BlockDriverState *bs,
         }
     }
 
-    if (want_write && s->autoclear) {
-        /* We do not maintain what the autoclear bits vouch for. */
-        s->autoclear = 0;
+    /* We maintain the bitmaps (qcow2-bitmap.c), nothing else the
+     * autoclear bits vouch for.  A refcount rebuild does not count bitmap
+     * clusters, so it drops the bitmaps too. */
+    uint64_t keep = rebuilt ? 0 : QCOW2_AUTOCLEAR_BITMAPS;
+    if (want_write && (s->autoclear & ~keep)) {
+        s->autoclear &= keep;
         if (s->version >= 3) {
             ret = qcow2_update_header(bs);
             if (ret < 0) {
@@ -1010,14 +1015,12 @@ static int coroutine_fn qcow2_open(BlockDriverState *bs,
         return ret;
     }
     bs->total_bytes = (int64_t)s->size;
-    if (!s->writable) {
-        /* Persistent dirty bitmaps (qcow2-bitmap.c); writable opens do not
-         * keep them yet (the autoclear bit is cleared in qcow2_do_open). */
-        ret = qcow2_bitmaps_load_readonly(bs, errp);
-        if (ret < 0) {
-            qcow2_free_state(s);
-            return ret;
-        }
+    /* Persistent dirty bitmaps (qcow2-bitmap.c): a writable open marks
+     * them in use here, before any write. */
+    ret = qcow2_bitmaps_load(bs, errp);
+    if (ret < 0) {
+        qcow2_free_state(s);
+        return ret;
     }
     bs->supported_write_flags = BDRV_REQ_WRITE_COMPRESSED;
     bs->supported_zero_flags = BDRV_REQ_MAY_UNMAP | BDRV_REQ_NO_FALLBACK;
@@ -1038,6 +1041,14 @@ static int coroutine_fn qcow2_open(BlockDriverState *bs,
 static void qcow2_close(BlockDriverState *bs)
 {
     BDRVQcow2State *s = bs->opaque;
+    if (s->writable && in_coroutine() && s->l2_cache) {
+        GError *err = NULL;
+        if (qcow2_bitmaps_store(bs, &err) < 0) {
+            warn_report("qcow2: could not store bitmaps of '%s': %s",
+                        bs->node_name, err->message);
+            g_error_free(err);
+        }
+    }
     /* The core flushed already, unless nothing went through the request
      * path (metadata-only changes such as preallocation). */
     if (s->writable && in_coroutine() && s->l2_cache &&
@@ -1300,6 +1311,11 @@ static int coroutine_fn qcow2_co_truncate(BlockDriverState *bs,
         error_setg(errp, "The new size must be a multiple of 512");
         return -EINVAL;
     }
+    /* persistent bitmaps are resized with the node (stored on close) */
+    ret = qcow2_bitmaps_truncate_check(bs, errp);
+    if (ret < 0) {
+        return ret;
+    }
     if (s->nb_snapshots && new_size < old_size) {
         error_setg(errp, "Can't shrink an image with internal snapshots");
         return -ENOTSUP;
@@ -1471,6 +1487,9 @@ const BlockDriver bdrv_qcow2 = {
     .supports_backing = true,
     .bdrv_open = qcow2_open,
     .bdrv_close = qcow2_close,
+    .bdrv_co_can_store_new_dirty_bitmap = qcow2_co_can_store_new_dirty_bitmap,
+    .bdrv_co_remove_persistent_dirty_bitmap =
+        qcow2_co_remove_persistent_dirty_bitmap,
     .bdrv_refresh_limits = qcow2_refresh_limits,
     .bdrv_co_preadv = qcow2_co_preadv,
     .bdrv_co_pwritev = qcow2_co_pwritev,
