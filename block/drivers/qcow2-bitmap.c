@@ -741,6 +741,12 @@ bool coroutine_fn qcow2_co_can_store_new_dirty_bitmap(BlockDriverState *bs,
     int gbits = g_bit_nth_lsf(granularity, -1);
     uint64_t len = s->size;
     Dir d = { 0 };
+    if (bdrv_find_dirty_bitmap(bs, name)) {
+        /* QEMU names the clash with a bitmap in memory (every stored one
+         * is) before any storage check */
+        error_setg(errp, "Bitmap already exists: %s", name);
+        return false;
+    }
     if (s->version < 3) {
         error_setg(&err, "Cannot store dirty bitmaps in qcow2 v2 files");
         goto fail;
@@ -850,7 +856,8 @@ int coroutine_fn qcow2_co_remove_persistent_dirty_bitmap(BlockDriverState *bs,
 
 int qcow2_bitmaps_truncate_check(BlockDriverState *bs, GError **errp)
 {
-    for (GList *l = bs->dirty_bitmaps; l; l = l->next) {
+    /* oldest first: QEMU reports the first one in directory order */
+    for (GList *l = g_list_last(bs->dirty_bitmaps); l; l = l->prev) {
         BdrvDirtyBitmap *bm = l->data;
         if (bdrv_dirty_bitmap_persistent(bm) &&
             bdrv_dirty_bitmap_check(bm, BDRV_BITMAP_DEFAULT, errp)) {
