@@ -108,12 +108,21 @@ bool coroutine_fn img_open_image_opts(ImgImage *img, const char *optstr,
                                       const char *fmt, uint64_t perm,
                                       bool force_share, GError **errp);
 void img_close(ImgImage *img);
+/* img_open() with the backing chain the image records (daemon/img-chain.c):
+ * for commands that read guest-visible content (map, compare, convert). */
+bool coroutine_fn img_open_chain(ImgImage *img, const char *filename,
+                                 const char *fmt, uint64_t perm,
+                                 bool force_share, GError **errp);
 
 /* ---- commands: argv[0] is the command name; return the exit status ---- */
 int img_cmd_create(int argc, char **argv);
 int img_cmd_info(int argc, char **argv);
 /* check (daemon/img-add-cow.c: add-cow is the format it checks) */
 int img_cmd_check(int argc, char **argv);
+int img_cmd_map(int argc, char **argv);
+int img_cmd_compare(int argc, char **argv);
+int img_cmd_resize(int argc, char **argv);
+int img_cmd_convert(int argc, char **argv);
 
 /* add-cow's entry in the format table (daemon/img-add-cow.c) */
 int img_add_cow_probe(const uint8_t *buf, size_t len);
