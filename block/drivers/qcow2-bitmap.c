@@ -678,8 +678,8 @@ int coroutine_fn qcow2_bitmaps_store(BlockDriverState *bs, GError **errp)
         }
         nb++;
     }
-    /* New bitmaps after them, oldest first (the list is newest first). */
-    for (GList *l = g_list_last(bs->dirty_bitmaps); l; l = l->prev) {
+    /* New bitmaps after them, newest first (list order), as QEMU. */
+    for (GList *l = bs->dirty_bitmaps; l; l = l->next) {
         BdrvDirtyBitmap *bm = l->data;
         if (!storable(bm) || dir_find(&d, bdrv_dirty_bitmap_name(bm)) >= 0) {
             continue;
