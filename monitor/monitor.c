@@ -94,13 +94,19 @@ void monitor_set_limits(const MonitorLimits *l)
     limits.max_sessions = l->max_sessions > 0 ? l->max_sessions : 64;
 }
 
+/*
+ * The "qemu" triple is the QMP dialect we speak (qemu-storage-daemon 7.2):
+ * management software decides which commands and fields to use from it,
+ * so reporting blockd's own 0.x here would make such clients fall back to
+ * ancient behaviour or refuse us.  Our own version goes in "package".
+ */
 void monitor_get_version(int *major, int *minor, int *micro,
                          const char **package)
 {
-    *major = BLOCKD_VERSION_MAJOR;
-    *minor = BLOCKD_VERSION_MINOR;
-    *micro = BLOCKD_VERSION_MICRO;
-    *package = "blockd";
+    *major = 7;
+    *minor = 2;
+    *micro = 0;
+    *package = "blockd " BLOCKD_VERSION;
 }
 
 JsonNode *qmp_greeting(void)
