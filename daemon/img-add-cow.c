@@ -270,37 +270,61 @@ done:
 
 int img_cmd_check(int argc, char **argv)
 {
+    enum { OPTION_OUTPUT = 256 };
     static const struct option long_options[] = {
         { "help", no_argument, NULL, 'h' },
         { "format", required_argument, NULL, 'f' },
-        { "output", required_argument, NULL, 'O' },
+        { "repair", required_argument, NULL, 'r' },
+        { "output", required_argument, NULL, OPTION_OUTPUT },
         { "force-share", no_argument, NULL, 'U' },
         { NULL, 0, NULL, 0 },
     };
     const char *fmt = NULL;
+    int fix = 0;
+    bool json = false, quiet = false, force_share = false;
     int c;
 
     opterr = 0;
-    while ((c = getopt_long(argc, argv, ":hf:qU", long_options, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":hf:r:T:qU", long_options, NULL)) !=
+           -1) {
         switch (c) {
         case ':':
         case '?':
             img_bad_option(c, argv);
         case 'h':
-            printf("check [-f fmt] [-q] [-U] filename\n");
+            printf("check [-f fmt] [--output=ofmt] [-r [leaks | all]] [-q] "
+                   "[-U] filename\n");
             return 0;
         case 'f':
             fmt = optarg;
             break;
-        case 'O':
-            if (strcmp(optarg, "human") != 0) {
-                img_error("--output formats other than human are not "
-                          "supported by check");
+        case 'r':
+            if (!strcmp(optarg, "leaks")) {
+                fix = 1; /* QCOW2_FIX_LEAKS */
+            } else if (!strcmp(optarg, "all")) {
+                fix = 3; /* QCOW2_FIX_LEAKS | QCOW2_FIX_ERRORS */
+            } else {
+                img_error_exit("Unknown option value for -r "
+                               "(expecting 'leaks' or 'all'): %s",
+                               optarg);
+            }
+            break;
+        case OPTION_OUTPUT:
+            if (!strcmp(optarg, "json")) {
+                json = true;
+            } else if (strcmp(optarg, "human") != 0) {
+                img_error("--output must be used with human or json as "
+                          "argument.");
                 return 1;
             }
             break;
         case 'q':
+            quiet = true;
+            break;
         case 'U':
+            force_share = true;
+            break;
+        case 'T':
             break;
         }
     }
@@ -317,6 +341,10 @@ int img_cmd_check(int argc, char **argv)
             return 1;
         }
     }
+    /* Each format with a checker has its hook here. */
+    if (!strcmp(fmt, "qcow2")) {
+        return img_check_qcow2(filename, fix, json, quiet, force_share);
+    }
     if (strcmp(fmt, "add-cow") != 0) {
         if (!img_find_format(fmt)) {
             img_error("Unknown driver '%s'", fmt);
@@ -324,6 +352,10 @@ int img_cmd_check(int argc, char **argv)
         }
         img_error("This image format does not support checks");
         return 63;
+    }
+    if (json || fix) {
+        img_error("add-cow supports neither --output=json nor -r in check");
+        return 1;
     }
     return check_add_cow(filename);
 }

@@ -119,6 +119,9 @@ int img_cmd_create(int argc, char **argv);
 int img_cmd_info(int argc, char **argv);
 /* check (daemon/img-add-cow.c: add-cow is the format it checks) */
 int img_cmd_check(int argc, char **argv);
+/* check of a qcow2 image (daemon/img-check.c); fix: 1 leaks, 3 all */
+int coroutine_fn img_check_qcow2(const char *filename, int fix, bool json,
+                                 bool quiet, bool force_share);
 int img_cmd_map(int argc, char **argv);
 int img_cmd_compare(int argc, char **argv);
 int img_cmd_resize(int argc, char **argv);

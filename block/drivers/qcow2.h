@@ -506,4 +506,33 @@ int coroutine_fn qcow2_co_create_image(const char *filename,
                                        GError **errp);
 int coroutine_fn qcow2_co_create(BlockdevCreateOptions *opts, GError **errp);
 
+
+/* ---- qcow2-check.c ---- */
+/*
+ * Consistency check and repair of a qcow2 image file (blockd-img check),
+ * with qemu-img's results and messages.  Works on the image file itself
+ * (a protocol-level backend), not on an opened qcow2 node, so it also
+ * handles images the driver refuses.
+ */
+enum {
+    QCOW2_FIX_LEAKS = 1,
+    QCOW2_FIX_ERRORS = 2,
+};
+typedef struct Qcow2CheckResult {
+    int64_t corruptions, leaks, check_errors;
+    int64_t corruptions_fixed, leaks_fixed;
+    int64_t image_end_offset;
+    int64_t total_clusters, allocated_clusters;
+    int64_t fragmented_clusters, compressed_clusters;
+} Qcow2CheckResult;
+/*
+ * Check the qcow2 image in `file` (opened with write and resize
+ * permissions when `fix` is non-zero); one pass, as QEMU's driver check.
+ * Diagnostics go to stderr.  Returns 0 (results in *res) or -errno: with
+ * errp set when the image cannot be checked at all (not qcow2, bad
+ * header), or without when the check failed midway (res->check_errors).
+ */
+int coroutine_fn qcow2_co_check_file(BlockBackend *file, int fix,
+                                     Qcow2CheckResult *res, GError **errp);
+
 #endif
