@@ -52,8 +52,10 @@ typedef struct ConvertState {
     Coroutine *main_co;
     int ret;
 
-    double progress_cur, progress_last;
-    int64_t done_bytes;
+    /* -p: percent of the bytes to copy (qemu-img counts data chunks, and
+     * zero chunks too when sparse detection is off) */
+    double progress_last;
+    int64_t alloc_bytes, done_bytes;
 } ConvertState;
 
 static void progress_print(ConvertState *s, double cur)
@@ -61,7 +63,6 @@ static void progress_print(ConvertState *s, double cur)
     if (!s->progress) {
         return;
     }
-    s->progress_cur = cur;
     if (cur == 0 || cur >= 100 || cur > s->progress_last + 1.0) {
         s->progress_last = cur;
         printf("    (%3.2f/100%%)\r", cur);
@@ -145,7 +146,8 @@ static int coroutine_fn read_chunk(ConvertState *s, int64_t offset,
     int ret = blk_co_pread(s->src[i].blk, local, len, buf, 0);
 
     if (ret >= 0 || !s->salvage) {
-        if (ret < 0) {
+        if (ret < 0 && s->ret == 0) {
+            /* once: other coroutines stop at the first error */
             img_error("error while reading at byte %" PRId64 ": %s", offset,
                       g_strerror(-ret));
         }
@@ -155,7 +157,7 @@ static int coroutine_fn read_chunk(ConvertState *s, int64_t offset,
         int64_t n = MIN(SECTOR - (offset + done) % SECTOR, len - done);
         ret = blk_co_pread(s->src[i].blk, local + done, n, buf + done, 0);
         if (ret < 0) {
-            img_error("error while reading at byte %" PRId64 ": %s",
+            img_error("warning: error while reading offset %" PRId64 ": %s",
                       offset + done, g_strerror(-ret));
             memset(buf + done, 0, n);
         }
@@ -264,13 +266,19 @@ static void coroutine_fn convert_worker(void *opaque)
             break;
         }
         if (ret < 0) {
-            img_error("error while writing at byte %" PRId64 ": %s", offset,
-                      g_strerror(-ret));
+            if (s->ret == 0) {
+                img_error("error while writing at byte %" PRId64 ": %s",
+                          offset, g_strerror(-ret));
+            }
             s->ret = ret;
             break;
         }
-        s->done_bytes += len;
-        progress_print(s, (double)s->done_bytes * 100 / (double)s->total);
+        if (s->progress && s->alloc_bytes > 0 &&
+            (st == CHUNK_DATA || (!s->min_sparse && st == CHUNK_ZERO))) {
+            s->done_bytes += len;
+            progress_print(s, (double)s->done_bytes * 100 /
+                                  (double)s->alloc_bytes);
+        }
         if (s->wr_in_order) {
             s->wait_offset = offset + len;
             co_queue_restart_all(&s->wait_q);
@@ -289,6 +297,21 @@ static int coroutine_fn do_copy(ConvertState *s, int ncoroutines)
     co_mutex_init(&s->lock);
     co_queue_init(&s->wait_q);
     s->main_co = coroutine_self();
+    if (s->progress) {
+        /* What there is to copy, for the percentages (as qemu-img). */
+        for (int64_t off = 0; off < s->total;) {
+            int64_t len;
+            ChunkStatus st;
+            int ret = next_chunk(s, off, &len, &st);
+            if (ret < 0) {
+                return ret;
+            }
+            if (st == CHUNK_DATA || (!s->min_sparse && st == CHUNK_ZERO)) {
+                s->alloc_bytes += len;
+            }
+            off += len;
+        }
+    }
     s->running = ncoroutines;
     for (int i = 0; i < ncoroutines; i++) {
         coroutine_enter(coroutine_create(convert_worker, s));
