@@ -21,6 +21,7 @@
 
 #define IO_BUF_SIZE (2 * 1024 * 1024)
 #define SECTOR 512
+#define MAX_SPARSE (16 * 1024 * 1024) /* qemu-img's limit for -S */
 
 enum {
     OPTION_OBJECT = 256,
@@ -128,7 +129,8 @@ static int coroutine_fn next_chunk(ConvertState *s, int64_t offset,
     }
     *len = pnum;
     if (ret & BDRV_BLOCK_ZERO) {
-        *st = CHUNK_ZERO;
+        /* -S 0: zeroes are written as data (fully allocated output) */
+        *st = s->min_sparse ? CHUNK_ZERO : CHUNK_DATA;
     } else if (ret & BDRV_BLOCK_DATA) {
         *st = CHUNK_DATA;
     } else {
@@ -172,7 +174,9 @@ static int coroutine_fn write_zero(ConvertState *s, int64_t offset,
     if (s->has_zero_init) {
         return 0;
     }
-    return blk_co_pwrite_zeroes(s->dst.blk, offset, len, BDRV_REQ_MAY_UNMAP);
+    /* -S 0 asks for a fully allocated output: no holes. */
+    return blk_co_pwrite_zeroes(s->dst.blk, offset, len,
+                                s->min_sparse ? BDRV_REQ_MAY_UNMAP : 0);
 }
 
 /* Write data, leaving runs of zero blocks (min_sparse) sparse. */
@@ -368,6 +372,25 @@ static int coroutine_fn create_target(ConvertState *s, const char *out_fmt,
         img_error("Unknown file format '%s'", out_fmt);
         return -1;
     }
+    bool has_backing = false;
+    for (const ImgCreateOpt *o = f->create_opts; o->name; o++) {
+        has_backing |= !strcmp(o->name, "backing_file");
+    }
+    if (backing && !has_backing) {
+        img_error("Backing file not supported for file format '%s'", out_fmt);
+        return -1;
+    }
+    if (backing_fmt && !has_backing) {
+        img_error("Backing file format not supported for file format '%s'",
+                  out_fmt);
+        return -1;
+    }
+    if (backing_fmt && !backing) {
+        img_error("%s: error while converting %s: Backing format cannot be "
+                  "used without backing file",
+                  out_filename, out_fmt);
+        return -1;
+    }
     GHashTable *t = g_hash_table_new_full(g_str_hash, g_str_equal, g_free,
                                           g_free);
     if (options && !parse_opts(options, t)) {
@@ -482,13 +505,13 @@ int img_cmd_convert(int argc, char **argv)
         case 'S': {
             int64_t sval = img_cvtnum("buffer size for sparse output", optarg);
             if (sval < 0 || (sval & (SECTOR - 1)) ||
-                sval / SECTOR > IO_BUF_SIZE / SECTOR) {
+                sval > MAX_SPARSE) {
                 if (sval >= 0) {
                     img_error("Invalid buffer size for sparse output "
                               "specified. Valid sizes are multiples of %d "
                               "up to %d. Select 0 to disable sparse "
                               "detection (fully allocates output).",
-                              SECTOR, IO_BUF_SIZE);
+                              SECTOR, MAX_SPARSE);
                 }
                 return EXIT_FAILURE;
             }
@@ -555,14 +578,11 @@ int img_cmd_convert(int argc, char **argv)
     }
     s.nsrc = argc - optind - 1;
     if (s.nsrc < 1) {
-        img_error_exit("Must specify image file name");
+        img_error("Must specify image file name");
+        return EXIT_FAILURE;
     }
     if (out_baseimg && skip_create) {
         /* qemu-img: the existing target's backing is what it is. */
-    }
-    if (backing_fmt && !out_baseimg) {
-        img_error_exit("Specifying backing image format is only supported "
-                       "with -B");
     }
     if (s.compressed && strcmp(out_fmt, "qcow2")) {
         img_error("Compression not supported for this file format");
@@ -609,17 +629,16 @@ int img_cmd_convert(int argc, char **argv)
     if (skip_create) {
         int64_t dsize = blk_getlength(s.dst.blk);
         if (dsize < 0 || dsize < s.total) {
-            img_error("Error: target image too small: %" PRId64
-                      " bytes < %" PRId64 " bytes",
-                      dsize, s.total);
+            img_error("output file is smaller than input file");
             goto out;
         }
     }
     s.target_has_backing = out_baseimg != NULL;
     /* A target we just made reads as zeroes (both formats we create do),
      * unless it has a backing file showing through. */
-    s.has_zero_init = (!skip_create && !s.target_has_backing) ||
-                      target_is_zero;
+    s.has_zero_init = s.min_sparse &&
+                      ((!skip_create && !s.target_has_backing) ||
+                       target_is_zero);
     if (s.compressed) {
         int64_t cs = 0;
         bool dirty;
