@@ -236,7 +236,7 @@ static void run_loop_ms(int ms)
 
 static const char *greeting =
     "{\"QMP\": {\"version\": {\"qemu\": {\"micro\": %d, \"minor\": %d, "
-    "\"major\": %d}, \"package\": \"blockd\"}, \"capabilities\": "
+    "\"major\": %d}, \"package\": \"%s\"}, \"capabilities\": "
     "[\"oob\"]}}";
 
 static char *greeting_text(void)
@@ -245,7 +245,7 @@ static char *greeting_text(void)
     const char *pkg;
 
     monitor_get_version(&ma, &mi, &mc, &pkg);
-    return g_strdup_printf(greeting, mc, mi, ma);
+    return g_strdup_printf(greeting, mc, mi, ma, pkg);
 }
 
 static Client *client_greeted(void)
@@ -280,7 +280,7 @@ static void test_protocol(void **state)
     monitor_get_version(&ma, &mi, &mc, &pkg);
     ver = g_strdup_printf("{\"return\": {\"qemu\": {\"micro\": %d, "
                           "\"minor\": %d, \"major\": %d}, \"package\": "
-                          "\"blockd\"}, \"id\": 9}", mc, mi, ma);
+                          "\"%s\"}, \"id\": 9}", mc, mi, ma, pkg);
 
     client_send(c, "{\"execute\": \"query-version\"}\n");
     expect(c, "{\"error\": {\"class\": \"CommandNotFound\", \"desc\": "
