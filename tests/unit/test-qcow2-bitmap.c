@@ -1,7 +1,8 @@
 /*
  * qcow2 bitmap directory parser: a directory qemu-img wrote, hand-made
  * directories, and each check on its own (every field of an entry comes
- * from the image).
+ * from the image).  And the driver on a writable image: in use on disk
+ * while open, stored on close (qemu-img check clean), bits kept.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -15,7 +16,10 @@
 #include <cmocka.h>
 #include <glib.h>
 
+#include "block/block_int.h"
+#include "block/dirty-bitmap.h"
 #include "block/drivers/qcow2-bitmap.h"
+#include "util/aio.h"
 
 #define CS 65536
 #define VSIZE (64 * 1024 * 1024)
@@ -235,13 +239,183 @@ static void test_qemu_img(void **state)
     rmdir(dir);
 }
 
+/* ---- the driver, writable ---- */
+
+/* The bitmaps extension and directory of the image file at `img`;
+ * NULL if it has none (or the autoclear bit is clear). */
+static Qcow2BitmapEntry *read_image_dir(const char *img, uint32_t *nb)
+{
+    gchar *buf;
+    gsize len;
+    assert_true(g_file_get_contents(img, &buf, &len, NULL));
+    uint64_t autoclear = GUINT64_FROM_BE(*(uint64_t *)(buf + 88));
+    uint32_t hlen = GUINT32_FROM_BE(*(uint32_t *)(buf + 100));
+    Qcow2BitmapEntry *e = NULL;
+    *nb = 0;
+    for (size_t pos = hlen; (autoclear & 1) && pos + 8 <= len;) {
+        uint32_t type = GUINT32_FROM_BE(*(uint32_t *)(buf + pos));
+        uint32_t elen = GUINT32_FROM_BE(*(uint32_t *)(buf + pos + 4));
+        if (type == 0) {
+            break;
+        }
+        if (type == 0x23852875) {
+            Qcow2BitmapExt ext;
+            GError *err = NULL;
+            assert_true(qcow2_bitmap_ext_parse((uint8_t *)buf + pos + 8, elen,
+                                               CS, &ext, &err));
+            assert_true(ext.dir_offset + ext.dir_size <= len);
+            e = qcow2_bitmap_dir_parse((uint8_t *)buf + ext.dir_offset,
+                                       ext.dir_size, ext.nb_bitmaps, CS,
+                                       VSIZE, &err);
+            assert_non_null(e);
+            *nb = ext.nb_bitmaps;
+        }
+        pos += 8 + ((elen + 7) & ~7u);
+    }
+    g_free(buf);
+    return e;
+}
+
+typedef struct RwCtx {
+    const char *img;
+    BlockDriverState *bs;
+    BlockBackend *blk;
+    GError *err;
+    int ret;
+} RwCtx;
+
+static void coroutine_fn rw_open_co(void *opaque)
+{
+    RwCtx *c = opaque;
+    g_autofree char *o = g_strdup_printf(
+        "driver=qcow2,file.driver=file,file.filename=%s", c->img);
+    c->bs = bdrv_co_open_keyval(o, &c->err);
+}
+
+static void rw_open(RwCtx *c)
+{
+    c->err = NULL;
+    coroutine_run_sync(rw_open_co, c);
+    if (!c->bs) {
+        fail_msg("open %s: %s", c->img, c->err->message);
+    }
+    c->blk = blk_new(BLK_PERM_CONSISTENT_READ | BLK_PERM_WRITE, BLK_PERM_ALL);
+    GError *err = NULL;
+    assert_int_equal(blk_insert_bs(c->blk, c->bs, &err), 0);
+    bdrv_unref(c->bs);
+}
+
+static void coroutine_fn rw_write_co(void *opaque)
+{
+    RwCtx *c = opaque;
+    static uint8_t buf[4096];
+    memset(buf, 0xa5, sizeof(buf));
+    c->ret = blk_co_pwrite(c->blk, 5 * 1024 * 1024, sizeof(buf), buf, 0);
+    if (c->ret == 0) {
+        c->ret = blk_co_pwrite(c->blk, VSIZE - 512, 512, buf, 0);
+    }
+}
+
+static void coroutine_fn rw_remove_co(void *opaque)
+{
+    RwCtx *c = opaque;
+    c->ret = c->bs->drv->bdrv_co_remove_persistent_dirty_bitmap(c->bs, "new",
+                                                                &c->err);
+}
+
+static void test_rw_store(void **state)
+{
+    if (!g_file_test("/usr/bin/qemu-img", G_FILE_TEST_IS_EXECUTABLE)) {
+        skip();
+    }
+    g_autofree char *dir = g_dir_make_tmp("test-qcow2-bitmap-XXXXXX", NULL);
+    g_autofree char *img = g_build_filename(dir, "rw.qcow2", NULL);
+    g_autofree char *cmd = g_strdup_printf(
+        "qemu-img create -q -f qcow2 %s 64M && "
+        "qemu-img bitmap --add %s old",
+        img, img);
+    assert_int_equal(system(cmd), 0);
+
+    RwCtx c = { .img = img };
+    rw_open(&c);
+    BdrvDirtyBitmap *old = bdrv_find_dirty_bitmap(c.bs, "old");
+    assert_non_null(old);
+    assert_true(bdrv_dirty_bitmap_persistent(old));
+    assert_false(bdrv_dirty_bitmap_readonly(old));
+    assert_false(bdrv_dirty_bitmap_inconsistent(old));
+    /* in use on disk before any write */
+    uint32_t nb;
+    Qcow2BitmapEntry *e = read_image_dir(img, &nb);
+    assert_int_equal(nb, 1);
+    assert_int_equal(e[0].flags, QCOW2_BME_FLAG_IN_USE | QCOW2_BME_FLAG_AUTO);
+    qcow2_bitmap_dir_free(e, nb);
+
+    GError *err = NULL;
+    BdrvDirtyBitmap *n = bdrv_create_dirty_bitmap(c.bs, 512, "new", &err);
+    assert_non_null(n);
+    bdrv_dirty_bitmap_set_persistence(n, true);
+    bdrv_disable_dirty_bitmap(n);
+    bdrv_set_dirty_bitmap(n, 0, VSIZE); /* all ones: every cluster */
+    coroutine_run_sync(rw_write_co, &c);
+    assert_int_equal(c.ret, 0);
+    assert_int_equal(bdrv_dirty_bitmap_count(old), 2 * 65536);
+    blk_unref(c.blk);
+
+    /* stored: no in-use, flags, new one appended; no leak, no error */
+    e = read_image_dir(img, &nb);
+    assert_int_equal(nb, 2);
+    assert_string_equal(e[0].name, "old");
+    assert_int_equal(e[0].flags, QCOW2_BME_FLAG_AUTO);
+    assert_string_equal(e[1].name, "new");
+    assert_int_equal(e[1].flags, 0);
+    assert_int_equal(e[1].granularity_bits, 9);
+    qcow2_bitmap_dir_free(e, nb);
+    g_free(cmd);
+    cmd = g_strdup_printf("qemu-img check -q %s", img);
+    assert_int_equal(system(cmd), 0);
+
+    /* reloaded with the same bits; removal deletes it from the image */
+    rw_open(&c);
+    old = bdrv_find_dirty_bitmap(c.bs, "old");
+    n = bdrv_find_dirty_bitmap(c.bs, "new");
+    assert_non_null(old);
+    assert_non_null(n);
+    assert_int_equal(bdrv_dirty_bitmap_count(old), 2 * 65536);
+    assert_true(bdrv_dirty_bitmap_get(old, 5 * 1024 * 1024));
+    assert_true(bdrv_dirty_bitmap_get(old, VSIZE - 1));
+    assert_false(bdrv_dirty_bitmap_get(old, 0));
+    assert_int_equal(bdrv_dirty_bitmap_count(n), VSIZE);
+    assert_false(bdrv_dirty_bitmap_enabled(n));
+    c.err = NULL;
+    coroutine_run_sync(rw_remove_co, &c);
+    assert_int_equal(c.ret, 0);
+    bdrv_release_dirty_bitmap(n);
+    e = read_image_dir(img, &nb);
+    assert_int_equal(nb, 1);
+    assert_string_equal(e[0].name, "old");
+    assert_int_equal(e[0].flags, QCOW2_BME_FLAG_IN_USE | QCOW2_BME_FLAG_AUTO);
+    qcow2_bitmap_dir_free(e, nb);
+    blk_unref(c.blk);
+    g_free(cmd);
+    cmd = g_strdup_printf("qemu-img check -q %s", img);
+    assert_int_equal(system(cmd), 0);
+    unlink(img);
+    rmdir(dir);
+}
+
 int main(void)
 {
+    GError *aerr = NULL;
+    if (!aio_init(&aerr)) {
+        fprintf(stderr, "aio_init: %s\n", aerr->message);
+        return 1;
+    }
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_valid),
         cmocka_unit_test(test_each_check),
         cmocka_unit_test(test_ext),
         cmocka_unit_test(test_qemu_img),
+        cmocka_unit_test(test_rw_store),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
