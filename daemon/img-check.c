@@ -142,12 +142,13 @@ int coroutine_fn img_check_qcow2(const char *filename, int fix, bool json,
             dump_human(&res, quiet);
         }
     }
-    fflush(stdout);
     if (ret < 0 || res.check_errors) {
+        /* not img_error(): stdout stays buffered behind stderr, as in
+         * qemu-img, so the pipe sees the same order */
         if (ret < 0) {
-            img_error("Check failed: %s", g_strerror(-ret));
+            fprintf(stderr, IMG_PROG ": Check failed: %s\n", g_strerror(-ret));
         } else {
-            img_error("Check failed");
+            fprintf(stderr, IMG_PROG ": Check failed\n");
         }
         return 1;
     }

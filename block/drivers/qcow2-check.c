@@ -724,7 +724,8 @@ static int coroutine_fn compare_refcounts(Ck *ck, int fix, bool *rebuild)
     g_free(ck->disk_rc);
     ck->disk_n = n;
     ck->disk_rc = g_new0(uint64_t, MAX(n, 1));
-    ck->highest_cluster = -1;
+    ck->highest_cluster = 0;
+    bool reported = false;
 
     for (uint64_t r = 0; r * per_block < n; r++) {
         uint64_t rb = r < ck->reftable_size ? ck->reftable[r] & REFT_OFFSET_MASK
@@ -742,6 +743,16 @@ static int coroutine_fn compare_refcounts(Ck *ck, int fix, bool *rebuild)
         uint64_t end = MIN(n, (r + 1) * per_block);
         for (uint64_t i = r * per_block; i < end; i++) {
             if (!readable) {
+                if (!reported) {
+                    /* the driver's corruption report, once per pass */
+                    fprintf(stderr,
+                            "qcow2: Image is corrupt: Refblock offset %#" PRIx64
+                            " unaligned (reftable index: %#" PRIx64 "); "
+                            "further non-fatal corruption events will be "
+                            "suppressed\n",
+                            rb, r);
+                    reported = true;
+                }
                 fprintf(stderr,
                         "Can't get refcount for cluster %" PRId64 ": %s\n",
                         (int64_t)i, g_strerror(EIO));
@@ -801,18 +812,18 @@ static int coroutine_fn compare_refcounts(Ck *ck, int fix, bool *rebuild)
 /* The stored refcount of a cluster (0 beyond the refcount structure). */
 static int coroutine_fn disk_refcount(Ck *ck, uint64_t cluster, uint64_t *rc)
 {
+    uint64_t r = cluster >> ck->rb_bits;
+    uint64_t rb = r < ck->reftable_size ? ck->reftable[r] & REFT_OFFSET_MASK : 0;
+    *rc = 0;
+    if (rb & (ck->cluster_size - 1)) {
+        return -EIO;
+    }
     if (cluster < ck->disk_n) {
         *rc = ck->disk_rc[cluster];
         return 0;
     }
-    uint64_t r = cluster >> ck->rb_bits;
-    uint64_t rb = r < ck->reftable_size ? ck->reftable[r] & REFT_OFFSET_MASK : 0;
-    *rc = 0;
     if (!rb) {
         return 0;
-    }
-    if (rb & (ck->cluster_size - 1)) {
-        return -EIO;
     }
     uint8_t *block = g_malloc(ck->cluster_size);
     int ret = ck_read(ck, rb, ck->cluster_size, block);
