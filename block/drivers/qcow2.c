@@ -534,7 +534,10 @@ static char *backing_path(BlockDriverState *bs, const char *name)
 {
     if (g_path_is_absolute(name) || !bs->file ||
         !strncmp(bs->file->bs->filename, "json:", 5) ||
-        !bs->file->bs->filename[0]) {
+        !bs->file->bs->filename[0] ||
+        !strchr(bs->file->bs->filename, '/')) {
+        /* QEMU's path_combine(): no directory part, the name as it is
+         * ("base.qcow2", not "./base.qcow2") */
         return g_strdup(name);
     }
     g_autofree char *dir = g_path_get_dirname(bs->file->bs->filename);
