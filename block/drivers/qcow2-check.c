@@ -745,12 +745,15 @@ static int coroutine_fn compare_refcounts(Ck *ck, int fix, bool *rebuild)
             if (!readable) {
                 if (!reported) {
                     /* the driver's corruption report, once per pass */
+                    /* worded as QEMU's driver does, read-only or not */
                     fprintf(stderr,
-                            "qcow2: Image is corrupt: Refblock offset %#" PRIx64
+                            "qcow2: %s: Refblock offset %#" PRIx64
                             " unaligned (reftable index: %#" PRIx64 "); "
-                            "further non-fatal corruption events will be "
+                            "further %scorruption events will be "
                             "suppressed\n",
-                            rb, r);
+                            ck->fix ? "Marking image as corrupt"
+                                    : "Image is corrupt",
+                            rb, r, ck->fix ? "" : "non-fatal ");
                     reported = true;
                 }
                 fprintf(stderr,
