@@ -31,10 +31,18 @@ struct BlockCopyState {
     bool compress;
     bool skip_unallocated;
     bool use_copy_range; /* accepted; the copy always reads and writes */
+    /* The target has no backing file: where it already reads as zero, a
+     * zero range of the source needs no write.  (With a backing file,
+     * e.g. fleecing's overlay of the source, unallocated is not final.) */
+    bool target_standalone;
     int max_workers;
     int64_t max_chunk;
     BlockCopyProgressFunc *progress;
     void *progress_opaque;
+    /* Free chunk buffers of buf_size bytes, reused: a fresh 1 MiB
+     * allocation per chunk costs an mmap and its page faults. */
+    GSList *free_bufs;
+    size_t buf_size;
 
     /* block_copy_run */
     int workers;          /* worker coroutines alive */
@@ -91,10 +99,12 @@ BlockCopyState *coroutine_fn block_copy_state_new(BdrvChild *source,
     s->len = len;
     s->cluster_size = cs;
     s->dirty = bm;
+    s->target_standalone = !bdrv_backing_bs(bdrv_skip_filters(target->bs));
     LIST_INIT(&s->tasks);
     s->compress = compress;
     s->max_workers = BLOCK_COPY_DEFAULT_MAX_WORKERS;
-    s->max_chunk = BLOCK_COPY_DEFAULT_CHUNK;
+    s->max_chunk = MAX(BLOCK_COPY_DEFAULT_CHUNK, cs);
+    s->buf_size = (size_t)s->max_chunk;
     return s;
 }
 
@@ -104,6 +114,7 @@ void block_copy_state_free(BlockCopyState *s)
         return;
     }
     bdrv_release_dirty_bitmap(s->dirty);
+    g_slist_free_full(s->free_bufs, free);
     g_free(s);
 }
 
@@ -170,6 +181,11 @@ void block_copy_set_perf(BlockCopyState *s, int max_workers,
     /* whole clusters: a chunk never splits one */
     s->max_chunk = MAX(s->cluster_size, max_chunk & ~(s->cluster_size - 1));
     s->use_copy_range = use_copy_range;
+    if ((size_t)s->max_chunk != s->buf_size) {
+        g_slist_free_full(s->free_bufs, free);
+        s->free_bufs = NULL;
+        s->buf_size = (size_t)s->max_chunk;
+    }
 }
 
 void block_copy_set_compress(BlockCopyState *s, bool compress)
@@ -270,6 +286,32 @@ static int64_t status_clusters(BlockCopyState *s, int64_t pnum,
     return aligned > 0 ? aligned : MIN(s->cluster_size, bytes);
 }
 
+static uint8_t *buf_get(BlockCopyState *s, size_t n)
+{
+    size_t want = MAX(s->buf_size, (size_t)ROUND_UP(n, BLOCK_COPY_MEM_ALIGN));
+    if (want == s->buf_size && s->free_bufs) {
+        uint8_t *buf = s->free_bufs->data;
+        s->free_bufs = g_slist_delete_link(s->free_bufs, s->free_bufs);
+        return buf;
+    }
+    uint8_t *buf = NULL;
+    if (posix_memalign((void **)&buf, BLOCK_COPY_MEM_ALIGN, want)) {
+        return NULL;
+    }
+    return buf;
+}
+
+static void buf_put(BlockCopyState *s, uint8_t *buf, size_t n)
+{
+    size_t size = MAX(s->buf_size, (size_t)ROUND_UP(n, BLOCK_COPY_MEM_ALIGN));
+    if (size == s->buf_size &&
+        g_slist_length(s->free_bufs) < (guint)s->max_workers) {
+        s->free_bufs = g_slist_prepend(s->free_bufs, buf);
+    } else {
+        free(buf);
+    }
+}
+
 static int coroutine_fn write_data(BlockCopyState *s, int64_t offset,
                                    int64_t bytes, const uint8_t *buf)
 {
@@ -333,11 +375,20 @@ static int coroutine_fn task_copy(BlockCopyTask *t, bool *error_is_read)
 #undef IO_BYTES
     if (zero && !s->compress) {
         *error_is_read = false;
-        ret = bdrv_co_pwrite_zeroes(s->target, t->offset, n, 0);
+        int64_t tnum;
+        int tret = s->target_standalone
+                       ? bdrv_co_block_status_above(s->target->bs, NULL,
+                                                    t->offset, n, &tnum,
+                                                    NULL, NULL)
+                       : -ENOTSUP;
+        if (tret >= 0 && (tret & BDRV_BLOCK_ZERO) && tnum >= n) {
+            ret = 0; /* already reads as zeroes: nothing to write */
+        } else {
+            ret = bdrv_co_pwrite_zeroes(s->target, t->offset, n, 0);
+        }
     } else {
-        uint8_t *buf = NULL;
-        size_t alloc = (size_t)ROUND_UP(n, BLOCK_COPY_MEM_ALIGN);
-        if (posix_memalign((void **)&buf, BLOCK_COPY_MEM_ALIGN, alloc)) {
+        uint8_t *buf = buf_get(s, (size_t)n);
+        if (!buf) {
             return -ENOMEM;
         }
         ret = bdrv_co_pread(s->source, t->offset, n, buf, 0);
@@ -345,7 +396,7 @@ static int coroutine_fn task_copy(BlockCopyTask *t, bool *error_is_read)
             *error_is_read = false;
             ret = write_data(s, t->offset, n, buf);
         }
-        free(buf);
+        buf_put(s, buf, (size_t)n);
     }
     if (ret < 0) {
         return ret;
