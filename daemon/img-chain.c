@@ -14,6 +14,7 @@ static BlockDriverState *coroutine_fn open_chain(const char *filename,
                                                  const BlockDriver *drv,
                                                  bool read_only,
                                                  bool force_share,
+                                                 bool backing, bool unmap,
                                                  GError **errp)
 {
     JsonObject *file = json_object_new();
@@ -34,6 +35,12 @@ static BlockDriverState *coroutine_fn open_chain(const char *filename,
         if (force_share) {
             json_object_set_boolean_member(o, "force-share", true);
         }
+        if (!backing && drv->supports_backing) {
+            json_object_set_null_member(o, "backing");
+        }
+    }
+    if (unmap) {
+        json_object_set_string_member(o, "discard", "unmap");
     }
     JsonNode *node = json_node_init_object(json_node_alloc(), o);
     json_object_unref(o);
@@ -47,9 +54,10 @@ static BlockDriverState *coroutine_fn open_chain(const char *filename,
     return bs;
 }
 
-bool coroutine_fn img_open_chain(ImgImage *img, const char *filename,
-                                 const char *fmt, uint64_t perm,
-                                 bool force_share, GError **errp)
+static bool coroutine_fn open_image(ImgImage *img, const char *filename,
+                                    const char *fmt, uint64_t perm,
+                                    bool force_share, bool backing,
+                                    bool unmap, GError **errp)
 {
     GError *err = NULL;
 
@@ -70,7 +78,7 @@ bool coroutine_fn img_open_chain(ImgImage *img, const char *filename,
         goto fail;
     }
     BlockDriverState *bs = open_chain(filename, drv, !(perm & BLK_PERM_WRITE),
-                                      force_share, &err);
+                                      force_share, backing, unmap, &err);
     if (!bs) {
         goto fail;
     }
@@ -84,6 +92,7 @@ bool coroutine_fn img_open_chain(ImgImage *img, const char *filename,
     bdrv_unref(bs); /* the backend's reference keeps it */
     img->bs = bs;
     img->format = drv->format_name;
+    img->backing_off = !backing && drv->supports_backing;
     return true;
 
 fail:
@@ -98,4 +107,21 @@ fail:
     error_prepend(&err, "Could not open '%s': ", filename);
     error_propagate(errp, err);
     return false;
+}
+
+bool coroutine_fn img_open_chain(ImgImage *img, const char *filename,
+                                 const char *fmt, uint64_t perm,
+                                 bool force_share, GError **errp)
+{
+    return open_image(img, filename, fmt, perm, force_share, true, false,
+                      errp);
+}
+
+bool coroutine_fn img_open_target(ImgImage *img, const char *filename,
+                                  const char *fmt, bool backing,
+                                  GError **errp)
+{
+    return open_image(img, filename, fmt,
+                      BLK_PERM_CONSISTENT_READ | BLK_PERM_WRITE, false,
+                      backing, true, errp);
 }

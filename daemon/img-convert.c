@@ -411,17 +411,10 @@ static int coroutine_fn create_target(ConvertState *s, const char *out_fmt,
             return -1;
         }
     }
-    g_autofree char *probed = NULL;
     if (backing && !backing_fmt) {
-        GError *perr = NULL;
-        const char *p = img_probe(backing, true, &perr);
-        if (!p) {
-            img_error("%s", perr->message);
-            g_error_free(perr);
-            g_hash_table_unref(t);
-            return -1;
-        }
-        backing_fmt = probed = g_strdup(p);
+        img_error("Use of backing file requires explicit backing format");
+        g_hash_table_unref(t);
+        return -1;
     }
     ImgCreateArgs a = {
         .filename = out_filename,
@@ -620,8 +613,13 @@ int img_cmd_convert(int argc, char **argv)
                       backing_fmt) < 0) {
         goto out;
     }
-    if (!img_open(&s.dst, out_filename, out_fmt,
-                  BLK_PERM_CONSISTENT_READ | BLK_PERM_WRITE, false, &err)) {
+    /*
+     * With -B the target is opened over its backing file: without it the
+     * format could leave a zeroed cluster unallocated ("reads as zero"),
+     * and the backing file would show through.
+     */
+    if (!img_open_target(&s.dst, out_filename, out_fmt, out_baseimg != NULL,
+                         &err)) {
         img_error("%s", err->message);
         g_clear_error(&err);
         goto out;

@@ -107,12 +107,22 @@ bool coroutine_fn img_open_bare(ImgImage *img, const char *filename,
 bool coroutine_fn img_open_image_opts(ImgImage *img, const char *optstr,
                                       const char *fmt, uint64_t perm,
                                       bool force_share, GError **errp);
+/* An output image (convert): writable, "discard": "unmap" so that zeroes
+ * may become holes as with qemu-img, with its backing chain or without. */
+bool coroutine_fn img_open_target(ImgImage *img, const char *filename,
+                                  const char *fmt, bool backing,
+                                  GError **errp);
 void img_close(ImgImage *img);
 /* img_open() with the backing chain the image records (daemon/img-chain.c):
  * for commands that read guest-visible content (map, compare, convert). */
 bool coroutine_fn img_open_chain(ImgImage *img, const char *filename,
                                  const char *fmt, uint64_t perm,
                                  bool force_share, GError **errp);
+/* An output image (convert): writable, "discard": "unmap" so that zeroes
+ * may become holes as with qemu-img, with its backing chain or without. */
+bool coroutine_fn img_open_target(ImgImage *img, const char *filename,
+                                  const char *fmt, bool backing,
+                                  GError **errp);
 
 /* ---- commands: argv[0] is the command name; return the exit status ---- */
 int img_cmd_create(int argc, char **argv);
