@@ -482,14 +482,14 @@ static int coroutine_fn replace_dir(BlockDriverState *bs, const Dir *old,
                              "Could not allocate the bitmap directory");
             return (int)off;
         }
-        /* the refcounts of every new cluster before anything points at
-         * them */
-        ret = qcow2_cache_flush(bs, s->rc_cache);
+        /* The directory, then the refcounts of every new cluster (they
+         * flush the file too), all before the header points at them.
+         * Every new cluster is written before its refcount can reach the
+         * disk: a refcount beyond the end of the file is taken for
+         * damage on the next open. */
+        ret = bdrv_co_pwrite(bs->file, off, dir->len, dir->data, 0);
         if (ret == 0) {
-            ret = bdrv_co_pwrite(bs->file, off, dir->len, dir->data, 0);
-        }
-        if (ret == 0) {
-            ret = bdrv_co_flush(bs->file->bs);
+            ret = qcow2_cache_flush(bs, s->rc_cache);
         }
         if (ret < 0) {
             error_setg_errno(errp, -ret,
