@@ -21,6 +21,7 @@
 #include <glib.h>
 
 #include "block/block_int.h"
+#include "tests/unit/test-helpers.h"
 #include "util/aio.h"
 
 /* ---- the in-memory image ---- */
@@ -133,54 +134,6 @@ static const BlockDriver memdrv = {
 
 /* ---- helpers ---- */
 
-typedef struct OpenCo {
-    const char *opts;
-    BlockDriverState *bs;
-    GError *err;
-} OpenCo;
-
-static void coroutine_fn open_co(void *opaque)
-{
-    OpenCo *oc = opaque;
-    oc->bs = bdrv_co_open_keyval(oc->opts, &oc->err);
-}
-
-static BlockDriverState *open_node(const char *opts)
-{
-    OpenCo oc = {.opts = opts};
-    coroutine_run_sync(open_co, &oc);
-    if (!oc.bs) {
-        fail_msg("open '%s': %s", opts, oc.err->message);
-    }
-    bdrv_set_monitor_owned(oc.bs);
-    return oc.bs;
-}
-
-/* Open that must fail; returns the message (caller frees). */
-static char *open_error(const char *opts)
-{
-    OpenCo oc = {.opts = opts};
-    coroutine_run_sync(open_co, &oc);
-    if (oc.bs) {
-        fail_msg("open '%s' succeeded", opts);
-    }
-    assert_non_null(oc.err);
-    char *msg = g_strdup(oc.err->message);
-    g_error_free(oc.err);
-    return msg;
-}
-
-static BlockBackend *rw_blk(BlockDriverState *bs)
-{
-    BlockBackend *blk =
-        blk_new(BLK_PERM_CONSISTENT_READ | BLK_PERM_WRITE, BLK_PERM_ALL);
-    GError *err = NULL;
-    if (blk_insert_bs(blk, bs, &err) < 0) {
-        fail_msg("insert: %s", err->message);
-    }
-    return blk;
-}
-
 typedef enum { OP_READ, OP_WRITE, OP_ZERO, OP_FLUSH, OP_DISCARD, OP_STATUS } Op;
 typedef struct Req {
     BlockBackend *blk;
@@ -281,15 +234,15 @@ static int teardown(void **state)
  * rule waits for state 3; `once` lets the fourth write through. */
 static void test_nth_write(void **state)
 {
-    BlockDriverState *bs = open_node(
-        "driver=blkdebug,node-name=dbg," IMG ","
-        "set-state.0.event=pwritev,set-state.0.state=1,"
-        "set-state.0.new_state=2,"
-        "set-state.1.event=pwritev,set-state.1.state=2,"
-        "set-state.1.new_state=3,"
-        "inject-error.0.event=pwritev,inject-error.0.state=3,"
-        "inject-error.0.once=on");
-    BlockBackend *blk = rw_blk(bs);
+    BlockDriverState *bs =
+        test_open_owned("driver=blkdebug,node-name=dbg," IMG ","
+                        "set-state.0.event=pwritev,set-state.0.state=1,"
+                        "set-state.0.new_state=2,"
+                        "set-state.1.event=pwritev,set-state.1.state=2,"
+                        "set-state.1.new_state=3,"
+                        "inject-error.0.event=pwritev,inject-error.0.state=3,"
+                        "inject-error.0.once=on");
+    BlockBackend *blk = test_rw_blk(bs);
     assert_int_equal(write_pat(blk, 0, 4096, 1), 0);
     assert_int_equal(write_pat(blk, 4096, 4096, 2), 0);
     assert_int_equal(write_pat(blk, 8192, 4096, 3), -EIO);
@@ -307,10 +260,10 @@ static void test_nth_write(void **state)
  * reads working. */
 static void test_not_once_and_iotype(void **state)
 {
-    BlockDriverState *bs = open_node(
+    BlockDriverState *bs = test_open_owned(
         "driver=blkdebug,node-name=dbg," IMG ","
         "inject-error.0.event=pwritev,inject-error.0.iotype=write");
-    BlockBackend *blk = rw_blk(bs);
+    BlockBackend *blk = test_rw_blk(bs);
     for (int i = 0; i < 3; i++) {
         assert_int_equal(write_pat(blk, 0, 512, 7), -EIO);
     }
@@ -326,10 +279,10 @@ static void test_not_once_and_iotype(void **state)
  * negative errno counts as its magnitude. */
 static void test_default_iotype(void **state)
 {
-    BlockDriverState *bs = open_node(
-        "driver=blkdebug,node-name=dbg," IMG ","
-        "inject-error.0.event=pwritev,inject-error.0.errno=-5");
-    BlockBackend *blk = rw_blk(bs);
+    BlockDriverState *bs =
+        test_open_owned("driver=blkdebug,node-name=dbg," IMG ","
+                        "inject-error.0.event=pwritev,inject-error.0.errno=-5");
+    BlockBackend *blk = test_rw_blk(bs);
     assert_int_equal(read_buf(blk, 0, 512), 0); /* not active yet */
     assert_int_equal(write_pat(blk, 0, 512, 1), -EIO);
     assert_int_equal(read_buf(blk, 0, 512), -EIO);
@@ -342,11 +295,11 @@ static void test_default_iotype(void **state)
 /* `sector` (512-byte units) limits a rule to requests covering it. */
 static void test_sector(void **state)
 {
-    BlockDriverState *bs = open_node(
-        "driver=blkdebug,node-name=dbg," IMG ","
-        "inject-error.0.event=pwritev,inject-error.0.sector=8,"
-        "inject-error.0.errno=28");
-    BlockBackend *blk = rw_blk(bs);
+    BlockDriverState *bs =
+        test_open_owned("driver=blkdebug,node-name=dbg," IMG ","
+                        "inject-error.0.event=pwritev,inject-error.0.sector=8,"
+                        "inject-error.0.errno=28");
+    BlockBackend *blk = test_rw_blk(bs);
     assert_int_equal(write_pat(blk, 0, 4096, 1), 0);        /* 0..7 */
     assert_int_equal(write_pat(blk, 4608, 4096, 1), 0);     /* 9..16 */
     assert_int_equal(write_pat(blk, 4096, 512, 2), -ENOSPC); /* 8 */
@@ -360,23 +313,23 @@ static void test_sector(void **state)
 /* errno=0 activates but never fails; state 0 means any state. */
 static void test_errno_zero_and_any_state(void **state)
 {
-    BlockDriverState *bs = open_node(
-        "driver=blkdebug,node-name=dbg," IMG ","
-        "inject-error.0.event=pwritev,inject-error.0.errno=0,"
-        "inject-error.0.iotype=write");
-    BlockBackend *blk = rw_blk(bs);
+    BlockDriverState *bs =
+        test_open_owned("driver=blkdebug,node-name=dbg," IMG ","
+                        "inject-error.0.event=pwritev,inject-error.0.errno=0,"
+                        "inject-error.0.iotype=write");
+    BlockBackend *blk = test_rw_blk(bs);
     assert_int_equal(write_pat(blk, 0, 512, 1), 0);
     assert_int_equal(write_pat(blk, 0, 512, 1), 0);
     close_all(blk, bs);
 
-    bs = open_node("driver=blkdebug,node-name=dbg," IMG ","
-                   "set-state.0.event=pwritev,set-state.0.new_state=7,"
-                   "inject-error.0.event=pwritev,inject-error.0.state=0,"
-                   "inject-error.0.iotype=write,inject-error.0.once=on,"
-                   "inject-error.1.event=pwritev,inject-error.1.state=7,"
-                   "inject-error.1.iotype=write,inject-error.1.errno=1,"
-                   "inject-error.1.once=on");
-    blk = rw_blk(bs);
+    bs = test_open_owned("driver=blkdebug,node-name=dbg," IMG ","
+                         "set-state.0.event=pwritev,set-state.0.new_state=7,"
+                         "inject-error.0.event=pwritev,inject-error.0.state=0,"
+                         "inject-error.0.iotype=write,inject-error.0.once=on,"
+                         "inject-error.1.event=pwritev,inject-error.1.state=7,"
+                         "inject-error.1.iotype=write,inject-error.1.errno=1,"
+                         "inject-error.1.once=on");
+    blk = test_rw_blk(bs);
     /* state 1: only the any-state rule */
     assert_int_equal(write_pat(blk, 0, 512, 1), -EIO);
     /* state 7 now: the state-7 rule */
@@ -389,11 +342,11 @@ static void test_errno_zero_and_any_state(void **state)
  * raised directly on the node via bdrv_debug_event acts the same. */
 static void test_active_reset(void **state)
 {
-    BlockDriverState *bs = open_node(
+    BlockDriverState *bs = test_open_owned(
         "driver=blkdebug,node-name=dbg," IMG ","
         "inject-error.0.event=l1_update,inject-error.0.iotype=read,"
         "inject-error.1.event=l2_update,inject-error.1.iotype=write");
-    BlockBackend *blk = rw_blk(bs);
+    BlockBackend *blk = test_rw_blk(bs);
     BdrvChild *root = blk_root(blk);
     assert_int_equal(read_buf(blk, 0, 512), 0);
     bdrv_debug_event(root, BLKDBG_L1_UPDATE);
@@ -414,23 +367,23 @@ static void test_active_reset(void **state)
 /* The open raises "none" once in state 1: its rules act from the start. */
 static void test_none_event(void **state)
 {
-    BlockDriverState *bs = open_node(
-        "driver=blkdebug,node-name=dbg," IMG ","
-        "inject-error.0.event=none,inject-error.0.iotype=read,"
-        "inject-error.0.once=on,"
-        "inject-error.1.event=pwritev,inject-error.1.state=2,"
-        "inject-error.1.iotype=write,"
-        "set-state.0.event=none,set-state.0.new_state=2");
-    BlockBackend *blk = rw_blk(bs);
+    BlockDriverState *bs =
+        test_open_owned("driver=blkdebug,node-name=dbg," IMG ","
+                        "inject-error.0.event=none,inject-error.0.iotype=read,"
+                        "inject-error.0.once=on,"
+                        "inject-error.1.event=pwritev,inject-error.1.state=2,"
+                        "inject-error.1.iotype=write,"
+                        "set-state.0.event=none,set-state.0.new_state=2");
+    BlockBackend *blk = test_rw_blk(bs);
     assert_int_equal(read_buf(blk, 0, 512), -EIO);
     assert_int_equal(read_buf(blk, 0, 512), 0);
     assert_int_equal(write_pat(blk, 0, 512, 1), -EIO); /* state 2 */
     close_all(blk, bs);
 
     /* a "none" rule for another state never acts */
-    bs = open_node("driver=blkdebug,node-name=dbg," IMG ","
-                   "inject-error.0.event=none,inject-error.0.state=2");
-    blk = rw_blk(bs);
+    bs = test_open_owned("driver=blkdebug,node-name=dbg," IMG ","
+                         "inject-error.0.event=none,inject-error.0.state=2");
+    blk = test_rw_blk(bs);
     assert_int_equal(read_buf(blk, 0, 512), 0);
     close_all(blk, bs);
 }
@@ -439,13 +392,13 @@ static void test_none_event(void **state)
  * block-status, discard and write-zeroes iotypes. */
 static void test_other_iotypes(void **state)
 {
-    BlockDriverState *bs = open_node(
+    BlockDriverState *bs = test_open_owned(
         "driver=raw,node-name=fmt,file.driver=blkdebug,file.node-name=dbg,"
         "file.image.driver=null-aio,"
         "file.inject-error.0.event=flush_to_disk,"
         "file.inject-error.0.iotype=flush,file.inject-error.0.once=on,"
         "file.inject-error.0.immediately=on");
-    BlockBackend *blk = rw_blk(bs);
+    BlockBackend *blk = test_rw_blk(bs);
     assert_int_equal(do_req(blk, OP_FLUSH, 0, 0, NULL), 0); /* nothing new */
     assert_int_equal(write_pat(blk, 0, 512, 1), 0);
     assert_int_equal(do_req(blk, OP_FLUSH, 0, 0, NULL), -EIO);
@@ -454,15 +407,15 @@ static void test_other_iotypes(void **state)
 
     /* pwritev_done comes after every write, pwritev_zero before zero
      * writes (and makes the rules of pwritev_done inactive until then) */
-    bs = open_node("driver=blkdebug,node-name=dbg,discard=unmap," IMG ","
-                   "inject-error.0.event=pwritev_done,"
-                   "inject-error.0.iotype=block-status,"
-                   "inject-error.1.event=pwritev_done,"
-                   "inject-error.1.iotype=discard,inject-error.1.once=on,"
-                   "inject-error.2.event=pwritev_zero,"
-                   "inject-error.2.iotype=write-zeroes,"
-                   "inject-error.2.once=on");
-    blk = rw_blk(bs);
+    bs = test_open_owned("driver=blkdebug,node-name=dbg,discard=unmap," IMG ","
+                         "inject-error.0.event=pwritev_done,"
+                         "inject-error.0.iotype=block-status,"
+                         "inject-error.1.event=pwritev_done,"
+                         "inject-error.1.iotype=discard,inject-error.1.once=on,"
+                         "inject-error.2.event=pwritev_zero,"
+                         "inject-error.2.iotype=write-zeroes,"
+                         "inject-error.2.once=on");
+    blk = test_rw_blk(bs);
     assert_true(do_req(blk, OP_STATUS, 0, 4096, NULL) >= 0);
     assert_int_equal(write_pat(blk, 0, 4096, 1), 0);
     assert_int_equal(do_req(blk, OP_STATUS, 0, 4096, NULL), -EIO);
@@ -502,7 +455,7 @@ static void check_log(uint64_t align, int64_t max_rw, int64_t zalign,
 
 static void test_align(void **state)
 {
-    BlockDriverState *bs = open_node(
+    BlockDriverState *bs = test_open_owned(
         "driver=blkdebug,node-name=dbg," IMG ",align=4096,max-transfer=8192,"
         "opt-write-zero=16384,max-write-zero=32768,"
         "opt-discard=8192,max-discard=16384,discard=unmap");
@@ -512,7 +465,7 @@ static void test_align(void **state)
     assert_int_equal(bs->bl.max_pwrite_zeroes, 32768);
     assert_int_equal(bs->bl.pdiscard_alignment, 8192);
     assert_int_equal(bs->bl.max_pdiscard, 16384);
-    BlockBackend *blk = rw_blk(bs);
+    BlockBackend *blk = test_rw_blk(bs);
 
     /* unaligned write: read-modify-write of whole 4k blocks */
     assert_int_equal(write_pat(blk, 512, 1024, 9), 0);
@@ -601,12 +554,12 @@ static void coroutine_fn direct_co(void *opaque)
 
 static void test_limits_enforced(void **state)
 {
-    BlockDriverState *bs = open_node(
+    BlockDriverState *bs = test_open_owned(
         "driver=blkdebug,node-name=dbg," IMG ",align=4096,max-transfer=8192,"
         "opt-write-zero=16384,max-write-zero=32768,opt-discard=8192,"
         "discard=unmap");
     /* the image child needs write for the zero and discard calls */
-    BlockBackend *blk = rw_blk(bs);
+    BlockBackend *blk = test_rw_blk(bs);
     DirectCo c = {.bs = bs};
     g_array_set_size(md.log, 0);
     coroutine_run_sync(direct_co, &c);
@@ -650,7 +603,7 @@ static void test_bad_options(void **state)
     for (size_t i = 0; i < G_N_ELEMENTS(cases); i++) {
         g_autofree char *opts = g_strdup_printf(
             "driver=blkdebug,node-name=dbg," IMG ",%s", cases[i].opts);
-        g_autofree char *msg = open_error(opts);
+        g_autofree char *msg = test_open_error(opts);
         if (strcmp(msg, cases[i].msg)) {
             fail_msg("%s: got '%s', want '%s'", cases[i].opts, msg,
                      cases[i].msg);
@@ -689,8 +642,8 @@ static void test_config_file(void **state)
                              "once = \"on\"\n");
     g_autofree char *opts = g_strdup_printf(
         "driver=blkdebug,node-name=dbg," IMG ",config=%s", cfg);
-    BlockDriverState *bs = open_node(opts);
-    BlockBackend *blk = rw_blk(bs);
+    BlockDriverState *bs = test_open_owned(opts);
+    BlockBackend *blk = test_rw_blk(bs);
     assert_int_equal(write_pat(blk, 8192, 512, 1), 0);       /* state 1 */
     assert_int_equal(write_pat(blk, 0, 4096, 1), 0);         /* no sector */
     assert_int_equal(write_pat(blk, 8192, 512, 2), -ENOSPC); /* once */
@@ -719,7 +672,7 @@ static void test_config_file(void **state)
         char *path = write_config(bad[i].text);
         g_autofree char *o = g_strdup_printf(
             "driver=blkdebug,node-name=dbg," IMG ",config=%s", path);
-        g_autofree char *msg = open_error(o);
+        g_autofree char *msg = test_open_error(o);
         g_autofree char *want = g_strdup_printf("%s:%s", path, bad[i].msg);
         if (strcmp(msg, want)) {
             fail_msg("got '%s', want '%s'", msg, want);
@@ -733,10 +686,11 @@ static void test_config_file(void **state)
 
 static void test_child_perms(void **state)
 {
-    BlockDriverState *mem = open_node("driver=null-aio,node-name=mem");
-    BlockDriverState *bs = open_node("driver=blkdebug,node-name=dbg,"
-                                     "image=mem,unshare-child-perms.0=write,"
-                                     "take-child-perms.0=resize");
+    BlockDriverState *mem = test_open_owned("driver=null-aio,node-name=mem");
+    BlockDriverState *bs =
+        test_open_owned("driver=blkdebug,node-name=dbg,"
+                        "image=mem,unshare-child-perms.0=write,"
+                        "take-child-perms.0=resize");
     BdrvChild *c = LIST_FIRST(&bs->children);
     assert_non_null(c);
     assert_string_equal(c->name, "image");

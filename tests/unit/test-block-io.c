@@ -21,6 +21,7 @@
 #include <glib.h>
 
 #include "block/block_int.h"
+#include "tests/unit/test-helpers.h"
 #include "qapi/qapi-commands.h"
 #include "util/aio.h"
 
@@ -174,40 +175,6 @@ static const BlockDriver memdrv = {
 
 /* ---- helpers ---- */
 
-typedef struct OpenCo {
-    const char *opts;
-    BlockDriverState *bs;
-    GError *err;
-} OpenCo;
-
-static void coroutine_fn open_co(void *opaque)
-{
-    OpenCo *oc = opaque;
-    oc->bs = bdrv_co_open_keyval(oc->opts, &oc->err);
-}
-
-static BlockDriverState *open_node(const char *opts)
-{
-    OpenCo oc = {.opts = opts};
-    coroutine_run_sync(open_co, &oc);
-    if (!oc.bs) {
-        fail_msg("open '%s': %s", opts, oc.err->message);
-    }
-    bdrv_set_monitor_owned(oc.bs);
-    return oc.bs;
-}
-
-static BlockBackend *rw_blk(BlockDriverState *bs)
-{
-    BlockBackend *blk =
-        blk_new(BLK_PERM_CONSISTENT_READ | BLK_PERM_WRITE, BLK_PERM_ALL);
-    GError *err = NULL;
-    if (blk_insert_bs(blk, bs, &err) < 0) {
-        fail_msg("insert: %s", err->message);
-    }
-    return blk;
-}
-
 /* One request, run synchronously in a coroutine. */
 typedef enum { OP_READ, OP_WRITE, OP_ZERO, OP_FLUSH, OP_DISCARD } Op;
 typedef struct Req {
@@ -293,8 +260,8 @@ static int setup_memdrv(void **state)
 static void rmw_patterns(uint32_t align, const char *opts, int64_t shift)
 {
     md_reset(align);
-    BlockDriverState *bs = open_node(opts);
-    BlockBackend *blk = rw_blk(bs);
+    BlockDriverState *bs = test_open_owned(opts);
+    BlockBackend *blk = test_rw_blk(bs);
     int64_t size = blk_getlength(blk);
     uint8_t *shadow = g_malloc0(size + shift);
     GRand *rnd = g_rand_new_with_seed(align);
@@ -353,10 +320,11 @@ static void test_read_past_end_zero(void **state)
     md_reset(4096);
     /* 5000 bytes: the node is 5120 long (sectors), the driver sees whole
      * 4096 blocks, the tail past the data reads as zero. */
-    BlockDriverState *bs = open_node("driver=null-aio,node-name=m0,size=5000");
+    BlockDriverState *bs =
+        test_open_owned("driver=null-aio,node-name=m0,size=5000");
     assert_int_equal(bdrv_getlength(bs), 5120);
     memset(md_mem, 0x11, 5000);
-    BlockBackend *blk = rw_blk(bs);
+    BlockBackend *blk = test_rw_blk(bs);
     uint8_t buf[300];
     assert_int_equal(do_req(blk, OP_READ, 4900, 220, buf, 0), 0);
     for (int i = 0; i < 100; i++) {
@@ -387,19 +355,19 @@ static void test_rmw_file_direct(void **state)
         "driver=raw,node-name=rf,file.driver=file,file.filename=%s,"
         "file.cache.direct=on",
         path);
-    OpenCo oc = {.opts = opts};
-    coroutine_run_sync(open_co, &oc);
-    if (!oc.bs) {
+    GError *err = NULL;
+    BlockDriverState *bs = test_try_open(opts, &err);
+    if (!bs) {
         /* a file system without O_DIRECT (tmpfs) */
-        g_error_free(oc.err);
+        g_error_free(err);
         close(fd);
         unlink(path);
         skip();
     }
-    bdrv_set_monitor_owned(oc.bs);
-    BlockDriverState *f = oc.bs->file->bs;
+    bdrv_set_monitor_owned(bs);
+    BlockDriverState *f = bs->file->bs;
     assert_true(f->bl.request_alignment >= 512);
-    BlockBackend *blk = rw_blk(oc.bs);
+    BlockBackend *blk = test_rw_blk(bs);
     uint8_t *shadow = g_malloc0(SIZE), *buf = g_malloc(20000),
             *rbuf = g_malloc(20000), *disk = g_malloc(SIZE);
     GRand *rnd = g_rand_new_with_seed(42);
@@ -441,8 +409,9 @@ static void test_concurrent_rmw(void **state)
     enum { N = 8, LEN = 300, BASE = 4000 };
     md_reset(4096);
     md.latency_ns = 2 * 1000 * 1000;
-    BlockDriverState *bs = open_node("driver=null-aio,node-name=m0,size=65536");
-    BlockBackend *blk = rw_blk(bs);
+    BlockDriverState *bs =
+        test_open_owned("driver=null-aio,node-name=m0,size=65536");
+    BlockBackend *blk = test_rw_blk(bs);
     uint8_t shadow[65536];
     static uint8_t bufs[N][LEN];
     Req reqs[N];
@@ -488,8 +457,9 @@ static void test_write_zeroes_fallback(void **state)
 {
     md_reset(512);
     md.max_transfer = 8192; /* fallback writes must respect it */
-    BlockDriverState *bs = open_node("driver=null-aio,node-name=m0,size=65536");
-    BlockBackend *blk = rw_blk(bs);
+    BlockDriverState *bs =
+        test_open_owned("driver=null-aio,node-name=m0,size=65536");
+    BlockBackend *blk = test_rw_blk(bs);
     memset(md_mem, 0xff, 65536);
 
     assert_int_equal(do_req(blk, OP_ZERO, 1000, 30000, NULL, 0), 0);
@@ -505,8 +475,8 @@ static void test_write_zeroes_fallback(void **state)
     md.pwz_align = 4096;
     blk_unref(blk);
     blockdev_del_all();
-    bs = open_node("driver=null-aio,node-name=m1,size=65536");
-    blk = rw_blk(bs);
+    bs = test_open_owned("driver=null-aio,node-name=m1,size=65536");
+    blk = test_rw_blk(bs);
     memset(md_mem, 0xff, 65536);
     assert_int_equal(do_req(blk, OP_ZERO, 1024, 40960, NULL, 0), 0);
     for (int i = 0; i < 65536; i++) {
@@ -539,9 +509,9 @@ static void test_detect_zeroes(void **state)
 {
     md_reset(512);
     md.zeroes = true;
-    BlockDriverState *bs =
-        open_node("driver=null-aio,node-name=m0,size=65536,detect-zeroes=on");
-    BlockBackend *blk = rw_blk(bs);
+    BlockDriverState *bs = test_open_owned(
+        "driver=null-aio,node-name=m0,size=65536,detect-zeroes=on");
+    BlockBackend *blk = test_rw_blk(bs);
     memset(md_mem, 0xff, 65536);
     uint8_t zero[4096] = {0};
     assert_int_equal(do_req(blk, OP_WRITE, 4096, 4096, zero, 0), 0);
@@ -561,8 +531,9 @@ static void test_max_transfer(void **state)
 {
     md_reset(512);
     md.max_transfer = 4096;
-    BlockDriverState *bs = open_node("driver=null-aio,node-name=m0,size=65536");
-    BlockBackend *blk = rw_blk(bs);
+    BlockDriverState *bs =
+        test_open_owned("driver=null-aio,node-name=m0,size=65536");
+    BlockBackend *blk = test_rw_blk(bs);
     uint8_t buf[20000], rbuf[20000];
     GRand *rnd = g_rand_new_with_seed(7);
     fill_random(buf, sizeof(buf), rnd);
@@ -580,9 +551,9 @@ static void test_max_transfer(void **state)
 static void test_flush(void **state)
 {
     md_reset(512);
-    BlockDriverState *bs = open_node(
+    BlockDriverState *bs = test_open_owned(
         "driver=raw,node-name=r0,file.driver=null-aio,file.size=65536");
-    BlockBackend *blk = rw_blk(bs);
+    BlockBackend *blk = test_rw_blk(bs);
     uint8_t buf[512] = {1};
     assert_int_equal(do_req(blk, OP_FLUSH, 0, 0, NULL, 0), 0);
     int base = md.flushes;
@@ -601,9 +572,9 @@ static void test_flush(void **state)
 static void test_cache_no_flush(void **state)
 {
     md_reset(512);
-    BlockDriverState *bs =
-        open_node("driver=null-aio,node-name=m0,size=65536,cache.no-flush=on");
-    BlockBackend *blk = rw_blk(bs);
+    BlockDriverState *bs = test_open_owned(
+        "driver=null-aio,node-name=m0,size=65536,cache.no-flush=on");
+    BlockBackend *blk = test_rw_blk(bs);
     uint8_t buf[512] = {1};
     assert_int_equal(do_req(blk, OP_WRITE, 0, 512, buf, 0), 0);
     assert_int_equal(do_req(blk, OP_FLUSH, 0, 0, NULL, 0), 0);
@@ -615,11 +586,11 @@ static void test_close_all(void **state)
 {
     md_reset(512);
     /* two formats over one memory node, plus an unrelated one */
-    open_node("driver=null-aio,node-name=m0,size=65536");
-    BlockDriverState *a = open_node("driver=raw,node-name=a,file=m0");
-    open_node("driver=raw,node-name=b,file=m0,size=4096");
-    open_node("driver=null-aio,node-name=m1,size=65536");
-    BlockBackend *blk = rw_blk(a);
+    test_open_owned("driver=null-aio,node-name=m0,size=65536");
+    BlockDriverState *a = test_open_owned("driver=raw,node-name=a,file=m0");
+    test_open_owned("driver=raw,node-name=b,file=m0,size=4096");
+    test_open_owned("driver=null-aio,node-name=m1,size=65536");
+    BlockBackend *blk = test_rw_blk(a);
     uint8_t buf[512] = {9};
     assert_int_equal(do_req(blk, OP_WRITE, 0, 512, buf, 0), 0);
     blk_unref(blk);
@@ -643,9 +614,9 @@ static void test_close_all(void **state)
 static void test_inherited_options(void **state)
 {
     md_reset(512);
-    BlockDriverState *r =
-        open_node("driver=raw,node-name=r,read-only=on,cache.direct=on,"
-                  "cache.no-flush=on,file.driver=null-aio,file.size=65536");
+    BlockDriverState *r = test_open_owned(
+        "driver=raw,node-name=r,read-only=on,cache.direct=on,"
+        "cache.no-flush=on,file.driver=null-aio,file.size=65536");
     BlockDriverState *f = r->file->bs;
     assert_true(bdrv_is_read_only(f));
     assert_true(f->open_flags & BDRV_O_NOCACHE);
@@ -654,9 +625,9 @@ static void test_inherited_options(void **state)
     assert_true(f->open_flags & BDRV_O_UNMAP);
     assert_false(r->open_flags & BDRV_O_UNMAP);
     /* a child's own setting wins */
-    BlockDriverState *r2 =
-        open_node("driver=raw,node-name=r2,read-only=on,file.driver=null-aio,"
-                  "file.size=65536,file.read-only=off,file.discard=ignore");
+    BlockDriverState *r2 = test_open_owned(
+        "driver=raw,node-name=r2,read-only=on,file.driver=null-aio,"
+        "file.size=65536,file.read-only=off,file.discard=ignore");
     assert_false(bdrv_is_read_only(r2->file->bs));
     assert_false(r2->file->bs->open_flags & BDRV_O_UNMAP);
 }
@@ -680,7 +651,8 @@ static void coroutine_fn trunc_co(void *opaque)
 static void test_request_perms(void **state)
 {
     md_reset(512);
-    BlockDriverState *bs = open_node("driver=null-aio,node-name=m0,size=65536");
+    BlockDriverState *bs =
+        test_open_owned("driver=null-aio,node-name=m0,size=65536");
     BlockBackend *ro = blk_new(BLK_PERM_CONSISTENT_READ, BLK_PERM_ALL);
     assert_int_equal(blk_insert_bs(ro, bs, NULL), 0);
     uint8_t buf[512] = {0};
@@ -706,9 +678,10 @@ static void test_drain(void **state)
 {
     md_reset(512);
     md.latency_ns = 30 * 1000 * 1000;
-    BlockDriverState *m0 = open_node("driver=null-aio,node-name=m0,size=65536");
-    BlockDriverState *r0 = open_node("driver=raw,node-name=r0,file=m0");
-    BlockBackend *blk = rw_blk(r0);
+    BlockDriverState *m0 =
+        test_open_owned("driver=null-aio,node-name=m0,size=65536");
+    BlockDriverState *r0 = test_open_owned("driver=raw,node-name=r0,file=m0");
+    BlockBackend *blk = test_rw_blk(r0);
     uint8_t buf[512] = {7};
     Req w1 = {blk, OP_WRITE, 0, 512, buf, 0, 0, false};
     start_req(&w1);
@@ -763,8 +736,9 @@ static void test_drain_in_coroutine(void **state)
 {
     md_reset(512);
     md.latency_ns = 20 * 1000 * 1000;
-    BlockDriverState *m0 = open_node("driver=null-aio,node-name=m0,size=65536");
-    BlockBackend *blk = rw_blk(m0);
+    BlockDriverState *m0 =
+        test_open_owned("driver=null-aio,node-name=m0,size=65536");
+    BlockBackend *blk = test_rw_blk(m0);
     uint8_t buf[512];
     Req r = {blk, OP_READ, 0, 512, buf, 0, 0, false};
     start_req(&r);
@@ -795,8 +769,8 @@ static void coroutine_fn bs_co(void *opaque)
 
 static void test_block_status(void **state)
 {
-    BlockDriverState *z =
-        open_node("driver=null-co,node-name=z,size=1048576,read-zeroes=on");
+    BlockDriverState *z = test_open_owned(
+        "driver=null-co,node-name=z,size=1048576,read-zeroes=on");
     BsCo b = {.bs = z, .offset = 0, .bytes = 1 << 30};
     coroutine_run_sync(bs_co, &b);
     assert_int_equal(b.ret, BDRV_BLOCK_ZERO | BDRV_BLOCK_OFFSET_VALID |
@@ -805,7 +779,7 @@ static void test_block_status(void **state)
     assert_ptr_equal(b.file, z);
 
     BlockDriverState *r =
-        open_node("driver=raw,node-name=r,file=z,offset=4096");
+        test_open_owned("driver=raw,node-name=r,file=z,offset=4096");
     b = (BsCo){.bs = r, .offset = 512, .bytes = 4096};
     coroutine_run_sync(bs_co, &b);
     assert_int_equal(b.ret, BDRV_BLOCK_ZERO | BDRV_BLOCK_OFFSET_VALID |
@@ -822,13 +796,14 @@ static void test_block_status(void **state)
     assert_int_equal(b.ret, BDRV_BLOCK_EOF);
 
     /* without read-zeroes nothing is allocated */
-    BlockDriverState *n = open_node("driver=null-co,node-name=n,size=65536");
+    BlockDriverState *n =
+        test_open_owned("driver=null-co,node-name=n,size=65536");
     b = (BsCo){.bs = n, .offset = 0, .bytes = 65536};
     coroutine_run_sync(bs_co, &b);
     assert_int_equal(b.ret, BDRV_BLOCK_OFFSET_VALID | BDRV_BLOCK_EOF);
 
     /* reads of null-co without read-zeroes leave the buffer alone */
-    BlockBackend *blk = rw_blk(n);
+    BlockBackend *blk = test_rw_blk(n);
     uint8_t buf[512];
     memset(buf, 0x5a, sizeof(buf));
     assert_int_equal(do_req(blk, OP_READ, 0, 512, buf, 0), 0);
@@ -935,9 +910,9 @@ static void test_backing_chain(void **state)
 {
     bdrv_register_test_driver(&cowdrv);
     BlockDriverState *base =
-        open_node("driver=null-aio,node-name=base,size=32768");
+        test_open_owned("driver=null-aio,node-name=base,size=32768");
     BlockDriverState *top =
-        open_node("driver=null-aio,node-name=top,size=65536");
+        test_open_owned("driver=null-aio,node-name=top,size=65536");
     GError *err = NULL;
     assert_int_equal(bdrv_set_backing_hd(top, base, &err), 0);
     assert_ptr_equal(bdrv_backing_bs(top), base);
@@ -949,7 +924,7 @@ static void test_backing_chain(void **state)
                                       "'base' would create a cycle");
     g_clear_error(&err);
 
-    BlockBackend *bt = rw_blk(top), *bb = rw_blk(base);
+    BlockBackend *bt = test_rw_blk(top), *bb = test_rw_blk(base);
     uint8_t buf[4096];
     memset(buf, 1, sizeof(buf));
     assert_int_equal(do_req(bt, OP_WRITE, 0, 4096, buf, 0), 0);
@@ -1011,8 +986,9 @@ static void test_backing_chain(void **state)
 static void test_disable_queuing(void **state)
 {
     md_reset(512);
-    BlockDriverState *m0 = open_node("driver=null-aio,node-name=m0,size=65536");
-    BlockBackend *blk = rw_blk(m0);
+    BlockDriverState *m0 =
+        test_open_owned("driver=null-aio,node-name=m0,size=65536");
+    BlockBackend *blk = test_rw_blk(m0);
     blk_set_disable_request_queuing(blk, true);
     uint8_t buf[512] = {3};
     bdrv_drained_begin(m0);
@@ -1060,8 +1036,8 @@ static void test_resize(void **state)
 {
     md_reset(512);
     /* a fixed window: cannot resize, and forbids resizing its file */
-    open_node("driver=null-aio,node-name=m1,size=65536");
-    open_node("driver=raw,node-name=r1,file=m1,size=4096");
+    test_open_owned("driver=null-aio,node-name=m1,size=65536");
+    test_open_owned("driver=raw,node-name=r1,file=m1,size=4096");
     char *msg = resize("r1", 8192);
     assert_string_equal(msg, "Cannot resize fixed-size raw disks");
     g_free(msg);
@@ -1073,8 +1049,9 @@ static void test_resize(void **state)
                              "child).");
     g_free(msg);
 
-    BlockDriverState *m0 = open_node("driver=null-aio,node-name=m0,size=65536");
-    BlockDriverState *r0 = open_node("driver=raw,node-name=r0,file=m0");
+    BlockDriverState *m0 =
+        test_open_owned("driver=null-aio,node-name=m0,size=65536");
+    BlockDriverState *r0 = test_open_owned("driver=raw,node-name=r0,file=m0");
     BlockBackend *reader = blk_new(BLK_PERM_CONSISTENT_READ, BLK_PERM_ALL);
     static const BlockDevOps ops = {.resize = dev_resize};
     blk_set_dev_ops(reader, &ops, NULL);
@@ -1102,11 +1079,11 @@ static void test_resize(void **state)
     assert_int_equal(resized_calls, 3);
     blk_unref(reader);
 
-    open_node("driver=null-co,node-name=ro,read-only=on");
+    test_open_owned("driver=null-co,node-name=ro,read-only=on");
     msg = resize("ro", 4096);
     assert_string_equal(msg, "Image is read-only");
     g_free(msg);
-    open_node("driver=null-co,node-name=nc");
+    test_open_owned("driver=null-co,node-name=nc");
     msg = resize("nc", 4096);
     assert_string_equal(msg, "Image format driver does not support resize");
     g_free(msg);
@@ -1159,12 +1136,12 @@ static const char *expected_json =
 
 static void test_query(void **state)
 {
-    open_node("driver=null-co,node-name=n0,latency-ns=5");
-    open_node("driver=null-co,node-name=n2,read-only=on,size=4096,"
-              "read-zeroes=on,cache.direct=on,cache.no-flush=on,"
-              "detect-zeroes=on");
-    open_node("driver=raw,node-name=fmt2,offset=512,size=1024,"
-              "file.driver=null-co,file.node-name=inner");
+    test_open_owned("driver=null-co,node-name=n0,latency-ns=5");
+    test_open_owned("driver=null-co,node-name=n2,read-only=on,size=4096,"
+                    "read-zeroes=on,cache.direct=on,cache.no-flush=on,"
+                    "detect-zeroes=on");
+    test_open_owned("driver=raw,node-name=fmt2,offset=512,size=1024,"
+                    "file.driver=null-co,file.node-name=inner");
     BlockDriverState *inner = bdrv_find_node("inner");
     /* drop the inline child from the listing by comparing without it */
     for (int flat = 0; flat <= 1; flat++) {

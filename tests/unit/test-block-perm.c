@@ -15,68 +15,21 @@
 #include <glib.h>
 
 #include "block/block_int.h"
+#include "tests/unit/test-helpers.h"
 #include "util/aio.h"
 
 /* ---- helpers ---- */
 
-typedef struct OpenCo {
-    const char *opts;
-    BlockDriverState *bs;
-    GError *err;
-} OpenCo;
-
-static void coroutine_fn open_co(void *opaque)
-{
-    OpenCo *oc = opaque;
-    oc->bs = bdrv_co_open_keyval(oc->opts, &oc->err);
-}
-
-/* Open a monitor-owned node (as blockdev-add does); fail the test on
- * error. */
-static BlockDriverState *open_node(const char *opts)
-{
-    OpenCo oc = {.opts = opts};
-    coroutine_run_sync(open_co, &oc);
-    if (!oc.bs) {
-        fail_msg("open '%s': %s", opts, oc.err->message);
-    }
-    bdrv_set_monitor_owned(oc.bs);
-    return oc.bs;
-}
-
-/* Open expecting failure; returns the message (caller frees). */
-static char *open_fail(const char *opts)
-{
-    OpenCo oc = {.opts = opts};
-    coroutine_run_sync(open_co, &oc);
-    assert_null(oc.bs);
-    assert_non_null(oc.err);
-    char *msg = g_strdup(oc.err->message);
-    g_error_free(oc.err);
-    return msg;
-}
-
-typedef struct DelCo {
-    BlockDriverState *bs;
-    int ret;
-    GError *err;
-} DelCo;
-
-static void coroutine_fn del_co(void *opaque)
-{
-    DelCo *d = opaque;
-    d->ret = bdrv_co_blockdev_del(d->bs, &d->err);
-}
-
+/* blockdev-del; *msg gets the error message or NULL (caller frees). */
 static int del_node(BlockDriverState *bs, char **msg)
 {
-    DelCo d = {.bs = bs};
-    coroutine_run_sync(del_co, &d);
+    GError *err = NULL;
+    int ret = test_blockdev_del(bs, &err);
     if (msg) {
-        *msg = d.err ? g_strdup(d.err->message) : NULL;
+        *msg = err ? g_strdup(err->message) : NULL;
     }
-    g_clear_error(&d.err);
-    return d.ret;
+    g_clear_error(&err);
+    return ret;
 }
 
 static BlockBackend *new_blk(BlockDriverState *bs, uint64_t perm,
@@ -181,7 +134,7 @@ static void test_perm_names(void **state)
 
 static void test_two_writers_conflict(void **state)
 {
-    BlockDriverState *n0 = open_node("driver=null-co,node-name=n0");
+    BlockDriverState *n0 = test_open_owned("driver=null-co,node-name=n0");
     char *msg;
     BlockBackend *e0 =
         new_blk(n0, BLK_PERM_CONSISTENT_READ | BLK_PERM_WRITE,
@@ -215,9 +168,9 @@ static void test_two_writers_conflict(void **state)
 static void test_node_parent_conflict(void **state)
 {
     /* raw with a window: its file edge does not share resize. */
-    BlockDriverState *n0 = open_node("driver=null-co,node-name=n0");
+    BlockDriverState *n0 = test_open_owned("driver=null-co,node-name=n0");
     BlockDriverState *r0 =
-        open_node("driver=raw,node-name=r0,file=n0,offset=512,size=1024");
+        test_open_owned("driver=raw,node-name=r0,file=n0,offset=512,size=1024");
     char *msg;
     BlockBackend *b = new_blk(n0, BLK_PERM_RESIZE, BLK_PERM_ALL, NULL, &msg);
     assert_null(b);
@@ -236,8 +189,8 @@ static void test_abort_restores(void **state)
 {
     bdrv_register_test_driver(&permdrv);
     memset(&pd, 0, sizeof(pd));
-    BlockDriverState *p0 = open_node("driver=null-aio,node-name=p0");
-    BlockDriverState *r0 = open_node("driver=raw,node-name=r0,file=p0");
+    BlockDriverState *p0 = test_open_owned("driver=null-aio,node-name=p0");
+    BlockDriverState *r0 = test_open_owned("driver=raw,node-name=r0,file=p0");
     BlockBackend *reader = new_blk(r0, BLK_PERM_CONSISTENT_READ, BLK_PERM_ALL,
                                    "block export 'rd'", NULL);
     assert_non_null(reader);
@@ -293,7 +246,7 @@ static void test_abort_restores(void **state)
 static void test_read_only(void **state)
 {
     BlockDriverState *n0 =
-        open_node("driver=null-co,node-name=n0,read-only=on");
+        test_open_owned("driver=null-co,node-name=n0,read-only=on");
     char *msg;
     assert_null(new_blk(n0, BLK_PERM_WRITE, BLK_PERM_ALL, NULL, &msg));
     assert_string_equal(msg, "Block node is read-only");
@@ -303,7 +256,7 @@ static void test_read_only(void **state)
         new_blk(n0, BLK_PERM_WRITE_UNCHANGED, BLK_PERM_ALL, NULL, &msg));
     g_free(msg);
     /* a writable raw over it opens (nobody writes yet) ... */
-    BlockDriverState *r0 = open_node("driver=raw,node-name=r0,file=n0");
+    BlockDriverState *r0 = test_open_owned("driver=raw,node-name=r0,file=n0");
     assert_false(bdrv_is_read_only(r0));
     /* ... but a writer on top fails at the bottom, changing nothing */
     assert_null(new_blk(r0, BLK_PERM_WRITE, BLK_PERM_ALL, NULL, &msg));
@@ -317,35 +270,36 @@ static void test_read_only(void **state)
     assert_non_null(b);
     blk_unref(b);
     /* generic option rules */
-    msg = open_fail("driver=null-co,node-name=x,force-share=on");
+    msg = test_open_error("driver=null-co,node-name=x,force-share=on");
     assert_string_equal(msg, "force-share=on can only be used with read-only "
                              "images");
     g_free(msg);
-    msg = open_fail("driver=null-co,node-name=x,detect-zeroes=unmap");
+    msg = test_open_error("driver=null-co,node-name=x,detect-zeroes=unmap");
     assert_string_equal(msg, "setting detect-zeroes to unmap is not allowed "
                              "without setting discard operation to unmap");
     g_free(msg);
     /* children inherit read-only */
-    BlockDriverState *r1 = open_node("driver=raw,node-name=r1,read-only=on,"
-                                     "file.driver=null-co,file.node-name=c1");
+    BlockDriverState *r1 =
+        test_open_owned("driver=raw,node-name=r1,read-only=on,"
+                        "file.driver=null-co,file.node-name=c1");
     assert_true(bdrv_is_read_only(r1->file->bs));
 }
 
 static void test_force_share(void **state)
 {
-    BlockDriverState *n0 =
-        open_node("driver=null-co,node-name=n0,read-only=on,force-share=on");
+    BlockDriverState *n0 = test_open_owned(
+        "driver=null-co,node-name=n0,read-only=on,force-share=on");
     /* A format above shares everything with others on a force-share
      * node, even write it would normally forbid. */
-    open_node("driver=raw,node-name=r0,read-only=on,file=n0,size=4096");
+    test_open_owned("driver=raw,node-name=r0,read-only=on,file=n0,size=4096");
     BdrvChild *c = LIST_FIRST(&n0->parents);
     assert_int_equal(c->shared_perm, BLK_PERM_ALL);
 }
 
 static void test_relax(void **state)
 {
-    BlockDriverState *n0 = open_node("driver=null-co,node-name=n0");
-    BlockDriverState *r0 = open_node("driver=raw,node-name=r0,file=n0");
+    BlockDriverState *n0 = test_open_owned("driver=null-co,node-name=n0");
+    BlockDriverState *r0 = test_open_owned("driver=raw,node-name=r0,file=n0");
     BlockBackend *w = new_blk(r0, BLK_PERM_CONSISTENT_READ | BLK_PERM_WRITE,
                               BLK_PERM_CONSISTENT_READ, NULL, NULL);
     assert_non_null(w);
@@ -370,9 +324,9 @@ static void test_relax(void **state)
 
 static void test_default_perms(void **state)
 {
-    BlockDriverState *n0 = open_node("driver=null-co,node-name=n0");
+    BlockDriverState *n0 = test_open_owned("driver=null-co,node-name=n0");
     BlockDriverState *ro =
-        open_node("driver=null-co,node-name=ro,read-only=on");
+        test_open_owned("driver=null-co,node-name=ro,read-only=on");
     uint64_t p, s;
     /* a writable format's metadata child: write+resize even unasked */
     bdrv_default_perms(n0, NULL, BDRV_CHILD_IMAGE | BDRV_CHILD_PRIMARY, 0,
@@ -407,9 +361,9 @@ static void test_default_perms(void **state)
 
 static void test_delete_refused(void **state)
 {
-    BlockDriverState *n0 = open_node("driver=null-co,node-name=n0");
-    BlockDriverState *r0 = open_node("driver=raw,node-name=r0,file=n0");
-    BlockDriverState *r1 = open_node(
+    BlockDriverState *n0 = test_open_owned("driver=null-co,node-name=n0");
+    BlockDriverState *r0 = test_open_owned("driver=raw,node-name=r0,file=n0");
+    BlockDriverState *r1 = test_open_owned(
         "driver=raw,node-name=r1,file.driver=null-co,file.node-name=c1");
     char *msg;
     assert_true(del_node(n0, &msg) < 0);
@@ -436,30 +390,30 @@ static void test_delete_refused(void **state)
 static void test_names(void **state)
 {
     char *msg;
-    open_node("driver=null-co,node-name=n0");
-    msg = open_fail("driver=null-co,node-name=n0");
+    test_open_owned("driver=null-co,node-name=n0");
+    msg = test_open_error("driver=null-co,node-name=n0");
     assert_string_equal(msg, "Duplicate nodes with node-name='n0'");
     g_free(msg);
-    msg = open_fail("driver=null-co,node-name=1abc");
+    msg = test_open_error("driver=null-co,node-name=1abc");
     assert_string_equal(msg, "Invalid node-name: '1abc'");
     g_free(msg);
-    msg =
-        open_fail("driver=null-co,node-name=aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa");
+    msg = test_open_error(
+        "driver=null-co,node-name=aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa");
     assert_string_equal(msg, "Node name too long");
     g_free(msg);
     /* an inline child may not take its parent's name */
-    msg = open_fail("driver=raw,node-name=z5,file.driver=null-co,"
-                    "file.node-name=z5");
+    msg = test_open_error("driver=raw,node-name=z5,file.driver=null-co,"
+                          "file.node-name=z5");
     assert_string_equal(msg, "Duplicate nodes with node-name='z5'");
     g_free(msg);
     assert_null(bdrv_find_node("z5"));
-    msg = open_fail("driver=raw,node-name=z6,file=nonexist");
+    msg = test_open_error("driver=raw,node-name=z6,file=nonexist");
     assert_string_equal(msg, "Cannot find device='nonexist' nor "
                              "node-name='nonexist'");
     g_free(msg);
     /* generated names for inline children; children register first */
     BlockDriverState *r =
-        open_node("driver=raw,node-name=r,file.driver=null-co");
+        test_open_owned("driver=raw,node-name=r,file.driver=null-co");
     const char *cn = r->file->bs->node_name;
     assert_true(g_str_has_prefix(cn, "#block"));
     BlockDriverState *first = NULL;
@@ -475,9 +429,9 @@ static void test_names(void **state)
 
 static void test_graph_mod(void **state)
 {
-    BlockDriverState *n0 = open_node("driver=null-co,node-name=n0");
-    BlockDriverState *n1 = open_node("driver=null-co,node-name=n1");
-    BlockDriverState *r0 = open_node("driver=raw,node-name=r0,file=n0");
+    BlockDriverState *n0 = test_open_owned("driver=null-co,node-name=n0");
+    BlockDriverState *n1 = test_open_owned("driver=null-co,node-name=n1");
+    BlockDriverState *r0 = test_open_owned("driver=raw,node-name=r0,file=n0");
     BdrvChild *edge = r0->file;
     bdrv_child_graph_mod_inc(edge, "job0");
     GError *err = NULL;
@@ -509,10 +463,10 @@ static void test_graph_mod(void **state)
 
 static void test_replace_keeps_perms(void **state)
 {
-    BlockDriverState *n0 = open_node("driver=null-co,node-name=n0");
+    BlockDriverState *n0 = test_open_owned("driver=null-co,node-name=n0");
     BlockDriverState *n1 =
-        open_node("driver=null-co,node-name=n1,read-only=on");
-    BlockDriverState *r0 = open_node("driver=raw,node-name=r0,file=n0");
+        test_open_owned("driver=null-co,node-name=n1,read-only=on");
+    BlockDriverState *r0 = test_open_owned("driver=raw,node-name=r0,file=n0");
     BlockBackend *w = new_blk(r0, BLK_PERM_WRITE, BLK_PERM_ALL, NULL, NULL);
     assert_non_null(w);
     GError *err = NULL;

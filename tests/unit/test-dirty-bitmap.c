@@ -16,32 +16,11 @@
 #include <glib.h>
 
 #include "block/block_int.h"
+#include "tests/unit/test-helpers.h"
 #include "block/dirty-bitmap.h"
 #include "block/qmp-dirty-bitmap.h"
 #include "qapi/qapi-commands.h"
 #include "util/aio.h"
-
-typedef struct OpenCo {
-    const char *opts;
-    BlockDriverState *bs;
-    GError *err;
-} OpenCo;
-
-static void coroutine_fn open_co(void *opaque)
-{
-    OpenCo *oc = opaque;
-    oc->bs = bdrv_co_open_keyval(oc->opts, &oc->err);
-}
-
-static BlockDriverState *open_node(const char *opts)
-{
-    OpenCo oc = { .opts = opts };
-    coroutine_run_sync(open_co, &oc);
-    if (!oc.bs) {
-        fail_msg("open '%s': %s", opts, oc.err->message);
-    }
-    return oc.bs;
-}
 
 typedef enum { OP_WRITE, OP_ZERO, OP_DISCARD, OP_TRUNCATE } Op;
 typedef struct Req {
@@ -80,18 +59,6 @@ static int do_req(BlockBackend *blk, Op op, int64_t offset, int64_t bytes)
     return r.ret;
 }
 
-static BlockBackend *rw_blk(BlockDriverState *bs)
-{
-    BlockBackend *blk = blk_new(BLK_PERM_CONSISTENT_READ | BLK_PERM_WRITE |
-                                    BLK_PERM_RESIZE,
-                                BLK_PERM_ALL);
-    GError *err = NULL;
-    if (blk_insert_bs(blk, bs, &err) < 0) {
-        fail_msg("insert: %s", err->message);
-    }
-    return blk;
-}
-
 static BdrvDirtyBitmap *add(BlockDriverState *bs, uint32_t g, const char *n)
 {
     GError *err = NULL;
@@ -112,8 +79,8 @@ static void test_marking(void **state)
     close(fd);
     g_autofree char *opts = g_strdup_printf(
         "driver=file,node-name=n0,filename=%s,discard=unmap", path);
-    BlockDriverState *bs = open_node(opts);
-    BlockBackend *blk = rw_blk(bs);
+    BlockDriverState *bs = test_open_node(opts);
+    BlockBackend *blk = test_rw_resize_blk(bs);
     BdrvDirtyBitmap *a = add(bs, 65536, "a");
     BdrvDirtyBitmap *b = add(bs, 512, "b");
     BdrvDirtyBitmap *off = add(bs, 65536, "off");
@@ -163,7 +130,8 @@ static void test_marking(void **state)
 
 static void test_checks(void **state)
 {
-    BlockDriverState *bs = open_node("driver=null-co,node-name=n1,size=1048576");
+    BlockDriverState *bs =
+        test_open_node("driver=null-co,node-name=n1,size=1048576");
     BdrvDirtyBitmap *bm = add(bs, 65536, "x");
     GError *err = NULL;
 
@@ -207,7 +175,8 @@ static void test_checks(void **state)
     g_clear_error(&err);
 
     /* merge: sizes must match, the target must be usable */
-    BlockDriverState *bs2 = open_node("driver=null-co,node-name=n2,size=2097152");
+    BlockDriverState *bs2 =
+        test_open_node("driver=null-co,node-name=n2,size=2097152");
     BdrvDirtyBitmap *o = add(bs2, 65536, "o");
     BdrvDirtyBitmap *t = add(bs, 4096, "t");
     assert_false(bdrv_merge_dirty_bitmap(t, o, NULL, &err));
@@ -223,7 +192,8 @@ static void test_checks(void **state)
 
 static void test_merge_granularity(void **state)
 {
-    BlockDriverState *bs = open_node("driver=null-co,node-name=n3,size=1048576");
+    BlockDriverState *bs =
+        test_open_node("driver=null-co,node-name=n3,size=1048576");
     BdrvDirtyBitmap *fine = add(bs, 512, "fine");
     BdrvDirtyBitmap *coarse = add(bs, 65536, "coarse");
     bdrv_disable_dirty_bitmap(coarse);
@@ -245,8 +215,9 @@ static void test_merge_granularity(void **state)
 
 static void test_successor(void **state)
 {
-    BlockDriverState *bs = open_node("driver=null-co,node-name=n4,size=1048576");
-    BlockBackend *blk = rw_blk(bs);
+    BlockDriverState *bs =
+        test_open_node("driver=null-co,node-name=n4,size=1048576");
+    BlockBackend *blk = test_rw_resize_blk(bs);
     BdrvDirtyBitmap *bm = add(bs, 65536, "s");
     GError *err = NULL;
     assert_int_equal(do_req(blk, OP_WRITE, 0, 512), 0);
@@ -329,7 +300,7 @@ static void coroutine_fn qmp_co(void *opaque)
 
 static void test_qmp_actions(void **state)
 {
-    QmpCo qc = { open_node("driver=null-co,node-name=n5,size=1048576") };
+    QmpCo qc = {test_open_node("driver=null-co,node-name=n5,size=1048576")};
     coroutine_run_sync(qmp_co, &qc);
     bdrv_unref(qc.bs);
 }
@@ -337,7 +308,8 @@ static void test_qmp_actions(void **state)
 /* The figures: add, merge and count on a 16 TiB node. */
 static void test_16tib(void **state)
 {
-    BlockDriverState *bs = open_node("driver=null-co,node-name=big,size=17592186044416");
+    BlockDriverState *bs =
+        test_open_node("driver=null-co,node-name=big,size=17592186044416");
     gint64 t0 = g_get_monotonic_time();
     BdrvDirtyBitmap *a = add(bs, 65536, "a");
     gint64 t1 = g_get_monotonic_time();
@@ -367,7 +339,7 @@ static void test_16tib(void **state)
 static void test_mark_cost(void **state)
 {
     BlockDriverState *bs =
-        open_node("driver=null-co,node-name=mk,size=1099511627776");
+        test_open_node("driver=null-co,node-name=mk,size=1099511627776");
     for (int i = 0; i < 8; i++) {
         g_autofree char *n = g_strdup_printf("m%d", i);
         add(bs, 65536, n);

@@ -21,24 +21,13 @@
 
 #include "block/block_int.h"
 #include "block/drivers/file-posix.h"
+#include "tests/unit/test-helpers.h"
 #include "util/aio.h"
 
-static char tmpdir[64];
+static char *tmpdir;
 static char *img;
 
 /* ---- helpers ---- */
-
-typedef struct OpenCo {
-    const char *opts;
-    BlockDriverState *bs;
-    GError *err;
-} OpenCo;
-
-static void coroutine_fn open_co(void *opaque)
-{
-    OpenCo *oc = opaque;
-    oc->bs = bdrv_co_open_keyval(oc->opts, &oc->err);
-}
 
 /* Open, or NULL with *errp set. */
 static BlockDriverState *try_open(GError **errp, const char *fmt, ...)
@@ -49,15 +38,12 @@ static BlockDriverState *try_open(GError **errp, const char *fmt, ...)
     va_start(ap, fmt);
     char *opts = g_strdup_vprintf(fmt, ap);
     va_end(ap);
-    OpenCo oc = { .opts = opts };
-    coroutine_run_sync(open_co, &oc);
+    BlockDriverState *bs = test_try_open(opts, errp);
     g_free(opts);
-    if (!oc.bs) {
-        g_propagate_error(errp, oc.err);
-    } else {
-        bdrv_set_monitor_owned(oc.bs); /* bdrv_close_all() frees it */
+    if (bs) {
+        bdrv_set_monitor_owned(bs); /* bdrv_close_all() frees it */
     }
-    return oc.bs;
+    return bs;
 }
 
 static BlockDriverState *open_file(const char *extra)
@@ -69,29 +55,6 @@ static BlockDriverState *open_file(const char *extra)
         fail_msg("open: %s", err->message);
     }
     return bs;
-}
-
-static BlockBackend *new_blk(BlockDriverState *bs, uint64_t perm,
-                             uint64_t shared, GError **errp)
-{
-    BlockBackend *blk = blk_new(perm, shared);
-    if (blk_insert_bs(blk, bs, errp) < 0) {
-        blk_unref(blk);
-        return NULL;
-    }
-    return blk;
-}
-
-static BlockBackend *rw_blk(BlockDriverState *bs)
-{
-    GError *err = NULL;
-    BlockBackend *blk = new_blk(bs, BLK_PERM_CONSISTENT_READ |
-                                BLK_PERM_WRITE | BLK_PERM_RESIZE,
-                                BLK_PERM_ALL, &err);
-    if (!blk) {
-        fail_msg("insert: %s", err->message);
-    }
-    return blk;
 }
 
 typedef enum { OP_READ, OP_WRITE, OP_ZERO, OP_FLUSH, OP_DISCARD,
@@ -219,7 +182,7 @@ static void rw_test(const char *extra)
     enum { SZ = 1 << 20 };
     make_file(SZ);
     BlockDriverState *bs = open_file(extra);
-    BlockBackend *blk = rw_blk(bs);
+    BlockBackend *blk = test_rw_resize_blk(bs);
     uint8_t *w = blk_memalign(4096, SZ), *r = blk_memalign(4096, SZ);
 
     assert_int_equal(blk_getlength(blk), SZ);
@@ -270,7 +233,7 @@ static void test_rw_direct(void **state)
     assert_int_equal(write(fd, data, sizeof(data)), sizeof(data));
     close(fd);
     bs = open_file("cache.direct=on,node-name=unaligned");
-    BlockBackend *blk = rw_blk(bs);
+    BlockBackend *blk = test_rw_resize_blk(bs);
     int64_t len = blk_getlength(blk);
     assert_true(len >= 1000 && len <= 4096);
     memset(r, 0xcc, sizeof(r));
@@ -290,15 +253,15 @@ static void test_rw_readonly(void **state)
     make_file(65536);
     BlockDriverState *bs = open_file("read-only=on");
     GError *err = NULL;
-    BlockBackend *blk = new_blk(bs, BLK_PERM_CONSISTENT_READ, BLK_PERM_ALL,
-                                &err);
+    BlockBackend *blk =
+        test_new_blk(bs, BLK_PERM_CONSISTENT_READ, BLK_PERM_ALL, &err);
     assert_non_null(blk);
     uint8_t buf[512];
     assert_int_equal(do_req(blk, OP_READ, 0, 512, buf, 0), 0);
     assert_true(buffer_is_zero(buf, 512));
     blk_unref(blk);
     /* Writing is not possible at all. */
-    blk = new_blk(bs, BLK_PERM_WRITE, BLK_PERM_ALL, &err);
+    blk = test_new_blk(bs, BLK_PERM_WRITE, BLK_PERM_ALL, &err);
     assert_null(blk);
     assert_non_null(err);
     g_clear_error(&err);
@@ -324,7 +287,7 @@ static void test_long_vector(void **state)
     enum { N = 2500, PIECE = 100 };
     make_file(N * PIECE);
     BlockDriverState *bs = open_file("");
-    BlockBackend *blk = rw_blk(bs);
+    BlockBackend *blk = test_rw_resize_blk(bs);
     /* Pieces with gaps between them so they cannot merge. */
     uint8_t *wmem = g_malloc(N * (PIECE + 1));
     uint8_t *rmem = g_malloc0(N * (PIECE + 1));
@@ -359,7 +322,7 @@ static void test_write_extends(void **state)
 {
     make_file(4096);
     BlockDriverState *bs = open_file("");
-    BlockBackend *blk = rw_blk(bs);
+    BlockBackend *blk = test_rw_resize_blk(bs);
     uint8_t buf[8192];
     pattern(buf, sizeof(buf), 9);
     /* As a parent node does, through the edge (a BlockBackend refuses
@@ -380,7 +343,7 @@ static void test_zeroes_and_status(void **state)
     enum { SZ = 4 << 20, MB = 1 << 20 };
     make_file(0);
     BlockDriverState *bs = open_file("discard=unmap");
-    BlockBackend *blk = rw_blk(bs);
+    BlockBackend *blk = test_rw_resize_blk(bs);
     uint8_t *buf = g_malloc(SZ);
     int64_t pnum;
     int ret;
@@ -442,7 +405,7 @@ static void test_discard_ignored(void **state)
     enum { MB = 1 << 20 };
     make_file(MB);
     BlockDriverState *bs = open_file(""); /* discard=ignore */
-    BlockBackend *blk = rw_blk(bs);
+    BlockBackend *blk = test_rw_resize_blk(bs);
     uint8_t *buf = g_malloc(MB);
     pattern(buf, MB, 5);
     assert_int_equal(do_req(blk, OP_WRITE, 0, MB, buf, 0), 0);
@@ -468,7 +431,7 @@ static void test_truncate(void **state)
     enum { MB = 1 << 20 };
     make_file(MB);
     BlockDriverState *bs = open_file("");
-    BlockBackend *blk = rw_blk(bs);
+    BlockBackend *blk = test_rw_resize_blk(bs);
     GError *err = NULL;
 
     assert_int_equal(do_truncate(blk, 2 * MB, PREALLOC_MODE_FALLOC, NULL), 0);
@@ -495,7 +458,7 @@ static void test_truncate(void **state)
 
     /* Full preallocation under O_DIRECT from and to unaligned sizes. */
     bs = open_file("cache.direct=on,node-name=direct");
-    blk = rw_blk(bs);
+    blk = test_rw_resize_blk(bs);
     assert_int_equal(do_truncate(blk, 3 * MB + 1000, PREALLOC_MODE_FULL,
                                  NULL), 0);
     assert_int_equal(file_size(), 3 * MB + 1000);
@@ -532,9 +495,9 @@ static void test_create(void **state)
      * not destroyed. */
     make_file(8192);
     BlockDriverState *bs = open_file("");
-    BlockBackend *blk = new_blk(bs, BLK_PERM_CONSISTENT_READ |
-                                BLK_PERM_WRITE,
-                                BLK_PERM_ALL & ~BLK_PERM_RESIZE, &err);
+    BlockBackend *blk =
+        test_new_blk(bs, BLK_PERM_CONSISTENT_READ | BLK_PERM_WRITE,
+                     BLK_PERM_ALL & ~BLK_PERM_RESIZE, &err);
     assert_non_null(blk);
     assert_true(file_create(img, 4096, PREALLOC_MODE_OFF, &err) < 0);
     assert_string_equal(err->message, "Failed to get \"resize\" lock");
@@ -605,9 +568,9 @@ static void test_lock_bytes(void **state)
         assert_false(byte_locked(b + 100));
     }
     /* read+write, sharing everything but resize. */
-    BlockBackend *blk = new_blk(bs, BLK_PERM_CONSISTENT_READ |
-                                BLK_PERM_WRITE,
-                                BLK_PERM_ALL & ~BLK_PERM_RESIZE, &err);
+    BlockBackend *blk =
+        test_new_blk(bs, BLK_PERM_CONSISTENT_READ | BLK_PERM_WRITE,
+                     BLK_PERM_ALL & ~BLK_PERM_RESIZE, &err);
     assert_non_null(blk);
     assert_true(byte_locked(100));
     assert_true(byte_locked(101));
@@ -630,9 +593,9 @@ static void test_lock_bytes(void **state)
     BlockDriverState *bs2 = try_open(&err, "driver=file,filename=%s,"
                                      "node-name=other", img);
     assert_non_null(bs2);
-    BlockBackend *blk2 = new_blk(bs2, BLK_PERM_CONSISTENT_READ |
-                                 BLK_PERM_WRITE,
-                                 BLK_PERM_CONSISTENT_READ, &err);
+    BlockBackend *blk2 =
+        test_new_blk(bs2, BLK_PERM_CONSISTENT_READ | BLK_PERM_WRITE,
+                     BLK_PERM_CONSISTENT_READ, &err);
     assert_non_null(blk2);
     /* ...but now the first may not take write back. */
     assert_true(blk_set_perm(blk, BLK_PERM_CONSISTENT_READ | BLK_PERM_WRITE,
@@ -645,8 +608,8 @@ static void test_lock_bytes(void **state)
     assert_false(byte_locked(201));
 
     /* Refusing to share what someone holds. */
-    blk2 = new_blk(bs2, BLK_PERM_CONSISTENT_READ,
-                   BLK_PERM_ALL & ~BLK_PERM_CONSISTENT_READ, &err);
+    blk2 = test_new_blk(bs2, BLK_PERM_CONSISTENT_READ,
+                        BLK_PERM_ALL & ~BLK_PERM_CONSISTENT_READ, &err);
     assert_null(blk2);
     assert_string_equal(err->message,
                         "Failed to get shared \"consistent read\" lock");
@@ -658,7 +621,7 @@ static void test_lock_bytes(void **state)
                                      "node-name=nolock,locking=off", img);
     assert_non_null(bs3);
     blk_unref(blk);
-    BlockBackend *blk3 = new_blk(bs3, BLK_PERM_ALL, 0, &err);
+    BlockBackend *blk3 = test_new_blk(bs3, BLK_PERM_ALL, 0, &err);
     assert_non_null(blk3);
     for (int b = 100; b < 104; b++) {
         assert_false(byte_locked(b));
@@ -741,21 +704,21 @@ static void test_lock_vs_qsd(void **state)
 
     BlockDriverState *bs = open_file("");
     /* A format-like user wanting resize: qsd refuses to share it. */
-    BlockBackend *blk = new_blk(bs, BLK_PERM_CONSISTENT_READ |
-                                BLK_PERM_WRITE | BLK_PERM_RESIZE,
-                                BLK_PERM_ALL & ~BLK_PERM_RESIZE, &err);
+    BlockBackend *blk = test_new_blk(
+        bs, BLK_PERM_CONSISTENT_READ | BLK_PERM_WRITE | BLK_PERM_RESIZE,
+        BLK_PERM_ALL & ~BLK_PERM_RESIZE, &err);
     assert_null(blk);
     assert_string_equal(err->message, "Failed to get \"resize\" lock");
     g_clear_error(&err);
     /* Refusing to share writes while qsd writes. */
-    blk = new_blk(bs, BLK_PERM_CONSISTENT_READ, BLK_PERM_CONSISTENT_READ,
-                  &err);
+    blk = test_new_blk(bs, BLK_PERM_CONSISTENT_READ, BLK_PERM_CONSISTENT_READ,
+                       &err);
     assert_null(blk);
     assert_string_equal(err->message, "Failed to get shared \"write\" lock");
     g_clear_error(&err);
     /* A writer that shares like qsd's export does is fine. */
-    blk = new_blk(bs, BLK_PERM_CONSISTENT_READ | BLK_PERM_WRITE,
-                  BLK_PERM_ALL, &err);
+    blk = test_new_blk(bs, BLK_PERM_CONSISTENT_READ | BLK_PERM_WRITE,
+                       BLK_PERM_ALL, &err);
     assert_non_null(blk);
     blk_unref(blk);
     stop_qsd(pid);
@@ -763,8 +726,8 @@ static void test_lock_vs_qsd(void **state)
     unlink(sock);
 
     /* The other way round: we hold writes exclusively, qsd cannot start. */
-    blk = new_blk(bs, BLK_PERM_CONSISTENT_READ | BLK_PERM_WRITE,
-                  BLK_PERM_CONSISTENT_READ, &err);
+    blk = test_new_blk(bs, BLK_PERM_CONSISTENT_READ | BLK_PERM_WRITE,
+                       BLK_PERM_CONSISTENT_READ, &err);
     assert_non_null(blk);
     pid = start_qsd(sock, &errfd);
     assert_true(pid > 0);
@@ -796,10 +759,9 @@ static void test_lock_vs_qemu(void **state)
 
     /* We write and refuse to share writes: qemu-io cannot open for
      * writing, but can read. */
-    BlockBackend *blk = new_blk(bs, BLK_PERM_CONSISTENT_READ |
-                                BLK_PERM_WRITE,
-                                BLK_PERM_CONSISTENT_READ |
-                                BLK_PERM_WRITE_UNCHANGED, &err);
+    BlockBackend *blk =
+        test_new_blk(bs, BLK_PERM_CONSISTENT_READ | BLK_PERM_WRITE,
+                     BLK_PERM_CONSISTENT_READ | BLK_PERM_WRITE_UNCHANGED, &err);
     assert_non_null(blk);
     int st = run_qemu_io("read 0 512", false, &out);
     assert_int_not_equal(st, 0);
@@ -813,8 +775,8 @@ static void test_lock_vs_qemu(void **state)
 
     /* Now we only read, sharing nothing but reads: qemu-io's writer is
      * refused, its reader welcome. */
-    blk = new_blk(bs, BLK_PERM_CONSISTENT_READ, BLK_PERM_CONSISTENT_READ,
-                  &err);
+    blk = test_new_blk(bs, BLK_PERM_CONSISTENT_READ, BLK_PERM_CONSISTENT_READ,
+                       &err);
     assert_non_null(blk);
     st = run_qemu_io("write 0 512", false, &out);
     assert_int_not_equal(st, 0);
@@ -836,8 +798,9 @@ int main(void)
         fprintf(stderr, "aio_init: %s\n", err->message);
         return 1;
     }
-    g_strlcpy(tmpdir, "/tmp/test-file-XXXXXX", sizeof(tmpdir));
-    if (!g_mkdtemp(tmpdir)) {
+    tmpdir = test_tmpdir_new("test-file", &err);
+    if (!tmpdir) {
+        fprintf(stderr, "%s\n", err->message);
         return 1;
     }
     img = g_strdup_printf("%s/img", tmpdir);
@@ -859,8 +822,8 @@ int main(void)
         T(test_lock_vs_qsd),
     };
     int fails = cmocka_run_group_tests(tests, NULL, NULL);
-    unlink(img);
-    rmdir(tmpdir);
+    test_tmpdir_remove(tmpdir);
+    g_free(tmpdir);
     g_free(img);
     return fails;
 }

@@ -19,6 +19,7 @@
 #include <json-glib/json-glib.h>
 
 #include "block/block_int.h"
+#include "tests/unit/test-helpers.h"
 #include "block/jobs/blockjob.h"
 #include "block/jobs/job.h"
 #include "qapi/qapi-commands.h"
@@ -728,39 +729,6 @@ static void test_txn_cancel_from_coroutine(void **state)
 
 /* ---- block jobs ---- */
 
-typedef struct OpenCo {
-    const char *opts;
-    BlockDriverState *bs;
-    GError *err;
-} OpenCo;
-
-static void coroutine_fn open_co(void *opaque)
-{
-    OpenCo *oc = opaque;
-    oc->bs = bdrv_co_open_keyval(oc->opts, &oc->err);
-}
-
-static BlockDriverState *open_node(const char *opts)
-{
-    OpenCo oc = { .opts = opts };
-    coroutine_run_sync(open_co, &oc);
-    if (!oc.bs) {
-        fail_msg("open '%s': %s", opts, oc.err->message);
-    }
-    return oc.bs;
-}
-
-typedef struct DelCo {
-    BlockDriverState *bs;
-    GError *err;
-} DelCo;
-
-static void coroutine_fn del_co(void *opaque)
-{
-    DelCo *dc = opaque;
-    assert_true(bdrv_co_blockdev_del(dc->bs, &dc->err) < 0);
-}
-
 static TestJob *new_block_job(const char *id, BlockDriverState *bs,
                               int flags, int steps, int64_t speed)
 {
@@ -781,8 +749,9 @@ static void test_block_job(void **state)
 {
     GError *err = NULL;
     events_reset();
-    BlockDriverState *bs = open_node("driver=null-co,node-name=n0,size=1048576");
-    BlockDriverState *other = open_node("driver=null-co,node-name=n1");
+    BlockDriverState *bs =
+        test_open_node("driver=null-co,node-name=n0,size=1048576");
+    BlockDriverState *other = test_open_node("driver=null-co,node-name=n1");
 
     assert_null(block_job_create("bj", &test_block_job_driver, NULL, bs, 0,
                                  BLK_PERM_ALL, -1, 0, NULL, NULL, &err));
@@ -801,16 +770,15 @@ static void test_block_job(void **state)
     assert_ptr_equal(block_job_get("bj"), bjob);
     /* the job's nodes refuse blockdev-del: the main node has the job's
      * BlockBackend, the other one the job's blocker */
-    DelCo dc = { .bs = bs };
-    coroutine_run_sync(del_co, &dc);
-    assert_string_equal(dc.err->message, "Node n0 is in use");
-    g_clear_error(&dc.err);
-    dc.bs = other;
-    coroutine_run_sync(del_co, &dc);
-    assert_string_equal(dc.err->message,
+    GError *del_err = NULL;
+    assert_true(test_blockdev_del(bs, &del_err) < 0);
+    assert_string_equal(del_err->message, "Node n0 is in use");
+    g_clear_error(&del_err);
+    assert_true(test_blockdev_del(other, &del_err) < 0);
+    assert_string_equal(del_err->message,
                         "Node 'n1' is busy: block device is in use by block "
                         "job: backup");
-    g_clear_error(&dc.err);
+    g_clear_error(&del_err);
     job_start(&bjob->job);
     WAIT_FOR(bjob->job.progress_current >= 2);
 
@@ -898,7 +866,7 @@ static void test_block_job_ready_group(void **state)
 {
     GError *err = NULL;
     events_reset();
-    BlockDriverState *bs = open_node("driver=null-co,node-name=g0");
+    BlockDriverState *bs = test_open_node("driver=null-co,node-name=g0");
     JobTxn *txn = job_txn_new();
     TestJob *a = block_job_create("ga", &test_block_job_driver, txn, bs, 0,
                                   BLK_PERM_ALL, 0, JOB_MANUAL_FINALIZE, NULL,
@@ -954,7 +922,7 @@ static void test_block_job_errors(void **state)
 {
     GError *err = NULL;
     events_reset();
-    BlockDriverState *bs = open_node("driver=null-co,node-name=e0");
+    BlockDriverState *bs = test_open_node("driver=null-co,node-name=e0");
 
     /* stop: the job pauses with io-status nospace until resumed */
     TestJob *t = new_block_job("es", bs, JOB_DEFAULT, 4, 0);
@@ -1055,7 +1023,7 @@ static void test_ratelimit_math(void **state)
 static void test_ratelimit_job(void **state)
 {
     events_reset();
-    BlockDriverState *bs = open_node("driver=null-co,node-name=r0");
+    BlockDriverState *bs = test_open_node("driver=null-co,node-name=r0");
     /* 20 steps of 64 KiB at 4 MiB/s: 1.25 MiB, less the 0.4 MiB slice
      * allowance -> about 0.2 s */
     TestJob *t = new_block_job("rl", bs, JOB_DEFAULT, 20, 4 << 20);
