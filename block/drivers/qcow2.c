@@ -195,7 +195,10 @@ int64_t qcow2_build_header(BDRVQcow2State *s, uint8_t *buf, size_t cap)
         }
         pos += n;
     }
-    if (s->version >= 3) {
+    /* As QEMU: no feature table with clusters of 4 KiB and less (it
+     * would leave little room for the bitmaps extension and backing
+     * file name). */
+    if (s->version >= 3 && s->cluster_size > 4096) {
         uint8_t table[G_N_ELEMENTS(feature_names) * 48];
         memset(table, 0, sizeof(table));
         for (size_t i = 0; i < G_N_ELEMENTS(feature_names); i++) {
