@@ -1,7 +1,15 @@
 /*
- * qcow2 bitmaps extension: parsers and read-only loading (see
- * qcow2-bitmap.h).  Every field comes from the image, so every field is
- * checked before it is used.
+ * qcow2 bitmaps extension (see qcow2-bitmap.h): parsers, loading, marking
+ * in use, storing, removal.  Every field comes from the image, so every
+ * field is checked before it is used.
+ *
+ * Crash safety of every change to the bitmaps: new clusters (data,
+ * tables, directory) are written, then their refcounts, then the file is
+ * flushed, and only then does the header point at the new directory; old
+ * clusters are freed last.  A crash leaves the old directory (bitmaps
+ * marked in use: loaded inconsistent) or the new one, and at worst
+ * leaked clusters.  The one in-place write is the in-use marking at open,
+ * which changes only flag words of a directory that stays valid.
  */
 #include "block/drivers/qcow2-bitmap.h"
 
