@@ -217,6 +217,8 @@ void qmp_transaction(q_obj_transaction_arg *arg, GError **errp)
 
     /* Everything below must see a stable graph while actions stack up. */
     bdrv_drain_all_begin();
+    /* running jobs reach their pause point now, as QEMU enters them */
+    backup_let_jobs_start();
     for (TransactionActionList *l = arg->actions; l; l = l->next) {
         const TransactionAction *act = l->value;
         if (grouped && !supports_grouped(act->type)) {

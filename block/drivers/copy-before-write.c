@@ -331,6 +331,11 @@ void bdrv_cbw_drop(BlockDriverState *cbw)
         warn_report("copy-before-write: cannot remove filter '%s': %s",
                     cbw->node_name, err->message);
     }
+    /* The copier's bitmaps go now, not when the node is finally closed:
+     * queries right after the job must not list them any more. */
+    if (LIST_EMPTY(&cbw->parents)) {
+        cbw_close(cbw);
+    }
     bdrv_drained_end(cbw);
     bdrv_unref(cbw);
     bdrv_unref(cbw);

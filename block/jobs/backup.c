@@ -399,9 +399,16 @@ BlockJob *coroutine_fn backup_job_create_qmp(const BlockdevBackup *arg,
 
     BackupJob *s = block_job_create(
         arg->has_job_id ? arg->job_id : "",
-        &backup_job_driver, txn, cbw, 0, BLK_PERM_ALL, speed, flags, NULL,
-        NULL, errp);
+        &backup_job_driver, txn, cbw, 0, BLK_PERM_ALL, speed < 0 ? 0 : speed,
+        flags, NULL, NULL, errp);
     if (!s) {
+        goto fail_cbw;
+    }
+    if (speed < 0) {
+        /* As QEMU: the job exists (created, then null) when the speed is
+         * refused. */
+        block_job_set_speed(&s->common, speed, errp);
+        job_early_fail(&s->common.job);
         goto fail_cbw;
     }
     s->cbw = cbw;
@@ -460,6 +467,8 @@ void qmp_blockdev_backup(BlockdevBackup *arg, GError **errp)
      * the graph is drained, so the job pauses once at its first pause
      * point and resumes when the drain ends. */
     bdrv_drain_all_begin();
+    /* running jobs reach their pause point now, as QEMU enters them */
+    backup_let_jobs_start();
     BlockJob *job = backup_job_create_qmp(arg, NULL, errp);
     if (job) {
         job_start(&job->job);
