@@ -945,7 +945,7 @@ static int member_cmp(const void *a, const void *b)
     return x->index > y->index ? -1 : x->index < y->index;
 }
 
-static void put_string(GString *out, const char *str)
+void json_put_string(GString *out, const char *str)
 {
     const char *p = str;
 
@@ -999,6 +999,29 @@ static void put_string(GString *out, const char *str)
     g_string_append_c(out, '"');
 }
 
+void json_put_scalar(GString *out, JsonNode *node)
+{
+    GType t = json_node_get_value_type(node);
+
+    if (t == G_TYPE_INT64) {
+        g_string_append_printf(out, "%" PRId64, json_node_get_int(node));
+    } else if (t == G_TYPE_DOUBLE) {
+        char tmp[G_ASCII_DTOSTR_BUF_SIZE];
+        double d = json_node_get_double(node);
+        const char *lit = big_literal_find(d);
+
+        /* %.17g as QEMU prints, in the C locale whatever LC_NUMERIC. */
+        g_string_append(
+            out, lit ? lit : g_ascii_formatd(tmp, sizeof(tmp), "%.17g", d));
+    } else if (t == G_TYPE_BOOLEAN) {
+        g_string_append(out, json_node_get_boolean(node) ? "true" : "false");
+    } else if (t == G_TYPE_STRING) {
+        json_put_string(out, json_node_get_string(node));
+    } else {
+        g_string_append(out, "null");
+    }
+}
+
 static void put_node(GString *out, JsonNode *node);
 
 const char **json_object_qmp_members(JsonObject *obj)
@@ -1032,7 +1055,7 @@ static void put_object(GString *out, JsonObject *obj)
         if (i) {
             g_string_append(out, ", ");
         }
-        put_string(out, names[i]);
+        json_put_string(out, names[i]);
         g_string_append(out, ": ");
         put_node(out, json_object_get_member(obj, names[i]));
     }
@@ -1067,30 +1090,9 @@ static void put_node(GString *out, JsonNode *node)
     case JSON_NODE_NULL:
         g_string_append(out, "null");
         break;
-    case JSON_NODE_VALUE: {
-        GType t = json_node_get_value_type(node);
-
-        if (t == G_TYPE_INT64) {
-            g_string_append_printf(out, "%" PRId64, json_node_get_int(node));
-        } else if (t == G_TYPE_DOUBLE) {
-            char tmp[G_ASCII_DTOSTR_BUF_SIZE];
-            double d = json_node_get_double(node);
-            const char *lit = big_literal_find(d);
-
-            /* %.17g as QEMU prints, in the C locale whatever LC_NUMERIC. */
-            g_string_append(out, lit ? lit
-                                     : g_ascii_formatd(tmp, sizeof(tmp),
-                                                       "%.17g", d));
-        } else if (t == G_TYPE_BOOLEAN) {
-            g_string_append(out,
-                            json_node_get_boolean(node) ? "true" : "false");
-        } else if (t == G_TYPE_STRING) {
-            put_string(out, json_node_get_string(node));
-        } else {
-            g_string_append(out, "null");
-        }
+    case JSON_NODE_VALUE:
+        json_put_scalar(out, node);
         break;
-    }
     }
 }
 

@@ -52,4 +52,19 @@ char *json_to_string_compact(JsonNode *node);
  */
 const char **json_object_qmp_members(JsonObject *obj);
 
+/*
+ * Append `str` as a JSON string the way QEMU writes it (QMP and qemu-img
+ * alike): UTF-8 validated (a bad byte becomes U+FFFD), everything outside
+ * printable ASCII escaped as \uXXXX (surrogate pairs above U+FFFF).
+ */
+void json_put_string(GString *out, const char *str);
+
+/*
+ * Append a JSON_NODE_VALUE node (integer, double, boolean, string; any
+ * other type as null) as QEMU prints scalars: doubles with %.17g in the C
+ * locale, except integers beyond INT64_MAX that the lexer read, which are
+ * echoed as written.
+ */
+void json_put_scalar(GString *out, JsonNode *node);
+
 #endif
