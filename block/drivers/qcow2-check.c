@@ -62,6 +62,7 @@ typedef struct Ck {
 
     /* The L2 tables of the active L1, by L1 index (NULL: not preloaded). */
     uint8_t *l2_cache;
+    uint64_t *l2_cached; /* by L1 index: offset of the table held, 0 none */
 
     /* counted references, one per host cluster */
     uint64_t *rc;
@@ -325,6 +326,7 @@ static void coroutine_fn preload_l2(Ck *ck)
 
     uint64_t gap = MAX(ck->cluster_size, 65536);
     ck->l2_cache = g_malloc((uint64_t)ck->l1_size * ck->cluster_size);
+    ck->l2_cached = g_new0(uint64_t, ck->l1_size);
     uint8_t *buf = g_malloc(MAX_READ + ck->cluster_size);
     uint64_t i = 0;
     while (i < n) {
@@ -336,13 +338,12 @@ static void coroutine_fn preload_l2(Ck *ck)
         }
         uint64_t end = pairs[2 * (j - 1)] + ck->cluster_size;
         if (ck_read(ck, start, end - start, buf) < 0) {
-            g_free(ck->l2_cache);
-            ck->l2_cache = NULL;
-            break;
+            break; /* the rest is read table by table */
         }
         for (uint64_t k = i; k < j; k++) {
             memcpy(ck->l2_cache + pairs[2 * k + 1] * ck->cluster_size,
                    buf + (pairs[2 * k] - start), ck->cluster_size);
+            ck->l2_cached[pairs[2 * k + 1]] = pairs[2 * k];
         }
         i = j;
     }
@@ -354,9 +355,8 @@ static void coroutine_fn preload_l2(Ck *ck)
 static int coroutine_fn load_l2(Ck *ck, bool active, uint32_t l1_index,
                                 uint64_t l2_offset, uint8_t *buf)
 {
-    uint64_t o = ck->l1[l1_index] & L1E_OFFSET_MASK;
-    if (active && ck->l2_cache && o == l2_offset &&
-        !(o & (ck->cluster_size - 1)) && o < ck->file_len) {
+    if (active && ck->l2_cache && l2_offset &&
+        ck->l2_cached[l1_index] == l2_offset) {
         memcpy(buf, ck->l2_cache + (uint64_t)l1_index * ck->cluster_size,
                ck->cluster_size);
         return 0;
@@ -364,13 +364,46 @@ static int coroutine_fn load_l2(Ck *ck, bool active, uint32_t l1_index,
     return ck_read(ck, l2_offset, ck->cluster_size, buf);
 }
 
+/* After writing the active table of L1 entry l1_index: keep the copy. */
 static void put_l2_cache(Ck *ck, uint32_t l1_index, const uint8_t *buf)
 {
     uint64_t o = ck->l1[l1_index] & L1E_OFFSET_MASK;
-    if (ck->l2_cache && !(o & (ck->cluster_size - 1)) && o < ck->file_len) {
+    if (ck->l2_cache && o) {
         memcpy(ck->l2_cache + (uint64_t)l1_index * ck->cluster_size, buf,
                ck->cluster_size);
+        ck->l2_cached[l1_index] = o;
     }
+}
+
+/*
+ * -r all: an L2 entry whose host cluster lies beyond the end of the file
+ * has no data to recover; make the guest cluster read as zeroes (v3) or
+ * unallocated (v2) so that the image is consistent again.  QEMU's check
+ * only reports these.  Returns true when the entry was replaced.
+ */
+static bool coroutine_fn drop_entry_past_eof(Ck *ck, uint64_t l2_offset,
+                                             uint8_t *l2, uint64_t i,
+                                             uint64_t host, uint64_t len)
+{
+    if (!(ck->fix & QCOW2_FIX_ERRORS) ||
+        (int64_t)(host + len - ck->file_len) < (int64_t)ck->cluster_size) {
+        return false;
+    }
+    uint64_t ne = ck->version >= 3 ? QCOW_OFLAG_ZERO : 0;
+    uint8_t be[8];
+    qcow2_put_be64(be, ne);
+    fprintf(stderr,
+            "Repairing L2 entry %" PRIu64 " of the table at 0x%" PRIx64
+            ": host offset 0x%" PRIx64 " is beyond the end of the file; "
+            "the cluster now reads as zeroes\n",
+            i, l2_offset, host);
+    if (ck_write(ck, l2_offset + i * 8, 8, be) < 0) {
+        ck->res->check_errors++;
+        return false;
+    }
+    qcow2_put_be64(l2 + i * 8, ne);
+    ck->res->corruptions_fixed++;
+    return true;
 }
 
 static int coroutine_fn check_l2(Ck *ck, bool active, uint32_t l1_index,
@@ -410,6 +443,10 @@ static int coroutine_fn check_l2(Ck *ck, bool active, uint32_t l1_index,
             }
             uint64_t host, len;
             qcow2_compressed_decode(e, ck->cluster_bits, &host, &len);
+            if (drop_entry_past_eof(ck, l2_offset, l2, i, host, len)) {
+                dirty = true;
+                continue;
+            }
             inc_refcounts(ck, host, len);
             if (flags & CHECK_FRAG_INFO) {
                 res->allocated_clusters++;
@@ -453,11 +490,35 @@ static int coroutine_fn check_l2(Ck *ck, bool active, uint32_t l1_index,
                         }
                     }
                 } else {
+                    /* -r all (QEMU only reports it): the low bits were
+                     * damaged, the data is in the cluster they point into;
+                     * a clash with another user shows in the refcounts */
+                    bool fix = ck->fix & QCOW2_FIX_ERRORS;
                     fprintf(stderr,
-                            "ERROR offset=%" PRIx64 ": Data cluster is not "
+                            "%s offset=%" PRIx64 ": Data cluster is not "
                             "properly aligned; L2 entry corrupted.\n",
-                            offset);
+                            fix ? "Repairing" : "ERROR", offset);
+                    if (fix) {
+                        uint64_t ne = (e & ~L2E_OFFSET_MASK) |
+                                      (offset & ~(ck->cluster_size - 1));
+                        uint8_t be[8];
+                        qcow2_put_be64(be, ne);
+                        if (ck_write(ck, l2_offset + i * 8, 8, be) < 0) {
+                            res->check_errors++;
+                        } else {
+                            qcow2_put_be64(l2 + i * 8, ne);
+                            offset = ne & L2E_OFFSET_MASK;
+                            res->corruptions--;
+                            res->corruptions_fixed++;
+                            dirty = true;
+                        }
+                    }
                 }
+            }
+            if (drop_entry_past_eof(ck, l2_offset, l2, i, offset,
+                                    ck->cluster_size)) {
+                dirty = true;
+                continue;
             }
             inc_refcounts(ck, offset, ck->cluster_size);
             break;
@@ -470,6 +531,67 @@ static int coroutine_fn check_l2(Ck *ck, bool active, uint32_t l1_index,
         put_l2_cache(ck, l1_index, l2);
     }
     return 0;
+}
+
+/*
+ * Whether a cluster holds something that looks like an L2 table: every
+ * entry without reserved bits, pointing to aligned clusters in the file.
+ */
+static bool plausible_l2(const Ck *ck, const uint8_t *t)
+{
+    for (uint64_t i = 0; i < ck->l2_size; i++) {
+        uint64_t e = qcow2_be64(t + i * 8);
+        Qcow2ClusterType type = qcow2_l2_entry_type(e, ck->version);
+        if (type == QCOW2_CLUSTER_COMPRESSED) {
+            uint64_t host, len;
+            qcow2_compressed_decode(e, ck->cluster_bits, &host, &len);
+            if (host >= ck->file_len) {
+                return false;
+            }
+        } else if ((e & L2E_STD_RESERVED_MASK) ||
+                   ((e & L2E_OFFSET_MASK) &&
+                    (((e & L2E_OFFSET_MASK) & (ck->cluster_size - 1)) ||
+                     (e & L2E_OFFSET_MASK) >= ck->file_len))) {
+            return false;
+        }
+    }
+    return true;
+}
+
+/*
+ * -r all: an active L1 entry whose L2 offset is not cluster aligned.  If
+ * the cluster it points into looks like an L2 table, only the low bits
+ * were damaged: point the entry at it; otherwise clear the entry (the
+ * guest clusters read as unallocated and the lost tables become leaks).
+ * QEMU's check only reports this.  Returns true when repaired.
+ */
+static bool coroutine_fn repair_l1_entry(Ck *ck, uint32_t i, uint8_t *buf)
+{
+    uint64_t old = ck->l1[i];
+    uint64_t aligned = (old & L1E_OFFSET_MASK) & ~(ck->cluster_size - 1);
+    uint64_t ne = 0;
+    if (aligned && aligned < ck->file_len &&
+        ck_read(ck, aligned, ck->cluster_size, buf) >= 0 &&
+        plausible_l2(ck, buf)) {
+        ne = (old & ~L1E_OFFSET_MASK & ~L1E_RESERVED_MASK) | aligned;
+    }
+    fprintf(stderr,
+            "Repairing l2_offset=%" PRIx64 ": Table is not cluster aligned; "
+            "L1 entry %" PRIu32 " %s\n",
+            (uint64_t)(old & L1E_OFFSET_MASK), i,
+            ne ? "now points to the cluster containing it" : "cleared");
+    uint8_t be[8];
+    qcow2_put_be64(be, ne);
+    if (ck_write(ck, ck->l1_offset + (uint64_t)i * 8, 8, be) < 0) {
+        ck->res->check_errors++;
+        return false;
+    }
+    ck->l1[i] = ne;
+    if (ne) {
+        put_l2_cache(ck, i, buf);
+    }
+    ck->res->corruptions_fixed++;
+    return true;
 }
 
 static int coroutine_fn check_l1(Ck *ck, bool active, uint64_t l1_offset,
@@ -513,6 +635,11 @@ static int coroutine_fn check_l1(Ck *ck, bool active, uint64_t l1_offset,
                     "\n",
                     l1[i]);
             res->corruptions++;
+        }
+        if (active && (ck->fix & QCOW2_FIX_ERRORS) &&
+            ((l1[i] & L1E_OFFSET_MASK) & (ck->cluster_size - 1)) &&
+            repair_l1_entry(ck, i, l2) && !l1[i]) {
+            continue;
         }
         uint64_t l2_offset = l1[i] & L1E_OFFSET_MASK;
         inc_refcounts(ck, l2_offset, ck->cluster_size);
@@ -1196,6 +1323,7 @@ out:
     g_free(ck.l1);
     g_free(ck.reftable);
     g_free(ck.l2_cache);
+    g_free(ck.l2_cached);
     g_free(ck.rc);
     g_free(ck.disk_rc);
     return ret;
