@@ -19,7 +19,6 @@ alternate setups; medians are reported.
     bench/add-cow-bench.py --daemon build/blockd --workdir /dev/shm --no-direct
 """
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -28,56 +27,21 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import importlib.util  # noqa: E402
+import benchlib  # noqa: E402
+from benchlib import Daemon, fio_nbd, parse_size  # noqa: E402
+from benchlib import write_random_file  # noqa: E402
 
-_spec = importlib.util.spec_from_file_location(
-    "nbd_bench", os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                              "nbd-bench.py"))
-nbd_bench = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(nbd_bench)
-
-FILE_OPTS = nbd_bench.FILE_OPTS
-
-
-def fio(uri, runtime, size):
-    out = subprocess.run(
-        ["fio", "--output-format=json", "--ioengine=nbd", "--uri=" + uri,
-         "--name=w", "--rw=randwrite", "--bs=4k", "--iodepth=32",
-         "--direct=1", "--time_based", "--runtime=%d" % runtime,
-         "--size=%d" % size, "--norandommap", "--randrepeat=1",
-         "--randseed=4242"],
-        capture_output=True, text=True, timeout=runtime + 120)
-    if out.returncode != 0:
-        raise RuntimeError("fio failed: %s" % out.stderr[-400:])
-    job = json.loads(out.stdout[out.stdout.find("{"):])["jobs"][0]
-    return job["write"]["iops"]
+FILE_OPTS = benchlib.FILE_OPTS
 
 
 def run(daemon, node_args, work, runtime, size):
-    qmp = os.path.join(work, "qmp.sock")
-    nbd = os.path.join(work, "nbd.sock")
-    for p in (qmp, nbd):
-        if os.path.exists(p):
-            os.unlink(p)
-    argv = [daemon] + node_args + [
-        "--chardev", "socket,path=%s,server=on,wait=off,id=qmp0" % qmp,
-        "--monitor", "chardev=qmp0",
-        "--nbd-server", "addr.type=unix,addr.path=%s" % nbd,
-        "--export", "type=nbd,id=exp0,node-name=disk,name=disk,writable=on"]
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
-    try:
-        sock = nbd_bench.wait_for_socket(qmp, proc)
-        uri = "nbd+unix:///disk?socket=%s" % nbd
-        fresh = fio(uri, runtime, size)
-        again = fio(uri, runtime, size)
-        nbd_bench.qmp_quit(sock)
-        proc.wait(timeout=60)
-        return fresh, again
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    with Daemon(daemon, node_args, work) as d:
+        fresh = fio_nbd(d.uri, "randwrite", runtime, size, name="w",
+                        timeout_slack=120)["write"]["iops"]
+        again = fio_nbd(d.uri, "randwrite", runtime, size, name="w",
+                        timeout_slack=120)["write"]["iops"]
+        d.quit(timeout=60)
+    return fresh, again
 
 
 def main():
@@ -95,17 +59,13 @@ def main():
     global FILE_OPTS
     if args.no_direct:
         FILE_OPTS = "cache.direct=off,aio=io_uring"
-    size = int(args.size[:-1]) << {"M": 20, "G": 30}[args.size[-1]] \
-        if args.size[-1] in "MG" else int(args.size)
+    size = parse_size(args.size)
     img = args.img or os.path.join(os.path.dirname(args.daemon), "blockd-img")
 
     work = tempfile.mkdtemp(prefix="add-cow-bench.", dir=args.workdir)
     try:
         master = os.path.join(work, "master.raw")
-        with open(master, "wb") as f:
-            chunk = os.urandom(1 << 20)
-            for _ in range(size >> 20):
-                f.write(chunk)
+        write_random_file(master, size)
         base = os.path.join(work, "base.raw")
         data = os.path.join(work, "data.raw")
         meta = os.path.join(work, "disk.acow")
