@@ -137,6 +137,7 @@ int img_cmd_compare(int argc, char **argv);
 int img_cmd_resize(int argc, char **argv);
 int img_cmd_convert(int argc, char **argv);
 int img_cmd_rebase(int argc, char **argv);
+int img_cmd_commit(int argc, char **argv);
 
 /* add-cow's entry in the format table (daemon/img-add-cow.c) */
 int img_add_cow_probe(const uint8_t *buf, size_t len);
