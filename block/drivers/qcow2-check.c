@@ -775,6 +775,15 @@ static void check_refblocks(Ck *ck, bool *rebuild)
     for (uint64_t i = 0; i < ck->reftable_size; i++) {
         uint64_t offset = ck->reftable[i] & REFT_OFFSET_MASK;
         uint64_t cluster = offset >> ck->cluster_bits;
+        if (ck->reftable[i] & ~REFT_OFFSET_MASK) {
+            fprintf(stderr,
+                    "ERROR refcount table entry %" PRId64 " has reserved "
+                    "bits set\n",
+                    (int64_t)i);
+            res->corruptions++;
+            *rebuild = true;
+            continue;
+        }
         if (offset & (ck->cluster_size - 1)) {
             fprintf(stderr,
                     "ERROR refcount block %" PRId64 " is not cluster aligned; "
