@@ -739,6 +739,15 @@ out:
 
 /* ---- adding and removing ---- */
 
+/* Would `len` bytes need more than `bits` granules of 2^gbits bytes? */
+static bool too_many_bits(uint64_t len, uint64_t bits, int gbits)
+{
+    if (bits > (UINT64_MAX >> gbits)) {
+        return false; /* the limit is beyond any size */
+    }
+    return len > (bits << gbits);
+}
+
 bool coroutine_fn qcow2_co_can_store_new_dirty_bitmap(BlockDriverState *bs,
                                                       const char *name,
                                                       uint32_t granularity,
@@ -770,9 +779,9 @@ bool coroutine_fn qcow2_co_can_store_new_dirty_bitmap(BlockDriverState *bs,
         goto fail;
     }
     /* 512 MiB of bitmap at most, in at most the table limit of clusters */
-    if ((len >> gbits) > (UINT64_C(0x20000000) * 8) ||
-        (len >> gbits) > (uint64_t)QCOW2_BME_MAX_TABLE_SIZE *
-                              s->cluster_size * 8) {
+    if (too_many_bits(len, UINT64_C(0x20000000) * 8, gbits) ||
+        too_many_bits(len, (uint64_t)QCOW2_BME_MAX_TABLE_SIZE *
+                               s->cluster_size * 8, gbits)) {
         error_setg(&err, "Too much space will be occupied by the bitmap. "
                          "Use larger granularity");
         goto fail;
