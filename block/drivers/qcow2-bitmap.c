@@ -826,19 +826,18 @@ int coroutine_fn qcow2_co_remove_persistent_dirty_bitmap(BlockDriverState *bs,
                                                          GError **errp)
 {
     BDRVQcow2State *s = bs->opaque;
-    if (!s->writable) {
-        error_setg(errp, "Can't remove bitmap '%s' from '%s': the image is "
-                         "read-only", name, bs->node_name);
-        return -EACCES;
-    }
     co_mutex_lock(&s->lock);
     Dir d;
     FreeList old = { 0 };
     GByteArray *dir = g_byte_array_new();
     int ret = dir_read(bs, &d, errp);
+    /* Not stored (added since open): nothing on disk, as QEMU.  Stored
+     * ones of a read-only image are readonly: refused before this. */
     int idx = ret < 0 ? -1 : dir_find(&d, name);
-    if (idx >= 0) {
-        /* not stored yet (added since open): nothing on disk */
+    if (idx >= 0 && !s->writable) {
+        error_setg_errno(errp, EACCES, "Can't update bitmap directory");
+        ret = -EACCES;
+    } else if (idx >= 0) {
         uint32_t nb = 0;
         for (uint32_t i = 0; i < d.ext.nb_bitmaps; i++) {
             if ((int)i != idx) {
