@@ -74,11 +74,7 @@ static int coroutine_fn md_preadv(BlockDriverState *bs, int64_t offset,
 {
     MemState *s = bs->opaque;
     rec(R_READ, offset, bytes);
-    int64_t n = MAX(0, MIN(bytes, bs->total_bytes - offset));
-    qiov_from_buf(qiov, 0, s->buf + offset, n);
-    if (n < bytes) {
-        qiov_memset(qiov, n, 0, bytes - n);
-    }
+    test_mem_read(bs, s->buf, offset, bytes, qiov);
     return 0;
 }
 
@@ -88,11 +84,7 @@ static int coroutine_fn md_pwritev(BlockDriverState *bs, int64_t offset,
 {
     MemState *s = bs->opaque;
     rec(R_WRITE, offset, bytes);
-    if (offset + bytes > bs->total_bytes) {
-        return -EIO;
-    }
-    qiov_to_buf(qiov, 0, s->buf + offset, bytes);
-    return 0;
+    return test_mem_write(bs, s->buf, offset, bytes, qiov);
 }
 
 static int coroutine_fn md_pwrite_zeroes(BlockDriverState *bs, int64_t offset,
@@ -134,55 +126,24 @@ static const BlockDriver memdrv = {
 
 /* ---- helpers ---- */
 
-typedef enum { OP_READ, OP_WRITE, OP_ZERO, OP_FLUSH, OP_DISCARD, OP_STATUS } Op;
-typedef struct Req {
-    BlockBackend *blk;
-    Op op;
-    int64_t offset, bytes;
-    void *buf;
-    int ret;
-} Req;
-
-static void coroutine_fn req_co(void *opaque)
-{
-    Req *r = opaque;
-    int64_t pnum;
-    switch (r->op) {
-    case OP_READ:
-        r->ret = blk_co_pread(r->blk, r->offset, r->bytes, r->buf, 0);
-        break;
-    case OP_WRITE:
-        r->ret = blk_co_pwrite(r->blk, r->offset, r->bytes, r->buf, 0);
-        break;
-    case OP_ZERO:
-        r->ret = blk_co_pwrite_zeroes(r->blk, r->offset, r->bytes,
-                                      BDRV_REQ_MAY_UNMAP);
-        break;
-    case OP_FLUSH:
-        r->ret = blk_co_flush(r->blk);
-        break;
-    case OP_DISCARD:
-        r->ret = blk_co_pdiscard(r->blk, r->offset, r->bytes);
-        break;
-    case OP_STATUS:
-        r->ret = blk_co_block_status(r->blk, r->offset, r->bytes, &pnum);
-        break;
-    }
-}
-
-static int do_req(BlockBackend *blk, Op op, int64_t offset, int64_t bytes,
+static int do_req(BlockBackend *blk, TestOp op, int64_t offset, int64_t bytes,
                   void *buf)
 {
-    Req r = {blk, op, offset, bytes, buf, 0};
-    coroutine_run_sync(req_co, &r);
-    return r.ret;
+    /* zero writes may unmap, as the image allows (discard=unmap) */
+    TestReq r = {.blk = blk,
+                 .op = op,
+                 .offset = offset,
+                 .bytes = bytes,
+                 .buf = buf,
+                 .flags = op == TEST_OP_ZERO ? BDRV_REQ_MAY_UNMAP : 0};
+    return test_req_run(&r);
 }
 
 static int write_pat(BlockBackend *blk, int64_t offset, int64_t bytes, int pat)
 {
     void *buf = g_malloc(bytes);
     memset(buf, pat, bytes);
-    int ret = do_req(blk, OP_WRITE, offset, bytes, buf);
+    int ret = do_req(blk, TEST_OP_WRITE, offset, bytes, buf);
     g_free(buf);
     return ret;
 }
@@ -190,7 +151,7 @@ static int write_pat(BlockBackend *blk, int64_t offset, int64_t bytes, int pat)
 static int read_buf(BlockBackend *blk, int64_t offset, int64_t bytes)
 {
     void *buf = g_malloc(bytes);
-    int ret = do_req(blk, OP_READ, offset, bytes, buf);
+    int ret = do_req(blk, TEST_OP_READ, offset, bytes, buf);
     g_free(buf);
     return ret;
 }
@@ -270,7 +231,7 @@ static void test_not_once_and_iotype(void **state)
     assert_int_equal(read_buf(blk, 0, 4096), 0);
     /* The rule stays active after the failed writes: still no read
      * failure, since it is for writes only; zero writes are not writes. */
-    assert_int_equal(do_req(blk, OP_ZERO, 0, 4096, NULL), 0);
+    assert_int_equal(do_req(blk, TEST_OP_ZERO, 0, 4096, NULL), 0);
     assert_true(mem_is(0, 512, 0));
     close_all(blk, bs);
 }
@@ -286,9 +247,10 @@ static void test_default_iotype(void **state)
     assert_int_equal(read_buf(blk, 0, 512), 0); /* not active yet */
     assert_int_equal(write_pat(blk, 0, 512, 1), -EIO);
     assert_int_equal(read_buf(blk, 0, 512), -EIO);
-    assert_int_equal(do_req(blk, OP_FLUSH, 0, 0, NULL), 0); /* nothing new */
+    assert_int_equal(do_req(blk, TEST_OP_FLUSH, 0, 0, NULL),
+                     0); /* nothing new */
     /* Block status is only failed when asked for by iotype. */
-    assert_true(do_req(blk, OP_STATUS, 0, 512, NULL) >= 0);
+    assert_true(do_req(blk, TEST_OP_STATUS, 0, 512, NULL) >= 0);
     close_all(blk, bs);
 }
 
@@ -399,10 +361,11 @@ static void test_other_iotypes(void **state)
         "file.inject-error.0.iotype=flush,file.inject-error.0.once=on,"
         "file.inject-error.0.immediately=on");
     BlockBackend *blk = test_rw_blk(bs);
-    assert_int_equal(do_req(blk, OP_FLUSH, 0, 0, NULL), 0); /* nothing new */
+    assert_int_equal(do_req(blk, TEST_OP_FLUSH, 0, 0, NULL),
+                     0); /* nothing new */
     assert_int_equal(write_pat(blk, 0, 512, 1), 0);
-    assert_int_equal(do_req(blk, OP_FLUSH, 0, 0, NULL), -EIO);
-    assert_int_equal(do_req(blk, OP_FLUSH, 0, 0, NULL), 0);
+    assert_int_equal(do_req(blk, TEST_OP_FLUSH, 0, 0, NULL), -EIO);
+    assert_int_equal(do_req(blk, TEST_OP_FLUSH, 0, 0, NULL), 0);
     close_all(blk, bs);
 
     /* pwritev_done comes after every write, pwritev_zero before zero
@@ -416,17 +379,17 @@ static void test_other_iotypes(void **state)
                          "inject-error.2.iotype=write-zeroes,"
                          "inject-error.2.once=on");
     blk = test_rw_blk(bs);
-    assert_true(do_req(blk, OP_STATUS, 0, 4096, NULL) >= 0);
+    assert_true(do_req(blk, TEST_OP_STATUS, 0, 4096, NULL) >= 0);
     assert_int_equal(write_pat(blk, 0, 4096, 1), 0);
-    assert_int_equal(do_req(blk, OP_STATUS, 0, 4096, NULL), -EIO);
-    assert_int_equal(do_req(blk, OP_ZERO, 0, 4096, NULL), -EIO);
+    assert_int_equal(do_req(blk, TEST_OP_STATUS, 0, 4096, NULL), -EIO);
+    assert_int_equal(do_req(blk, TEST_OP_ZERO, 0, 4096, NULL), -EIO);
     assert_true(mem_is(0, 4096, 1));
-    assert_int_equal(do_req(blk, OP_DISCARD, 0, 4096, NULL), -EIO);
+    assert_int_equal(do_req(blk, TEST_OP_DISCARD, 0, 4096, NULL), -EIO);
     assert_true(mem_is(0, 4096, 1));
-    assert_int_equal(do_req(blk, OP_DISCARD, 0, 4096, NULL), 0);
+    assert_int_equal(do_req(blk, TEST_OP_DISCARD, 0, 4096, NULL), 0);
     assert_true(mem_is(0, 4096, 0));
-    assert_int_equal(do_req(blk, OP_STATUS, 0, 4096, NULL), -EIO);
-    assert_int_equal(do_req(blk, OP_ZERO, 0, 4096, NULL), 0);
+    assert_int_equal(do_req(blk, TEST_OP_STATUS, 0, 4096, NULL), -EIO);
+    assert_int_equal(do_req(blk, TEST_OP_ZERO, 0, 4096, NULL), 0);
     close_all(blk, bs);
 }
 
@@ -485,7 +448,7 @@ static void test_align(void **state)
      * most 32k, the ends below opt-write-zero by writing zeroed buffers */
     assert_int_equal(write_pat(blk, 0, 131072, 3), 0);
     g_array_set_size(md.log, 0);
-    assert_int_equal(do_req(blk, OP_ZERO, 4096, 131072 - 8192, NULL), 0);
+    assert_int_equal(do_req(blk, TEST_OP_ZERO, 4096, 131072 - 8192, NULL), 0);
     assert_true(mem_is(0, 4096, 3));
     assert_true(mem_is(4096, 131072 - 8192, 0));
     assert_true(mem_is(131072 - 4096, 4096, 3));
@@ -506,7 +469,7 @@ static void test_align(void **state)
     g_array_set_size(md.log, 0);
     write_pat(blk, 0, 65536, 5);
     g_array_set_size(md.log, 0);
-    assert_int_equal(do_req(blk, OP_DISCARD, 4096, 49152, NULL), 0);
+    assert_int_equal(do_req(blk, TEST_OP_DISCARD, 4096, 49152, NULL), 0);
     for (guint i = 0; i < md.log->len; i++) {
         Rec *r = &g_array_index(md.log, Rec, i);
         assert_int_equal(r->type, R_DISCARD);
@@ -716,11 +679,7 @@ static void test_child_perms(void **state)
 
 int main(void)
 {
-    GError *err = NULL;
-    if (!aio_init(&err)) {
-        fprintf(stderr, "aio_init: %s\n", err->message);
-        return 1;
-    }
+    test_aio_init();
 #define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
     const struct CMUnitTest tests[] = {
         T(test_nth_write),

@@ -97,11 +97,7 @@ static int coroutine_fn md_preadv(BlockDriverState *bs, int64_t offset,
     if (md.latency_ns) {
         co_sleep_ns(md.latency_ns);
     }
-    int64_t n = MAX(0, MIN(bytes, bs->total_bytes - offset));
-    qiov_from_buf(qiov, 0, s->buf + offset, n);
-    if (n < bytes) {
-        qiov_memset(qiov, n, 0, bytes - n);
-    }
+    test_mem_read(bs, s->buf, offset, bytes, qiov);
     return 0;
 }
 
@@ -115,11 +111,7 @@ static int coroutine_fn md_pwritev(BlockDriverState *bs, int64_t offset,
     if (md.latency_ns) {
         co_sleep_ns(md.latency_ns);
     }
-    if (offset + bytes > bs->total_bytes) {
-        return -EIO;
-    }
-    qiov_to_buf(qiov, 0, s->buf + offset, bytes);
-    return 0;
+    return test_mem_write(bs, s->buf, offset, bytes, qiov);
 }
 
 static int coroutine_fn md_pwrite_zeroes(BlockDriverState *bs, int64_t offset,
@@ -175,54 +167,18 @@ static const BlockDriver memdrv = {
 
 /* ---- helpers ---- */
 
-/* One request, run synchronously in a coroutine. */
-typedef enum { OP_READ, OP_WRITE, OP_ZERO, OP_FLUSH, OP_DISCARD } Op;
-typedef struct Req {
-    BlockBackend *blk;
-    Op op;
-    int64_t offset, bytes;
-    void *buf;
-    BdrvRequestFlags flags;
-    int ret;
-    bool done;
-} Req;
-
-static void coroutine_fn req_co(void *opaque)
-{
-    Req *r = opaque;
-    switch (r->op) {
-    case OP_READ:
-        r->ret = blk_co_pread(r->blk, r->offset, r->bytes, r->buf, r->flags);
-        break;
-    case OP_WRITE:
-        r->ret = blk_co_pwrite(r->blk, r->offset, r->bytes, r->buf, r->flags);
-        break;
-    case OP_ZERO:
-        r->ret = blk_co_pwrite_zeroes(r->blk, r->offset, r->bytes, r->flags);
-        break;
-    case OP_FLUSH:
-        r->ret = blk_co_flush(r->blk);
-        break;
-    case OP_DISCARD:
-        r->ret = blk_co_pdiscard(r->blk, r->offset, r->bytes);
-        break;
-    }
-    r->done = true;
-}
-
-static int do_req(BlockBackend *blk, Op op, int64_t offset, int64_t bytes,
+static int do_req(BlockBackend *blk, TestOp op, int64_t offset, int64_t bytes,
                   void *buf, BdrvRequestFlags flags)
 {
-    Req r = {blk, op, offset, bytes, buf, flags, 0, false};
-    coroutine_run_sync(req_co, &r);
-    return r.ret;
+    TestReq r = {blk, op, offset, bytes, buf, flags, 0, false};
+    return test_req_run(&r);
 }
 
 /* Start a request that runs concurrently; poll until r->done. */
-static void start_req(Req *r)
+static void start_req(TestReq *r)
 {
     r->done = false;
-    coroutine_enter(coroutine_create(req_co, r));
+    coroutine_enter(coroutine_create(test_req_co, r));
 }
 
 static void fill_random(uint8_t *p, size_t n, GRand *rnd)
@@ -280,11 +236,11 @@ static void rmw_patterns(uint32_t align, const char *opts, int64_t shift)
                 continue;
             }
             fill_random(buf, len, rnd);
-            assert_int_equal(do_req(blk, OP_WRITE, off, len, buf, 0), 0);
+            assert_int_equal(do_req(blk, TEST_OP_WRITE, off, len, buf, 0), 0);
             memcpy(shadow + shift + off, buf, len);
             assert_memory_equal(md_mem, shadow, size + shift);
             memset(rbuf, 0xa5, len);
-            assert_int_equal(do_req(blk, OP_READ, off, len, rbuf, 0), 0);
+            assert_int_equal(do_req(blk, TEST_OP_READ, off, len, rbuf, 0), 0);
             assert_memory_equal(rbuf, shadow + shift + off, len);
         }
     }
@@ -326,7 +282,7 @@ static void test_read_past_end_zero(void **state)
     memset(md_mem, 0x11, 5000);
     BlockBackend *blk = test_rw_blk(bs);
     uint8_t buf[300];
-    assert_int_equal(do_req(blk, OP_READ, 4900, 220, buf, 0), 0);
+    assert_int_equal(do_req(blk, TEST_OP_READ, 4900, 220, buf, 0), 0);
     for (int i = 0; i < 100; i++) {
         assert_int_equal(buf[i], 0x11);
     }
@@ -334,9 +290,9 @@ static void test_read_past_end_zero(void **state)
         assert_int_equal(buf[i], 0);
     }
     /* bounds are the BlockBackend's */
-    assert_int_equal(do_req(blk, OP_READ, 5000, 121, buf, 0), -EIO);
-    assert_int_equal(do_req(blk, OP_READ, -1, 1, buf, 0), -EIO);
-    assert_int_equal(do_req(blk, OP_WRITE, 5120, 1, buf, 0), -EIO);
+    assert_int_equal(do_req(blk, TEST_OP_READ, 5000, 121, buf, 0), -EIO);
+    assert_int_equal(do_req(blk, TEST_OP_READ, -1, 1, buf, 0), -EIO);
+    assert_int_equal(do_req(blk, TEST_OP_WRITE, 5120, 1, buf, 0), -EIO);
     assert_int_equal(md.misaligned, 0);
     blk_unref(blk);
 }
@@ -376,19 +332,19 @@ static void test_rmw_file_direct(void **state)
     for (size_t i = 0; i < G_N_ELEMENTS(offs); i++) {
         for (size_t j = 0; j < G_N_ELEMENTS(lens); j++) {
             fill_random(buf, lens[j], rnd);
-            assert_int_equal(do_req(blk, OP_WRITE, offs[i], lens[j], buf, 0),
-                             0);
+            assert_int_equal(
+                do_req(blk, TEST_OP_WRITE, offs[i], lens[j], buf, 0), 0);
             memcpy(shadow + offs[i], buf, lens[j]);
-            assert_int_equal(do_req(blk, OP_READ, offs[i], lens[j], rbuf, 0),
-                             0);
+            assert_int_equal(
+                do_req(blk, TEST_OP_READ, offs[i], lens[j], rbuf, 0), 0);
             assert_memory_equal(rbuf, shadow + offs[i], lens[j]);
         }
     }
-    assert_int_equal(do_req(blk, OP_FLUSH, 0, 0, NULL, 0), 0);
+    assert_int_equal(do_req(blk, TEST_OP_FLUSH, 0, 0, NULL, 0), 0);
     assert_int_equal(pread(fd, disk, SIZE, 0), SIZE);
     assert_memory_equal(disk, shadow, SIZE);
     /* zeroes at unaligned edges */
-    assert_int_equal(do_req(blk, OP_ZERO, 3, 9000, NULL, 0), 0);
+    assert_int_equal(do_req(blk, TEST_OP_ZERO, 3, 9000, NULL, 0), 0);
     memset(shadow + 3, 0, 9000);
     assert_int_equal(pread(fd, disk, SIZE, 0), SIZE);
     assert_memory_equal(disk, shadow, SIZE);
@@ -414,13 +370,13 @@ static void test_concurrent_rmw(void **state)
     BlockBackend *blk = test_rw_blk(bs);
     uint8_t shadow[65536];
     static uint8_t bufs[N][LEN];
-    Req reqs[N];
+    TestReq reqs[N];
 
     memset(shadow, 0, sizeof(shadow));
     for (int i = 0; i < N; i++) {
         memset(bufs[i], 'a' + i, LEN);
-        reqs[i] =
-            (Req){blk, OP_WRITE, BASE + i * 97, LEN, bufs[i], 0, 0, false};
+        reqs[i] = (TestReq){blk, TEST_OP_WRITE, BASE + i * 97, LEN, bufs[i], 0,
+                            0,   false};
         memcpy(shadow + BASE + i * 97, bufs[i], LEN);
     }
     for (int i = 0; i < N; i++) {
@@ -439,9 +395,9 @@ static void test_concurrent_rmw(void **state)
     assert_int_equal(bs->serialising_in_flight, 0);
 
     /* An aligned reader overlapping a running RMW sees all of it. */
-    Req w = {blk, OP_WRITE, 4096 + 10, 100, bufs[0], 0, 0, false};
+    TestReq w = {blk, TEST_OP_WRITE, 4096 + 10, 100, bufs[0], 0, 0, false};
     uint8_t rbuf[4096];
-    Req r = {blk, OP_READ, 4096, 4096, rbuf, 0, 0, false};
+    TestReq r = {blk, TEST_OP_READ, 4096, 4096, rbuf, 0, 0, false};
     start_req(&w);
     start_req(&r);
     while (!w.done || !r.done) {
@@ -462,7 +418,7 @@ static void test_write_zeroes_fallback(void **state)
     BlockBackend *blk = test_rw_blk(bs);
     memset(md_mem, 0xff, 65536);
 
-    assert_int_equal(do_req(blk, OP_ZERO, 1000, 30000, NULL, 0), 0);
+    assert_int_equal(do_req(blk, TEST_OP_ZERO, 1000, 30000, NULL, 0), 0);
     for (int i = 0; i < 65536; i++) {
         assert_int_equal(md_mem[i], (i >= 1000 && i < 31000) ? 0 : 0xff);
     }
@@ -478,7 +434,7 @@ static void test_write_zeroes_fallback(void **state)
     bs = test_open_owned("driver=null-aio,node-name=m1,size=65536");
     blk = test_rw_blk(bs);
     memset(md_mem, 0xff, 65536);
-    assert_int_equal(do_req(blk, OP_ZERO, 1024, 40960, NULL, 0), 0);
+    assert_int_equal(do_req(blk, TEST_OP_ZERO, 1024, 40960, NULL, 0), 0);
     for (int i = 0; i < 65536; i++) {
         assert_int_equal(md_mem[i], (i >= 1024 && i < 41984) ? 0 : 0xff);
     }
@@ -487,17 +443,17 @@ static void test_write_zeroes_fallback(void **state)
 
     /* NO_FALLBACK: refuse rather than write zeroes slowly */
     assert_int_equal(
-        do_req(blk, OP_ZERO, 32768, 4096, NULL, BDRV_REQ_NO_FALLBACK),
+        do_req(blk, TEST_OP_ZERO, 32768, 4096, NULL, BDRV_REQ_NO_FALLBACK),
         -ENOTSUP);
     assert_int_equal(
-        do_req(blk, OP_ZERO, 32769, 4096, NULL, BDRV_REQ_NO_FALLBACK),
+        do_req(blk, TEST_OP_ZERO, 32769, 4096, NULL, BDRV_REQ_NO_FALLBACK),
         -ENOTSUP);
     assert_int_equal(md_mem[32768], 0xff);
 
     /* with driver support the driver does it, no data writes */
     md.zeroes = true;
     int writes = md.writes;
-    assert_int_equal(do_req(blk, OP_ZERO, 32768, 8192, NULL, 0), 0);
+    assert_int_equal(do_req(blk, TEST_OP_ZERO, 32768, 8192, NULL, 0), 0);
     assert_int_equal(md.writes, writes);
     assert_true(md.zero_calls > 0);
     assert_int_equal(md_mem[32768], 0);
@@ -514,13 +470,13 @@ static void test_detect_zeroes(void **state)
     BlockBackend *blk = test_rw_blk(bs);
     memset(md_mem, 0xff, 65536);
     uint8_t zero[4096] = {0};
-    assert_int_equal(do_req(blk, OP_WRITE, 4096, 4096, zero, 0), 0);
+    assert_int_equal(do_req(blk, TEST_OP_WRITE, 4096, 4096, zero, 0), 0);
     assert_int_equal(md.zero_calls, 1);
     assert_int_equal(md.writes, 0);
     assert_int_equal(md_mem[4096], 0);
     uint8_t one[4096];
     memset(one, 1, sizeof(one));
-    assert_int_equal(do_req(blk, OP_WRITE, 4096, 4096, one, 0), 0);
+    assert_int_equal(do_req(blk, TEST_OP_WRITE, 4096, 4096, one, 0), 0);
     assert_int_equal(md.writes, 1);
     blk_unref(blk);
 }
@@ -538,11 +494,11 @@ static void test_max_transfer(void **state)
     GRand *rnd = g_rand_new_with_seed(7);
     fill_random(buf, sizeof(buf), rnd);
     g_rand_free(rnd);
-    assert_int_equal(do_req(blk, OP_WRITE, 100, sizeof(buf), buf, 0), 0);
+    assert_int_equal(do_req(blk, TEST_OP_WRITE, 100, sizeof(buf), buf, 0), 0);
     assert_true(md.max_seen <= 4096);
     assert_true(md.writes >= 5);
     assert_memory_equal(md_mem + 100, buf, sizeof(buf));
-    assert_int_equal(do_req(blk, OP_READ, 100, sizeof(rbuf), rbuf, 0), 0);
+    assert_int_equal(do_req(blk, TEST_OP_READ, 100, sizeof(rbuf), rbuf, 0), 0);
     assert_memory_equal(rbuf, buf, sizeof(buf));
     assert_int_equal(md.misaligned, 0);
     blk_unref(blk);
@@ -555,16 +511,16 @@ static void test_flush(void **state)
         "driver=raw,node-name=r0,file.driver=null-aio,file.size=65536");
     BlockBackend *blk = test_rw_blk(bs);
     uint8_t buf[512] = {1};
-    assert_int_equal(do_req(blk, OP_FLUSH, 0, 0, NULL, 0), 0);
+    assert_int_equal(do_req(blk, TEST_OP_FLUSH, 0, 0, NULL, 0), 0);
     int base = md.flushes;
-    assert_int_equal(do_req(blk, OP_WRITE, 0, 512, buf, 0), 0);
-    assert_int_equal(do_req(blk, OP_FLUSH, 0, 0, NULL, 0), 0);
+    assert_int_equal(do_req(blk, TEST_OP_WRITE, 0, 512, buf, 0), 0);
+    assert_int_equal(do_req(blk, TEST_OP_FLUSH, 0, 0, NULL, 0), 0);
     assert_int_equal(md.flushes, base + 1);
     /* nothing new: skipped */
-    assert_int_equal(do_req(blk, OP_FLUSH, 0, 0, NULL, 0), 0);
+    assert_int_equal(do_req(blk, TEST_OP_FLUSH, 0, 0, NULL, 0), 0);
     assert_int_equal(md.flushes, base + 1);
     /* FUA on a driver without it is a write plus a flush */
-    assert_int_equal(do_req(blk, OP_WRITE, 0, 512, buf, BDRV_REQ_FUA), 0);
+    assert_int_equal(do_req(blk, TEST_OP_WRITE, 0, 512, buf, BDRV_REQ_FUA), 0);
     assert_int_equal(md.flushes, base + 2);
     blk_unref(blk);
 }
@@ -576,8 +532,8 @@ static void test_cache_no_flush(void **state)
         "driver=null-aio,node-name=m0,size=65536,cache.no-flush=on");
     BlockBackend *blk = test_rw_blk(bs);
     uint8_t buf[512] = {1};
-    assert_int_equal(do_req(blk, OP_WRITE, 0, 512, buf, 0), 0);
-    assert_int_equal(do_req(blk, OP_FLUSH, 0, 0, NULL, 0), 0);
+    assert_int_equal(do_req(blk, TEST_OP_WRITE, 0, 512, buf, 0), 0);
+    assert_int_equal(do_req(blk, TEST_OP_FLUSH, 0, 0, NULL, 0), 0);
     assert_int_equal(md.flushes, 0);
     blk_unref(blk);
 }
@@ -592,7 +548,7 @@ static void test_close_all(void **state)
     test_open_owned("driver=null-aio,node-name=m1,size=65536");
     BlockBackend *blk = test_rw_blk(a);
     uint8_t buf[512] = {9};
-    assert_int_equal(do_req(blk, OP_WRITE, 0, 512, buf, 0), 0);
+    assert_int_equal(do_req(blk, TEST_OP_WRITE, 0, 512, buf, 0), 0);
     blk_unref(blk);
     close_log = g_string_new(NULL);
     bdrv_close_all();
@@ -656,10 +612,10 @@ static void test_request_perms(void **state)
     BlockBackend *ro = blk_new(BLK_PERM_CONSISTENT_READ, BLK_PERM_ALL);
     assert_int_equal(blk_insert_bs(ro, bs, NULL), 0);
     uint8_t buf[512] = {0};
-    assert_int_equal(do_req(ro, OP_WRITE, 0, 512, buf, 0), -EPERM);
-    assert_int_equal(do_req(ro, OP_ZERO, 0, 512, NULL, 0), -EPERM);
-    assert_int_equal(do_req(ro, OP_DISCARD, 0, 512, NULL, 0), -EPERM);
-    assert_int_equal(do_req(ro, OP_READ, 0, 512, buf, 0), 0);
+    assert_int_equal(do_req(ro, TEST_OP_WRITE, 0, 512, buf, 0), -EPERM);
+    assert_int_equal(do_req(ro, TEST_OP_ZERO, 0, 512, NULL, 0), -EPERM);
+    assert_int_equal(do_req(ro, TEST_OP_DISCARD, 0, 512, NULL, 0), -EPERM);
+    assert_int_equal(do_req(ro, TEST_OP_READ, 0, 512, buf, 0), 0);
     assert_int_equal(md.writes, 0);
     /* truncate needs the resize permission on the edge */
     TruncCo t = {ro, 4096, NULL, 0};
@@ -683,7 +639,7 @@ static void test_drain(void **state)
     BlockDriverState *r0 = test_open_owned("driver=raw,node-name=r0,file=m0");
     BlockBackend *blk = test_rw_blk(r0);
     uint8_t buf[512] = {7};
-    Req w1 = {blk, OP_WRITE, 0, 512, buf, 0, 0, false};
+    TestReq w1 = {blk, TEST_OP_WRITE, 0, 512, buf, 0, 0, false};
     start_req(&w1);
     assert_false(w1.done);
     assert_int_equal(m0->in_flight, 1);
@@ -697,7 +653,7 @@ static void test_drain(void **state)
     assert_int_equal(r0->quiesce_counter, 1);
 
     /* New requests from the backend wait until the drain ends. */
-    Req w2 = {blk, OP_WRITE, 512, 512, buf, 0, 0, false};
+    TestReq w2 = {blk, TEST_OP_WRITE, 512, 512, buf, 0, 0, false};
     start_req(&w2);
     int64_t until = clock_ns() + 80 * 1000 * 1000;
     while (clock_ns() < until) {
@@ -718,7 +674,7 @@ static void test_drain(void **state)
 
 typedef struct DrainCo {
     BlockDriverState *bs;
-    Req *req;
+    TestReq *req;
     bool req_done_at_drain;
     bool done;
 } DrainCo;
@@ -740,7 +696,7 @@ static void test_drain_in_coroutine(void **state)
         test_open_owned("driver=null-aio,node-name=m0,size=65536");
     BlockBackend *blk = test_rw_blk(m0);
     uint8_t buf[512];
-    Req r = {blk, OP_READ, 0, 512, buf, 0, 0, false};
+    TestReq r = {blk, TEST_OP_READ, 0, 512, buf, 0, 0, false};
     start_req(&r);
     DrainCo d = {.bs = m0, .req = &r};
     coroutine_enter(coroutine_create(drain_co, &d));
@@ -806,7 +762,7 @@ static void test_block_status(void **state)
     BlockBackend *blk = test_rw_blk(n);
     uint8_t buf[512];
     memset(buf, 0x5a, sizeof(buf));
-    assert_int_equal(do_req(blk, OP_READ, 0, 512, buf, 0), 0);
+    assert_int_equal(do_req(blk, TEST_OP_READ, 0, 512, buf, 0), 0);
     assert_int_equal(buf[0], 0x5a);
     blk_unref(blk);
 }
@@ -927,8 +883,8 @@ static void test_backing_chain(void **state)
     BlockBackend *bt = test_rw_blk(top), *bb = test_rw_blk(base);
     uint8_t buf[4096];
     memset(buf, 1, sizeof(buf));
-    assert_int_equal(do_req(bt, OP_WRITE, 0, 4096, buf, 0), 0);
-    assert_int_equal(do_req(bb, OP_WRITE, 8192, 4096, buf, 0), 0);
+    assert_int_equal(do_req(bt, TEST_OP_WRITE, 0, 4096, buf, 0), 0);
+    assert_int_equal(do_req(bb, TEST_OP_WRITE, 8192, 4096, buf, 0), 0);
 
     int64_t pnum;
     BlockDriverState *file;
@@ -993,7 +949,7 @@ static void test_disable_queuing(void **state)
     uint8_t buf[512] = {3};
     bdrv_drained_begin(m0);
     /* a job's own I/O goes through while drained */
-    assert_int_equal(do_req(blk, OP_WRITE, 0, 512, buf, 0), 0);
+    assert_int_equal(do_req(blk, TEST_OP_WRITE, 0, 512, buf, 0), 0);
     assert_int_equal(md_mem[0], 3);
     bdrv_drained_end(m0);
     blk_unref(blk);
@@ -1171,11 +1127,7 @@ static void test_query(void **state)
 
 int main(void)
 {
-    GError *err = NULL;
-    if (!aio_init(&err)) {
-        fprintf(stderr, "aio_init: %s\n", err->message);
-        return 1;
-    }
+    test_aio_init();
 #define T(fn) cmocka_unit_test_setup_teardown(fn, setup_memdrv, teardown)
     const struct CMUnitTest tests[] = {
         T(test_rmw_512),

@@ -483,11 +483,7 @@ static void test_replace_keeps_perms(void **state)
 
 int main(void)
 {
-    GError *err = NULL;
-    if (!aio_init(&err)) {
-        fprintf(stderr, "aio_init: %s\n", err->message);
-        return 1;
-    }
+    test_aio_init();
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_perm_names),
         cmocka_unit_test_teardown(test_two_writers_conflict, teardown),

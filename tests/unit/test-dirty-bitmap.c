@@ -370,11 +370,7 @@ static void test_mark_cost(void **state)
 
 int main(void)
 {
-    GError *err = NULL;
-    if (!aio_init(&err)) {
-        fprintf(stderr, "aio_init: %s\n", err->message);
-        return 1;
-    }
+    test_aio_init();
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_marking),
         cmocka_unit_test(test_checks),

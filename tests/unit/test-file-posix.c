@@ -57,73 +57,26 @@ static BlockDriverState *open_file(const char *extra)
     return bs;
 }
 
-typedef enum { OP_READ, OP_WRITE, OP_ZERO, OP_FLUSH, OP_DISCARD,
-               OP_TRUNCATE, OP_STATUS, OP_CHILD_WRITE, OP_CHILD_ZERO } Op;
-typedef struct Req {
-    BlockBackend *blk;
-    Op op;
-    int64_t offset, bytes;
-    void *buf;
-    BdrvRequestFlags flags;
-    PreallocMode prealloc;
-    int ret;
-    int64_t pnum;
-    GError *err;
-} Req;
-
-static void coroutine_fn req_co(void *opaque)
-{
-    Req *r = opaque;
-    switch (r->op) {
-    case OP_READ:
-        r->ret = blk_co_pread(r->blk, r->offset, r->bytes, r->buf, r->flags);
-        break;
-    case OP_WRITE:
-        r->ret = blk_co_pwrite(r->blk, r->offset, r->bytes, r->buf, r->flags);
-        break;
-    case OP_ZERO:
-        r->ret = blk_co_pwrite_zeroes(r->blk, r->offset, r->bytes, r->flags);
-        break;
-    case OP_FLUSH:
-        r->ret = blk_co_flush(r->blk);
-        break;
-    case OP_DISCARD:
-        r->ret = blk_co_pdiscard(r->blk, r->offset, r->bytes);
-        break;
-    case OP_TRUNCATE:
-        r->ret = blk_co_truncate(r->blk, r->offset, true, r->prealloc, 0,
-                                 &r->err);
-        break;
-    case OP_CHILD_WRITE:
-        r->ret = bdrv_co_pwrite(blk_root(r->blk), r->offset, r->bytes, r->buf,
-                                r->flags);
-        break;
-    case OP_CHILD_ZERO:
-        r->ret = bdrv_co_pwrite_zeroes(blk_root(r->blk), r->offset, r->bytes,
-                                       r->flags);
-        break;
-    case OP_STATUS:
-        r->ret = bdrv_co_block_status(blk_bs(r->blk), r->offset, r->bytes,
-                                      &r->pnum, NULL, NULL);
-        break;
-    }
-}
-
-static int do_req(BlockBackend *blk, Op op, int64_t offset, int64_t bytes,
+static int do_req(BlockBackend *blk, TestOp op, int64_t offset, int64_t bytes,
                   void *buf, BdrvRequestFlags flags)
 {
-    Req r = { blk, op, offset, bytes, buf, flags, PREALLOC_MODE_OFF, 0, 0,
-              NULL };
-    coroutine_run_sync(req_co, &r);
-    return r.ret;
+    TestReq r = {.blk = blk,
+                 .op = op,
+                 .offset = offset,
+                 .bytes = bytes,
+                 .buf = buf,
+                 .flags = flags};
+    return test_req_run(&r);
 }
 
 static int do_status(BlockBackend *blk, int64_t offset, int64_t bytes,
                      int64_t *pnum)
 {
-    Req r = { .blk = blk, .op = OP_STATUS, .offset = offset,
-              .bytes = bytes };
-    coroutine_run_sync(req_co, &r);
+    TestReq r = {.blk = blk,
+                 .op = TEST_OP_BDRV_STATUS,
+                 .offset = offset,
+                 .bytes = bytes};
+    test_req_run(&r);
     *pnum = r.pnum;
     return r.ret;
 }
@@ -131,8 +84,12 @@ static int do_status(BlockBackend *blk, int64_t offset, int64_t bytes,
 static int do_truncate(BlockBackend *blk, int64_t size, PreallocMode p,
                        GError **errp)
 {
-    Req r = { .blk = blk, .op = OP_TRUNCATE, .offset = size, .prealloc = p };
-    coroutine_run_sync(req_co, &r);
+    TestReq r = {.blk = blk,
+                 .op = TEST_OP_TRUNCATE,
+                 .offset = size,
+                 .exact = true,
+                 .prealloc = p};
+    test_req_run(&r);
     if (r.err) {
         g_propagate_error(errp, r.err);
     }
@@ -187,13 +144,13 @@ static void rw_test(const char *extra)
 
     assert_int_equal(blk_getlength(blk), SZ);
     pattern(w, SZ, 3);
-    assert_int_equal(do_req(blk, OP_WRITE, 0, SZ, w, 0), 0);
+    assert_int_equal(do_req(blk, TEST_OP_WRITE, 0, SZ, w, 0), 0);
     /* Unaligned, in the middle (RMW under O_DIRECT). */
-    assert_int_equal(do_req(blk, OP_WRITE, 1000, 3333, w + 77, 0), 0);
+    assert_int_equal(do_req(blk, TEST_OP_WRITE, 1000, 3333, w + 77, 0), 0);
     memmove(w + 1000, w + 77, 3333);
-    assert_int_equal(do_req(blk, OP_FLUSH, 0, 0, NULL, 0), 0);
+    assert_int_equal(do_req(blk, TEST_OP_FLUSH, 0, 0, NULL, 0), 0);
     memset(r, 0, SZ);
-    assert_int_equal(do_req(blk, OP_READ, 0, SZ, r, 0), 0);
+    assert_int_equal(do_req(blk, TEST_OP_READ, 0, SZ, r, 0), 0);
     assert_memory_equal(r, w, SZ);
 
     /* The bytes are really in the file. */
@@ -237,12 +194,12 @@ static void test_rw_direct(void **state)
     int64_t len = blk_getlength(blk);
     assert_true(len >= 1000 && len <= 4096);
     memset(r, 0xcc, sizeof(r));
-    assert_int_equal(do_req(blk, OP_READ, 0, len, r, 0), 0);
+    assert_int_equal(do_req(blk, TEST_OP_READ, 0, len, r, 0), 0);
     assert_memory_equal(r, data, sizeof(data));
     assert_true(buffer_is_zero(r + 1000, len - 1000));
     /* Unaligned request over the end through the bounce path. */
     memset(r, 0xcc, sizeof(r));
-    assert_int_equal(do_req(blk, OP_READ, 999, len - 999, r, 0), 0);
+    assert_int_equal(do_req(blk, TEST_OP_READ, 999, len - 999, r, 0), 0);
     assert_int_equal(r[0], data[999]);
     assert_true(buffer_is_zero(r + 1, len - 1000));
     blk_unref(blk);
@@ -257,7 +214,7 @@ static void test_rw_readonly(void **state)
         test_new_blk(bs, BLK_PERM_CONSISTENT_READ, BLK_PERM_ALL, &err);
     assert_non_null(blk);
     uint8_t buf[512];
-    assert_int_equal(do_req(blk, OP_READ, 0, 512, buf, 0), 0);
+    assert_int_equal(do_req(blk, TEST_OP_READ, 0, 512, buf, 0), 0);
     assert_true(buffer_is_zero(buf, 512));
     blk_unref(blk);
     /* Writing is not possible at all. */
@@ -327,11 +284,11 @@ static void test_write_extends(void **state)
     pattern(buf, sizeof(buf), 9);
     /* As a parent node does, through the edge (a BlockBackend refuses
      * requests past the end). */
-    assert_int_equal(do_req(blk, OP_CHILD_WRITE, 8192, 8192, buf, 0), 0);
+    assert_int_equal(do_req(blk, TEST_OP_CHILD_WRITE, 8192, 8192, buf, 0), 0);
     assert_int_equal(file_size(), 16384);
     assert_int_equal(bs->total_bytes, 16384);
     uint8_t r[8192];
-    assert_int_equal(do_req(blk, OP_READ, 8192, 8192, r, 0), 0);
+    assert_int_equal(do_req(blk, TEST_OP_READ, 8192, 8192, r, 0), 0);
     assert_memory_equal(r, buf, sizeof(buf));
     blk_unref(blk);
 }
@@ -350,20 +307,20 @@ static void test_zeroes_and_status(void **state)
 
     pattern(buf, SZ, 1);
     assert_int_equal(do_truncate(blk, SZ, PREALLOC_MODE_OFF, NULL), 0);
-    assert_int_equal(do_req(blk, OP_WRITE, 0, SZ, buf, 0), 0);
-    assert_int_equal(do_req(blk, OP_FLUSH, 0, 0, NULL, 0), 0);
+    assert_int_equal(do_req(blk, TEST_OP_WRITE, 0, SZ, buf, 0), 0);
+    assert_int_equal(do_req(blk, TEST_OP_FLUSH, 0, 0, NULL, 0), 0);
 
     /* Zero without unmap: allocated, reads zero. */
-    assert_int_equal(do_req(blk, OP_ZERO, MB, MB, NULL, 0), 0);
+    assert_int_equal(do_req(blk, TEST_OP_ZERO, MB, MB, NULL, 0), 0);
     /* Zero with unmap: a hole. */
     int64_t before = file_blocks();
-    assert_int_equal(do_req(blk, OP_ZERO, 2 * MB, MB, NULL,
-                            BDRV_REQ_MAY_UNMAP), 0);
+    assert_int_equal(
+        do_req(blk, TEST_OP_ZERO, 2 * MB, MB, NULL, BDRV_REQ_MAY_UNMAP), 0);
     assert_true(file_blocks() <= before - MB);
     assert_int_equal(file_size(), SZ);
 
     uint8_t *r = g_malloc(SZ);
-    assert_int_equal(do_req(blk, OP_READ, 0, SZ, r, 0), 0);
+    assert_int_equal(do_req(blk, TEST_OP_READ, 0, SZ, r, 0), 0);
     assert_memory_equal(r, buf, MB);
     assert_true(buffer_is_zero(r + MB, 2 * MB));
     assert_memory_equal(r + 3 * MB, buf + 3 * MB, MB);
@@ -384,14 +341,14 @@ static void test_zeroes_and_status(void **state)
     assert_int_equal(pnum, MB);
 
     /* Discard punches a hole too. */
-    assert_int_equal(do_req(blk, OP_DISCARD, 0, MB, NULL, 0), 0);
+    assert_int_equal(do_req(blk, TEST_OP_DISCARD, 0, MB, NULL, 0), 0);
     ret = do_status(blk, 0, MB, &pnum);
     assert_true(ret & BDRV_BLOCK_ZERO);
     assert_int_equal(pnum, MB);
 
     /* Zeroes past the end grow the file. */
-    assert_int_equal(do_req(blk, OP_CHILD_ZERO, SZ, MB, NULL,
-                            BDRV_REQ_MAY_UNMAP), 0);
+    assert_int_equal(
+        do_req(blk, TEST_OP_CHILD_ZERO, SZ, MB, NULL, BDRV_REQ_MAY_UNMAP), 0);
     assert_int_equal(file_size(), SZ + MB);
     assert_int_equal(blk_getlength(blk), SZ + MB);
 
@@ -408,16 +365,16 @@ static void test_discard_ignored(void **state)
     BlockBackend *blk = test_rw_resize_blk(bs);
     uint8_t *buf = g_malloc(MB);
     pattern(buf, MB, 5);
-    assert_int_equal(do_req(blk, OP_WRITE, 0, MB, buf, 0), 0);
-    assert_int_equal(do_req(blk, OP_DISCARD, 0, MB, NULL, 0), 0);
+    assert_int_equal(do_req(blk, TEST_OP_WRITE, 0, MB, buf, 0), 0);
+    assert_int_equal(do_req(blk, TEST_OP_DISCARD, 0, MB, NULL, 0), 0);
     uint8_t *r = g_malloc(MB);
-    assert_int_equal(do_req(blk, OP_READ, 0, MB, r, 0), 0);
+    assert_int_equal(do_req(blk, TEST_OP_READ, 0, MB, r, 0), 0);
     assert_memory_equal(r, buf, MB);
     /* Without discard=unmap, MAY_UNMAP zeroes stay allocated. */
-    assert_int_equal(do_req(blk, OP_ZERO, 0, MB, NULL, BDRV_REQ_MAY_UNMAP),
+    assert_int_equal(do_req(blk, TEST_OP_ZERO, 0, MB, NULL, BDRV_REQ_MAY_UNMAP),
                      0);
     assert_true(file_blocks() >= MB);
-    assert_int_equal(do_req(blk, OP_READ, 0, MB, r, 0), 0);
+    assert_int_equal(do_req(blk, TEST_OP_READ, 0, MB, r, 0), 0);
     assert_true(buffer_is_zero(r, MB));
     blk_unref(blk);
     g_free(buf);
@@ -794,10 +751,7 @@ int main(void)
 {
     GError *err = NULL;
 
-    if (!aio_init(&err)) {
-        fprintf(stderr, "aio_init: %s\n", err->message);
-        return 1;
-    }
+    test_aio_init();
     tmpdir = test_tmpdir_new("test-file", &err);
     if (!tmpdir) {
         fprintf(stderr, "%s\n", err->message);

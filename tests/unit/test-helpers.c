@@ -4,8 +4,10 @@
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
+#include <errno.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 
 #include <cmocka.h>
 #include <glib.h>
@@ -13,6 +15,15 @@
 
 #include "tests/unit/test-helpers.h"
 #include "util/aio.h"
+
+void test_aio_init(void)
+{
+    GError *err = NULL;
+    if (!aio_init(&err)) {
+        fprintf(stderr, "aio_init: %s\n", err->message);
+        exit(1);
+    }
+}
 
 typedef struct OpenCo {
     const char *opts;
@@ -86,6 +97,75 @@ BlockBackend *test_blk(BlockDriverState *bs, uint64_t perm)
         fail_msg("insert: %s", err->message);
     }
     return blk;
+}
+
+void coroutine_fn test_req_co(void *opaque)
+{
+    TestReq *r = opaque;
+    switch (r->op) {
+    case TEST_OP_READ:
+        r->ret = blk_co_pread(r->blk, r->offset, r->bytes, r->buf, r->flags);
+        break;
+    case TEST_OP_WRITE:
+        r->ret = blk_co_pwrite(r->blk, r->offset, r->bytes, r->buf, r->flags);
+        break;
+    case TEST_OP_ZERO:
+        r->ret = blk_co_pwrite_zeroes(r->blk, r->offset, r->bytes, r->flags);
+        break;
+    case TEST_OP_FLUSH:
+        r->ret = blk_co_flush(r->blk);
+        break;
+    case TEST_OP_DISCARD:
+        r->ret = blk_co_pdiscard(r->blk, r->offset, r->bytes);
+        break;
+    case TEST_OP_TRUNCATE:
+        r->ret = blk_co_truncate(r->blk, r->offset, r->exact, r->prealloc, 0,
+                                 &r->err);
+        break;
+    case TEST_OP_STATUS:
+        r->ret = blk_co_block_status(r->blk, r->offset, r->bytes, &r->pnum);
+        break;
+    case TEST_OP_BDRV_STATUS:
+        r->ret = bdrv_co_block_status(blk_bs(r->blk), r->offset, r->bytes,
+                                      &r->pnum, NULL, NULL);
+        break;
+    case TEST_OP_CHILD_WRITE:
+        r->ret = bdrv_co_pwrite(blk_root(r->blk), r->offset, r->bytes, r->buf,
+                                r->flags);
+        break;
+    case TEST_OP_CHILD_ZERO:
+        r->ret = bdrv_co_pwrite_zeroes(blk_root(r->blk), r->offset, r->bytes,
+                                       r->flags);
+        break;
+    }
+    r->done = true;
+}
+
+int test_req_run(TestReq *r)
+{
+    r->done = false;
+    coroutine_run_sync(test_req_co, r);
+    return r->ret;
+}
+
+void test_mem_read(BlockDriverState *bs, const uint8_t *mem, int64_t offset,
+                   int64_t bytes, IOVector *qiov)
+{
+    int64_t n = MAX(0, MIN(bytes, bs->total_bytes - offset));
+    qiov_from_buf(qiov, 0, mem + offset, n);
+    if (n < bytes) {
+        qiov_memset(qiov, n, 0, bytes - n);
+    }
+}
+
+int test_mem_write(BlockDriverState *bs, uint8_t *mem, int64_t offset,
+                   int64_t bytes, IOVector *qiov)
+{
+    if (offset + bytes > bs->total_bytes) {
+        return -EIO;
+    }
+    qiov_to_buf(qiov, 0, mem + offset, bytes);
+    return 0;
 }
 
 typedef struct DelCo {

@@ -1076,11 +1076,7 @@ static void test_cancel_sync_all(void **state)
 
 int main(void)
 {
-    GError *err = NULL;
-    if (!aio_init(&err)) {
-        fprintf(stderr, "aio_init: %s\n", err->message);
-        return 1;
-    }
+    test_aio_init();
     events_reset();
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_verb_table),
