@@ -6,6 +6,7 @@ started with a QMP socket and one writable NBD export `disk` of the node
 script uses (4k, iodepth 32, fixed seed); sizes and data files.
 """
 import json
+import statistics
 import os
 import socket
 import subprocess
@@ -137,3 +138,17 @@ def fio_nbd(uri, rw, runtime, size, name=None, timeout_slack=60):
     if job.get("error"):
         raise RuntimeError("fio job error %s" % job["error"])
     return job
+
+
+def print_ab_table(results, width):
+    """Medians per workload: results[key] = {"A": [iops...], "B": [...]}
+    (B when a reference daemon ran), with the A/B ratio."""
+    print("\n%-*s %12s %12s %8s" % (width, "workload", "A (IOPS)",
+                                    "B (IOPS)", "A/B"))
+    for key, per in results.items():
+        a = statistics.median(per["A"])
+        if "B" in per:
+            b = statistics.median(per["B"])
+            print("%-*s %12.0f %12.0f %8.2f" % (width, key, a, b, a / b))
+        else:
+            print("%-*s %12.0f" % (width, key, a))

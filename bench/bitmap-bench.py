@@ -9,12 +9,11 @@ seed); runs alternate between daemons and medians are reported.
 import argparse
 import os
 import shutil
-import statistics
 import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import Daemon, fio_nbd  # noqa: E402
+from benchlib import Daemon, fio_nbd, print_ab_table  # noqa: E402
 
 
 def run_once(daemon, work, nbitmaps, runtime, size):
@@ -57,14 +56,7 @@ def main():
                           flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print("\n%-22s %12s %12s %8s" % ("workload", "A (IOPS)", "B (IOPS)", "A/B"))
-    for key, per in results.items():
-        a = statistics.median(per["A"])
-        if "B" in per:
-            b = statistics.median(per["B"])
-            print("%-22s %12.0f %12.0f %8.2f" % (key, a, b, a / b))
-        else:
-            print("%-22s %12.0f" % (key, a))
+    print_ab_table(results, 22)
 
 
 if __name__ == "__main__":

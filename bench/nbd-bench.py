@@ -14,13 +14,12 @@ reported.
 import argparse
 import os
 import shutil
-import statistics
 import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from benchlib import FILE_OPTS, Daemon, fio_nbd, parse_size  # noqa: E402
-from benchlib import write_random_file  # noqa: E402
+from benchlib import print_ab_table, write_random_file  # noqa: E402
 
 
 def run_once(daemon, node_args, workdir, rw, runtime, size):
@@ -66,15 +65,7 @@ def main():
                         results[key][name].append(iops)
                         print("%-20s %s %10.0f IOPS" % (key, name, iops),
                               flush=True)
-        print("\n%-20s %12s %12s %8s" % ("workload", "A (IOPS)",
-                                         "B (IOPS)", "A/B"))
-        for key, per in results.items():
-            a = statistics.median(per["A"])
-            if "B" in per:
-                b = statistics.median(per["B"])
-                print("%-20s %12.0f %12.0f %8.2f" % (key, a, b, a / b))
-            else:
-                print("%-20s %12.0f" % (key, a))
+        print_ab_table(results, 20)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
