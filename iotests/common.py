@@ -232,6 +232,19 @@ def qmp_log(d_or_client, name, args=None, /, filters=(), indent=None, **kwargs):
     return reply
 
 
+def run_after_kill(argv, timeout=10.0):
+    """run(argv) on an image a SIGKILLed daemon held.  The kernel tears a
+    killed process's io_uring down asynchronously, so its file (and its OFD
+    lock) may outlive the process for a moment: retry while the output
+    says the image is locked."""
+    deadline = time.monotonic() + timeout
+    while True:
+        rc, out = run(argv)
+        if 'lock' not in out or time.monotonic() >= deadline:
+            return rc, out
+        time.sleep(0.05)
+
+
 def _retry_export_del(c, arguments, reply, timeout=10.0):
     # A client program that just exited may not have been seen to
     # disconnect yet (both daemons answer "still in use" until then):
