@@ -670,6 +670,8 @@ static int coroutine_fn check_snapshots(Ck *ck)
     uint64_t start = off;
     for (uint32_t n = 0; n < ck->nb_snapshots; n++) {
         uint8_t fixed[40];
+        /* entries start 8-aligned; the table ends right after the last */
+        off = ROUND_UP(off, 8);
         int ret = ck_read(ck, off, 40, fixed);
         if (ret < 0) {
             res->check_errors++;
@@ -695,7 +697,7 @@ static int coroutine_fn check_snapshots(Ck *ck)
             res->check_errors++;
             return ret;
         }
-        off += ROUND_UP(40 + (uint64_t)extra + id_len + name_len, 8);
+        off += 40 + (uint64_t)extra + id_len + name_len;
 
         if (l1_off & (ck->cluster_size - 1)) {
             fprintf(stderr,
@@ -718,6 +720,40 @@ static int coroutine_fn check_snapshots(Ck *ck)
         }
     }
     ck->snapshots_size = off - start;
+    return 0;
+}
+
+/*
+ * Before anything else, as QEMU's driver reads the snapshot table when it
+ * opens the image: an entry with more extra data than the format allows
+ * stops the check.  (qemu-img check -r all would drop the extra data;
+ * this checker does not.)
+ */
+static int coroutine_fn read_snapshot_table(Ck *ck)
+{
+    uint64_t off = ck->snapshots_offset;
+    for (uint32_t n = 0; n < ck->nb_snapshots; n++) {
+        uint8_t fixed[40];
+        off = ROUND_UP(off, 8);
+        int ret = ck_read(ck, off, 40, fixed);
+        if (ret < 0) {
+            ck->res->check_errors++;
+            return ret;
+        }
+        uint32_t extra = qcow2_be32(fixed + 36);
+        if (extra > QCOW2_MAX_SNAPSHOT_EXTRA) {
+            fprintf(stderr,
+                    "%s: ERROR failed to read the snapshot table: Too much "
+                    "extra metadata in snapshot table entry %" PRIu32 "\n"
+                    "You can force-remove this extra metadata with "
+                    "qemu-img check -r all\n",
+                    program_invocation_short_name, n);
+            ck->res->check_errors++;
+            return -EFBIG;
+        }
+        off += 40 + (uint64_t)extra + qcow2_be16(fixed + 12) +
+               qcow2_be16(fixed + 14);
+    }
     return 0;
 }
 
@@ -1307,6 +1343,10 @@ int coroutine_fn qcow2_co_check_file(BlockBackend *file, int fix,
     if (size_to_clusters(&ck, ck.file_len) > INT32_MAX) {
         res->check_errors++;
         ret = -EFBIG;
+        goto out;
+    }
+    ret = read_snapshot_table(&ck);
+    if (ret < 0) {
         goto out;
     }
     preload_l2(&ck);
