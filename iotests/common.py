@@ -232,6 +232,22 @@ def qmp_log(d_or_client, name, args=None, /, filters=(), indent=None, **kwargs):
     return reply
 
 
+def wait_listening(path, timeout=10.0):
+    """Wait until a UNIX socket at path accepts connections (the file
+    appears at bind(), a moment before listen())."""
+    import socket
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.socket(socket.AF_UNIX) as s:
+                s.connect(path)
+            return
+        except OSError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.025)
+
+
 def run_after_kill(argv, timeout=10.0):
     """run(argv) on an image a SIGKILLed daemon held.  The kernel tears a
     killed process's io_uring down asynchronously, so its file (and its OFD
