@@ -46,9 +46,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             e[i].granularity_bits < QCOW2_BME_MIN_GRANULARITY_BITS ||
             e[i].granularity_bits > QCOW2_BME_MAX_GRANULARITY_BITS ||
             e[i].table_offset % cluster_size ||
-            e[i].table_size != qcow2_bitmap_table_entries(
-                                   (int64_t)vsize, e[i].granularity_bits,
-                                   cluster_size)) {
+            e[i].table_size > QCOW2_BME_MAX_TABLE_SIZE ||
+            /* an in-use entry may predate an unstored resize */
+            (!(e[i].flags & QCOW2_BME_FLAG_IN_USE) &&
+             e[i].table_size != qcow2_bitmap_table_entries(
+                                    (int64_t)vsize, e[i].granularity_bits,
+                                    cluster_size))) {
             __builtin_trap();
         }
     }
