@@ -8,7 +8,7 @@
  * Two exports over a null-co node make both phases reachable: "disk"
  * (writable, exporting dirty bitmap "fb") and "ro" (read-only, with
  * qemu:allocation-depth).  The seed
- * corpus (tests/fuzz/corpus/nbd/) holds valid handshakes followed by
+ * corpus (tests/fuzz/corpus/fuzz-nbd/) holds valid handshakes followed by
  * requests, so mutations explore the transmission phase too.
  */
 #include <errno.h>

@@ -6,7 +6,7 @@
  *
  * Backing files named in the header are not opened (backing=null): the
  * input must not make the target touch other files.  Seeds: images made by
- * qemu-img (tests/fuzz/corpus/qcow2/).
+ * qemu-img (tests/fuzz/corpus/fuzz-qcow2/).
  */
 #include <errno.h>
 #include <fcntl.h>
