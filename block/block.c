@@ -1035,6 +1035,24 @@ BlockDriverState *coroutine_fn bdrv_co_open_keyval(const char *opts,
     return bs;
 }
 
+BlockDriverState *coroutine_fn bdrv_co_open_create_file(
+    const BlockdevRef *ref, GError **errp)
+{
+    if (!ref) {
+        error_setg(errp, "Parameter 'file' is missing");
+        return NULL;
+    }
+    if (ref->type != QTYPE_QSTRING) {
+        return bdrv_co_open(&ref->u.definition, errp);
+    }
+    BlockDriverState *bs =
+        bdrv_lookup_bs(ref->u.reference, ref->u.reference, errp);
+    if (bs) {
+        bdrv_ref(bs);
+    }
+    return bs;
+}
+
 /* Once a parent's `file` node exists (before it is attached, as in
  * QEMU, so a permission conflict names the parent), the parent's deferred
  * checks and name. */

@@ -114,6 +114,11 @@ BlockDriverState *coroutine_fn bdrv_co_open(const BlockdevOptions *opts,
 /* Same, from keyval text ("driver=raw,file.driver=file,...") */
 BlockDriverState *coroutine_fn bdrv_co_open_keyval(const char *opts,
                                                    GError **errp);
+/* The node a blockdev-create `file` member names (a node-name) or
+ * describes (inline options), with a reference for the caller; a
+ * missing member is an error. */
+BlockDriverState *coroutine_fn bdrv_co_open_create_file(
+    const BlockdevRef *ref, GError **errp);
 void bdrv_ref(BlockDriverState *bs);
 /* Drop a reference; at zero the node is drained, flushed, detached from
  * its children and closed. */

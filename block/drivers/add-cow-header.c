@@ -500,23 +500,9 @@ int coroutine_fn add_cow_co_create(BlockdevCreateOptions *opts, GError **errp)
     if (a->has_cluster_size && a->cluster_size == 0) {
         p.cluster_size = 1; /* refused by the checks */
     }
-    BlockDriverState *file;
-    if (!a->file || a->file->type == QTYPE_QSTRING) {
-        file = a->file ? bdrv_lookup_bs(a->file->u.reference,
-                                        a->file->u.reference, errp)
-                       : NULL;
-        if (!file) {
-            if (!a->file) {
-                error_setg(errp, "Parameter 'file' is missing");
-            }
-            return -ENOENT;
-        }
-        bdrv_ref(file);
-    } else {
-        file = bdrv_co_open(&a->file->u.definition, errp);
-        if (!file) {
-            return -EIO;
-        }
+    BlockDriverState *file = bdrv_co_open_create_file(a->file, errp);
+    if (!file) {
+        return -ENOENT;
     }
     int ret = add_cow_co_create_on_node(file, &p, errp);
     bdrv_unref(file);

@@ -362,23 +362,9 @@ int coroutine_fn qcow2_co_create(BlockdevCreateOptions *opts, GError **errp)
     if (q->has_cluster_size && q->cluster_size == 0) {
         p.cluster_size = 1; /* rejected by the validation */
     }
-    BlockDriverState *file;
-    if (!q->file || q->file->type == QTYPE_QSTRING) {
-        file = q->file ? bdrv_lookup_bs(q->file->u.reference,
-                                        q->file->u.reference, errp)
-                       : NULL;
-        if (!file) {
-            if (!q->file) {
-                error_setg(errp, "Parameter 'file' is missing");
-            }
-            return -ENOENT;
-        }
-        bdrv_ref(file);
-    } else {
-        file = bdrv_co_open(&q->file->u.definition, errp);
-        if (!file) {
-            return -EIO;
-        }
+    BlockDriverState *file = bdrv_co_open_create_file(q->file, errp);
+    if (!file) {
+        return -ENOENT;
     }
     int ret = qcow2_co_create_on_node(file, &p, errp);
     bdrv_unref(file);
