@@ -1018,6 +1018,18 @@ BlockDriverState *coroutine_fn bdrv_co_open(const BlockdevOptions *opts,
     return bdrv_open_inherit(opts, NULL, 0, errp);
 }
 
+BlockDriverState *coroutine_fn bdrv_co_open_json(JsonNode *node, bool keyval,
+                                                 GError **errp)
+{
+    BlockdevOptions *o = qapi_BlockdevOptions_from_json(node, keyval, errp);
+    if (!o) {
+        return NULL;
+    }
+    BlockDriverState *bs = bdrv_co_open(o, errp);
+    qapi_free_BlockdevOptions(o);
+    return bs;
+}
+
 BlockDriverState *coroutine_fn bdrv_co_open_keyval(const char *opts,
                                                    GError **errp)
 {
@@ -1025,14 +1037,26 @@ BlockDriverState *coroutine_fn bdrv_co_open_keyval(const char *opts,
     if (!node) {
         return NULL;
     }
-    BlockdevOptions *o = qapi_BlockdevOptions_from_json(node, true, errp);
+    BlockDriverState *bs = bdrv_co_open_json(node, true, errp);
     json_node_unref(node);
-    if (!o) {
-        return NULL;
-    }
-    BlockDriverState *bs = bdrv_co_open(o, errp);
-    qapi_free_BlockdevOptions(o);
     return bs;
+}
+
+BlockdevOptions *bdrv_format_on_file_options(const char *fmt,
+                                             const char *filename,
+                                             GError **errp)
+{
+    JsonObject *file = json_object_new();
+    json_object_set_string_member(file, "driver", "file");
+    json_object_set_string_member(file, "filename", filename);
+    JsonObject *o = json_object_new();
+    json_object_set_string_member(o, "driver", fmt);
+    json_object_set_object_member(o, "file", file);
+    JsonNode *node = json_node_init_object(json_node_alloc(), o);
+    json_object_unref(o);
+    BlockdevOptions *bo = qapi_BlockdevOptions_from_json(node, false, errp);
+    json_node_unref(node);
+    return bo;
 }
 
 BlockDriverState *coroutine_fn bdrv_co_open_create_file(

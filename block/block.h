@@ -111,6 +111,16 @@ const char *bdrv_get_format_name(const BlockDriverState *bs);
  */
 BlockDriverState *coroutine_fn bdrv_co_open(const BlockdevOptions *opts,
                                             GError **errp);
+/* Same, from options as JSON (keyval: scalars may be strings); the node
+ * is not consumed. */
+#include <json-glib/json-glib.h>
+BlockDriverState *coroutine_fn bdrv_co_open_json(JsonNode *node, bool keyval,
+                                                 GError **errp);
+/* {driver: fmt, file: {driver: file, filename}}: how an image names its
+ * children (backing file, data file) in its header. */
+BlockdevOptions *bdrv_format_on_file_options(const char *fmt,
+                                             const char *filename,
+                                             GError **errp);
 /* Same, from keyval text ("driver=raw,file.driver=file,...") */
 BlockDriverState *coroutine_fn bdrv_co_open_keyval(const char *opts,
                                                    GError **errp);

@@ -52,13 +52,8 @@ static BlockDriverState *coroutine_fn open_tree(const char *filename,
 
     JsonNode *node = json_node_init_object(json_node_alloc(), o);
     json_object_unref(o);
-    BlockdevOptions *opts = qapi_BlockdevOptions_from_json(node, false, errp);
+    BlockDriverState *bs = bdrv_co_open_json(node, false, errp);
     json_node_unref(node);
-    if (!opts) {
-        return NULL;
-    }
-    BlockDriverState *bs = bdrv_co_open(opts, errp);
-    qapi_free_BlockdevOptions(opts);
     return bs;
 }
 

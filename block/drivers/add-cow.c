@@ -213,27 +213,6 @@ static void resize_cache(BDRVAddCowState *s, uint64_t nclusters)
 
 /* ---- opening ---- */
 
-static BlockdevOptions *child_options(const char *fmt, const char *path,
-                                      GError **errp)
-{
-    JsonBuilder *b = json_builder_new();
-    json_builder_begin_object(b);
-    json_builder_set_member_name(b, "driver");
-    json_builder_add_string_value(b, fmt);
-    json_builder_set_member_name(b, "file");
-    json_builder_begin_object(b);
-    json_builder_set_member_name(b, "driver");
-    json_builder_add_string_value(b, "file");
-    json_builder_set_member_name(b, "filename");
-    json_builder_add_string_value(b, path);
-    json_builder_end_object(b);
-    json_builder_end_object(b);
-    JsonNode *node = json_builder_get_root(b);
-    g_object_unref(b);
-    BlockdevOptions *o = qapi_BlockdevOptions_from_json(node, false, errp);
-    json_node_unref(node);
-    return o;
-}
 
 /* Formats the header may name for a child: known drivers that are
  * formats, not add-cow itself (a file naming itself would recurse). */
@@ -256,7 +235,7 @@ static BdrvChild *coroutine_fn open_from_header(BlockDriverState *bs,
         return NULL;
     }
     GError *err = NULL;
-    BlockdevOptions *o = child_options(fmt, path, &err);
+    BlockdevOptions *o = bdrv_format_on_file_options(fmt, path, &err);
     if (!o) {
         error_setg(errp, "Could not open %s file: %s", name, err->message);
         g_error_free(err);

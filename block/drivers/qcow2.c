@@ -591,23 +591,8 @@ static int coroutine_fn open_backing(BlockDriverState *bs,
     g_autofree char *path = backing_path(bs, s->backing_file);
     const char *fmt = s->backing_format ? s->backing_format
                                         : probe_format(path);
-    JsonBuilder *b = json_builder_new();
-    json_builder_begin_object(b);
-    json_builder_set_member_name(b, "driver");
-    json_builder_add_string_value(b, fmt);
-    json_builder_set_member_name(b, "file");
-    json_builder_begin_object(b);
-    json_builder_set_member_name(b, "driver");
-    json_builder_add_string_value(b, "file");
-    json_builder_set_member_name(b, "filename");
-    json_builder_add_string_value(b, path);
-    json_builder_end_object(b);
-    json_builder_end_object(b);
-    JsonNode *node = json_builder_get_root(b);
-    g_object_unref(b);
     GError *err = NULL;
-    BlockdevOptions *bo = qapi_BlockdevOptions_from_json(node, false, &err);
-    json_node_unref(node);
+    BlockdevOptions *bo = bdrv_format_on_file_options(fmt, path, &err);
     if (!bo) {
         error_setg(errp, "Could not open backing file: unknown format '%s'",
                    fmt);
