@@ -1059,6 +1059,28 @@ BlockdevOptions *bdrv_format_on_file_options(const char *fmt,
     return bo;
 }
 
+BlockDriverState *coroutine_fn bdrv_co_create_empty_file(const char *filename,
+                                                         GError **errp)
+{
+    const BlockDriver *fdrv = bdrv_find_driver(BLOCKDEV_DRIVER_FILE);
+    if (!fdrv || !fdrv->bdrv_co_create) {
+        error_setg(errp, "The file driver is not available");
+        return NULL;
+    }
+    BlockdevCreateOptions co;
+    memset(&co, 0, sizeof(co));
+    co.driver = BLOCKDEV_DRIVER_FILE;
+    co.u.file.filename = (char *)filename;
+    if (fdrv->bdrv_co_create(&co, errp) < 0) {
+        return NULL;
+    }
+    BlockdevOptions fo;
+    memset(&fo, 0, sizeof(fo));
+    fo.driver = BLOCKDEV_DRIVER_FILE;
+    fo.u.file.filename = (char *)filename;
+    return bdrv_co_open(&fo, errp);
+}
+
 BlockDriverState *coroutine_fn bdrv_co_open_create_file(
     const BlockdevRef *ref, GError **errp)
 {

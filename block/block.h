@@ -124,6 +124,10 @@ BlockdevOptions *bdrv_format_on_file_options(const char *fmt,
 /* Same, from keyval text ("driver=raw,file.driver=file,...") */
 BlockDriverState *coroutine_fn bdrv_co_open_keyval(const char *opts,
                                                    GError **errp);
+/* Create (or truncate to 0) `filename` and open it as a `file` node, with
+ * a reference for the caller: where image creation writes its format. */
+BlockDriverState *coroutine_fn bdrv_co_create_empty_file(const char *filename,
+                                                         GError **errp);
 /* The node a blockdev-create `file` member names (a node-name) or
  * describes (inline options), with a reference for the caller; a
  * missing member is an error. */

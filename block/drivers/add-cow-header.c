@@ -457,28 +457,11 @@ int coroutine_fn add_cow_co_create_image(const char *filename,
                                          const AddCowCreateParams *p,
                                          GError **errp)
 {
-    const BlockDriver *fdrv = bdrv_find_driver(BLOCKDEV_DRIVER_FILE);
-    if (!fdrv || !fdrv->bdrv_co_create) {
-        error_setg(errp, "The file driver is not available");
-        return -ENOTSUP;
-    }
-    BlockdevCreateOptions co;
-    memset(&co, 0, sizeof(co));
-    co.driver = BLOCKDEV_DRIVER_FILE;
-    co.u.file.filename = (char *)filename;
-    int ret = fdrv->bdrv_co_create(&co, errp);
-    if (ret < 0) {
-        return ret;
-    }
-    BlockdevOptions fo;
-    memset(&fo, 0, sizeof(fo));
-    fo.driver = BLOCKDEV_DRIVER_FILE;
-    fo.u.file.filename = (char *)filename;
-    BlockDriverState *file = bdrv_co_open(&fo, errp);
+    BlockDriverState *file = bdrv_co_create_empty_file(filename, errp);
     if (!file) {
         return -EIO;
     }
-    ret = add_cow_co_create_on_node(file, p, errp);
+    int ret = add_cow_co_create_on_node(file, p, errp);
     bdrv_unref(file);
     return ret;
 }

@@ -292,29 +292,11 @@ int coroutine_fn qcow2_co_create_image(const char *filename,
     if (!valid_params(&checked, errp)) {
         return -EINVAL;
     }
-    const BlockDriver *fdrv = bdrv_find_driver(BLOCKDEV_DRIVER_FILE);
-    if (!fdrv || !fdrv->bdrv_co_create) {
-        error_setg(errp, "The file driver is not available");
-        return -ENOTSUP;
-    }
-    BlockdevCreateOptions co;
-    memset(&co, 0, sizeof(co));
-    co.driver = BLOCKDEV_DRIVER_FILE;
-    co.u.file.filename = (char *)filename;
-    co.u.file.size = 0;
-    int ret = fdrv->bdrv_co_create(&co, errp);
-    if (ret < 0) {
-        return ret;
-    }
-    BlockdevOptions fo;
-    memset(&fo, 0, sizeof(fo));
-    fo.driver = BLOCKDEV_DRIVER_FILE;
-    fo.u.file.filename = (char *)filename;
-    BlockDriverState *file = bdrv_co_open(&fo, errp);
+    BlockDriverState *file = bdrv_co_create_empty_file(filename, errp);
     if (!file) {
         return -EIO;
     }
-    ret = qcow2_co_create_on_node(file, p, errp);
+    int ret = qcow2_co_create_on_node(file, p, errp);
     bdrv_unref(file);
     return ret;
 }
