@@ -244,3 +244,10 @@ void qmp_transaction(q_obj_transaction_arg *arg, GError **errp)
         job_txn_unref(txn);
     }
 }
+
+/* Placeholder until the transaction owner lands it (session 2). */
+void qmp_blockdev_snapshot_sync(BlockdevSnapshotSync *arg, GError **errp)
+{
+    (void)arg;
+    error_setg(errp, "blockdev-snapshot-sync is not implemented yet");
+}

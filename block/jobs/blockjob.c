@@ -130,8 +130,32 @@ int block_job_add_bdrv(BlockJob *job, const char *name, BlockDriverState *bs,
     return 0;
 }
 
+void block_job_hold_chain(BlockJob *job, BlockDriverState *top,
+                          BlockDriverState *base)
+{
+    for (BlockDriverState *bs = top; bs && bs != base;) {
+        BdrvChild *c = bdrv_filter_or_cow_child(bs);
+        if (!c) {
+            break;
+        }
+        bdrv_child_graph_mod_inc(c, job_type_str(&job->job));
+        job->held_edges = g_slist_prepend(job->held_edges, c);
+        bs = c->bs;
+    }
+}
+
+void block_job_release_chain(BlockJob *job)
+{
+    for (GSList *l = job->held_edges; l; l = l->next) {
+        bdrv_child_graph_mod_dec(l->data);
+    }
+    g_slist_free(job->held_edges);
+    job->held_edges = NULL;
+}
+
 void block_job_remove_all_bdrv(BlockJob *job)
 {
+    block_job_release_chain(job);
     /* Detach in the order attached; an edge being detached may drain its
      * node, which calls back into this job: unlink first. */
     GSList *nodes = g_slist_reverse(job->nodes);

@@ -33,6 +33,8 @@ struct BlockJob {
     RateLimit limit;
     BlockDeviceIoStatus iostatus;
     GSList *nodes; /* BdrvChild *: every node the job involves */
+    GSList *held_edges; /* BdrvChild *: chain edges whose graph-mod
+                         * counter the job raised (block_job_hold_chain) */
 };
 
 /*
@@ -51,6 +53,20 @@ void *block_job_create(const char *job_id, const BlockJobDriver *driver,
  * the job. */
 int block_job_add_bdrv(BlockJob *job, const char *name, BlockDriverState *bs,
                        uint64_t perm, uint64_t shared_perm, GError **errp);
+/*
+ * Graph safety for jobs that work on a backing chain (commit, stream,
+ * mirror): raise the graph-mod counter on every edge from `top` down
+ * through filtered/COW children to `base` (the edge whose child is base
+ * included; base == NULL: to the bottom of the chain), so blockdev-del,
+ * blockdev-reopen of `backing`, blockdev-snapshot and other jobs that would
+ * detach or replace one of them fail naming this job.  The job releases
+ * them (block_job_release_chain) just before its own completion changes
+ * the graph, and block_job_remove_all_bdrv releases what is left.
+ */
+void block_job_hold_chain(BlockJob *job, BlockDriverState *top,
+                          BlockDriverState *base);
+void block_job_release_chain(BlockJob *job);
+
 /* Drop every node but keep the job (before graph changes at the end). */
 void block_job_remove_all_bdrv(BlockJob *job);
 bool block_job_has_bdrv(BlockJob *job, BlockDriverState *bs);

@@ -1,0 +1,9 @@
+/* Placeholder until its owner lands the real implementation (session 2). */
+#include "qapi/qapi-commands.h"
+#include "util/error.h"
+
+void qmp_blockdev_reopen(q_obj_blockdev_reopen_arg *arg, GError **errp)
+{
+    (void)arg;
+    error_setg(errp, "blockdev-reopen is not implemented yet");
+}
