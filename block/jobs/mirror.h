@@ -1,0 +1,39 @@
+/*
+ * blockdev-mirror and active commit: one engine (mirror.c).
+ *
+ * A hidden `mirror_top` filter is inserted above the source for the job's
+ * lifetime.  It records every guest write in a dirty bitmap (or, with
+ * copy-mode write-blocking once the job is ready, writes it to the target
+ * too).  The job copies whatever is dirty until nothing is, emits
+ * BLOCK_JOB_READY, and keeps the target in sync until job-complete
+ * (parents of the source, or of `replaces`, move to the target) or
+ * job-cancel (nothing in the graph changes but the filter going away).
+ *
+ * Active commit is the same job with the target being `base` (a node of
+ * the source's own backing chain) and job type "commit".
+ */
+#ifndef BLOCK_JOBS_MIRROR_H
+#define BLOCK_JOBS_MIRROR_H
+
+#include "block/jobs/blockjob.h"
+
+/*
+ * Active commit (block-commit whose top is the active layer `bs`): mirror
+ * bs and every layer above `base` into base.  Creates and starts the job
+ * (type "commit").  On job-complete every parent of bs uses base instead,
+ * dropping the intermediate layers; a cancel while ready leaves the
+ * original chain as it was.  `creation_flags` are JobCreateFlags.
+ * Checks and messages as qemu-storage-daemon 7.2's active commit (the
+ * caller has already made block-commit's own checks: base is below bs,
+ * etc.).  Returns the (started) job, or NULL with *errp set and nothing
+ * left behind.
+ */
+BlockJob *mirror_start_active_commit(const char *job_id, BlockDriverState *bs,
+                                     BlockDriverState *base,
+                                     int creation_flags, int64_t speed,
+                                     BlockdevOnError on_error,
+                                     const char *filter_node_name,
+                                     bool auto_finalize, bool auto_dismiss,
+                                     GError **errp);
+
+#endif
