@@ -192,6 +192,19 @@ struct BlockDriver {
         GError **errp);
     int coroutine_fn (*bdrv_co_remove_persistent_dirty_bitmap)(
         BlockDriverState *bs, const char *name, GError **errp);
+    /*
+     * Record a new backing file name and format in the image header
+     * (QEMU's bdrv_change_backing_file), after block-stream or
+     * block-commit changed the node's backing child: NULL backing_file
+     * means none (and then backing_fmt is NULL too); NULL backing_fmt
+     * means no format is recorded.  On success the driver also updates
+     * bs->backing_file and bs->backing_format; on failure (-errno) the
+     * image and the node are as they were.  NULL: the format cannot
+     * record one (callers treat that as -ENOTSUP).
+     */
+    int coroutine_fn (*bdrv_co_change_backing_file)(BlockDriverState *bs,
+                                                    const char *backing_file,
+                                                    const char *backing_fmt);
 };
 
 /* Drivers are listed once, in block/drivers.c. */

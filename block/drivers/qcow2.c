@@ -261,6 +261,55 @@ int coroutine_fn qcow2_update_header(BlockDriverState *bs)
     return ret;
 }
 
+/*
+ * block-stream / block-commit changed the backing child: record the new
+ * backing file name and format (NULL: none) in the header.  The whole
+ * header cluster is rebuilt from the state and written in one request,
+ * so the image holds either the old or the new name; if the new header
+ * does not fit or cannot be written, the old state is put back.
+ */
+static int coroutine_fn qcow2_co_change_backing_file(BlockDriverState *bs,
+                                                     const char *backing_file,
+                                                     const char *backing_fmt)
+{
+    BDRVQcow2State *s = bs->opaque;
+    if (backing_file && strlen(backing_file) > QCOW2_MAX_BACKING_NAME) {
+        return -EINVAL;
+    }
+    if (backing_fmt && strlen(backing_fmt) >= sizeof(bs->backing_format)) {
+        return -EINVAL;
+    }
+    if (!backing_file && backing_fmt) {
+        return -EINVAL; /* a format without a file means nothing */
+    }
+    if (bs->read_only) {
+        return -EACCES;
+    }
+    co_mutex_lock(&s->lock);
+    char *old_file = s->backing_file, *old_fmt = s->backing_format;
+    s->backing_file = backing_file && *backing_file ? g_strdup(backing_file)
+                                                    : NULL;
+    s->backing_format = s->backing_file && backing_fmt ? g_strdup(backing_fmt)
+                                                       : NULL;
+    int ret = qcow2_update_header(bs);
+    if (ret < 0) {
+        g_free(s->backing_file);
+        g_free(s->backing_format);
+        s->backing_file = old_file;
+        s->backing_format = old_fmt;
+    } else {
+        g_free(old_file);
+        g_free(old_fmt);
+        g_strlcpy(bs->backing_file, s->backing_file ? s->backing_file : "",
+                  sizeof(bs->backing_file));
+        g_strlcpy(bs->backing_format,
+                  s->backing_format ? s->backing_format : "",
+                  sizeof(bs->backing_format));
+    }
+    co_mutex_unlock(&s->lock);
+    return ret;
+}
+
 /* Parse the header extensions in buf[start, end). */
 static int parse_extensions(BlockDriverState *bs, const uint8_t *buf,
                             size_t start, size_t end, GError **errp)
@@ -1492,4 +1541,5 @@ const BlockDriver bdrv_qcow2 = {
     .bdrv_co_get_info = qcow2_co_get_info,
     .bdrv_child_perm = qcow2_child_perm,
     .bdrv_co_create = qcow2_co_create,
+    .bdrv_co_change_backing_file = qcow2_co_change_backing_file,
 };
