@@ -1012,6 +1012,33 @@ bdrv_open_inherit(const BlockdevOptions *opts, BlockDriverState *parent,
     return bs;
 }
 
+/* A node of a driver that blockdev-add cannot name (a job's filter such as
+ * commit_top or mirror_top): QEMU's bdrv_new_open_driver(). */
+BlockDriverState *bdrv_new_open_driver(const BlockDriver *drv,
+                                       const char *node_name, int flags,
+                                       GError **errp)
+{
+    registry_init();
+    BlockDriverState *bs = g_new0(BlockDriverState, 1);
+    bs->drv = drv;
+    bs->opaque = g_malloc0(drv->instance_size ? drv->instance_size : 1);
+    bs->open_flags = flags;
+    bs->read_only = !(flags & BDRV_O_RDWR);
+    bs->refcnt = 1;
+    LIST_INIT(&bs->children);
+    LIST_INIT(&bs->parents);
+    LIST_INIT(&bs->tracked_requests);
+    co_queue_init(&bs->flush_queue);
+    bs->perm = 0;
+    bs->shared_perm = BLK_PERM_ALL;
+    bs->bl.request_alignment = 1;
+    if (!node_setup(bs, node_name, errp)) {
+        bdrv_free(bs);
+        return NULL;
+    }
+    return bs;
+}
+
 BlockDriverState *coroutine_fn bdrv_co_open(const BlockdevOptions *opts,
                                             GError **errp)
 {

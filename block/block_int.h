@@ -318,6 +318,18 @@ BdrvChild *coroutine_fn bdrv_open_child(BlockDriverState *parent,
                                         const BlockdevRef *ref,
                                         const char *name, BdrvChildRole role,
                                         bool allow_none, GError **errp);
+/*
+ * A new node of `drv` without options and without children (QEMU's
+ * bdrv_new_open_driver), for filters that jobs insert and blockdev-add
+ * cannot create (commit_top, mirror_top): drv need not be in the driver
+ * table and its bdrv_open is not called.  node_name NULL: a generated
+ * name.  flags: BDRV_O_*, read-only unless BDRV_O_RDWR.  The caller
+ * attaches children (bdrv_attach_child), sets total_bytes and owns the
+ * one reference.  Errors as blockdev-add's node-name checks.
+ */
+BlockDriverState *bdrv_new_open_driver(const BlockDriver *drv,
+                                       const char *node_name, int flags,
+                                       GError **errp);
 /* Attach an existing node as a child (takes a new reference on child). */
 BdrvChild *bdrv_attach_child(BlockDriverState *parent,
                              BlockDriverState *child, const char *name,
