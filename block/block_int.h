@@ -392,6 +392,18 @@ void bdrv_wakeup(void);
  * node whose driver left it empty. */
 void bdrv_refresh_filename(BlockDriverState *bs);
 
+/*
+ * The image of bs's backing chain that `name` (a file name, as the
+ * deprecated `top`/`base` arguments of block-commit and block-stream give
+ * it) designates, or NULL: QEMU's bdrv_find_backing_image().  Compared
+ * with each layer's backing file name from its header (relative names
+ * resolved against that layer's directory, both canonicalised), or, for
+ * a layer whose backing node was given explicitly and differs from its
+ * header, with that node's filename.  bs itself is never returned.
+ */
+BlockDriverState *bdrv_find_backing_image(BlockDriverState *bs,
+                                          const char *name);
+
 /* QEMU's bdrv_get_info(): bs's cluster size (0: none) and dirty flag,
  * looking through filters without a get_info of their own; -ENOTSUP if
  * nobody knows. */

@@ -6,6 +6,7 @@
  * the text matches qemu-storage-daemon's byte for byte.
  */
 #include <string.h>
+#include <stdlib.h>
 
 #include "block/block_int.h"
 
@@ -282,4 +283,93 @@ void bdrv_refresh_filename(BlockDriverState *bs)
     json_node_unref(n);
     g_strlcpy(bs->filename, s->str, sizeof(bs->filename));
     g_string_free(s, TRUE);
+}
+
+/* ---- finding an image of a chain by file name ---- */
+
+/* QEMU's path_has_protocol(): "proto:..." before any '/'. */
+static bool has_protocol(const char *path)
+{
+    return path[strcspn(path, ":/")] == ':';
+}
+
+/* The directory (with its trailing '/') that relative backing file names
+ * of bs are resolved against: that of the file under its primary
+ * children (QEMU's bdrv_dirname), or NULL if there is no plain one. */
+static char *node_dirname(BlockDriverState *bs)
+{
+    while (bs && !LIST_EMPTY(&bs->children)) {
+        BdrvChild *c, *primary = NULL;
+        LIST_FOREACH (c, &bs->children, next) {
+            if (c->role & (BDRV_CHILD_PRIMARY | BDRV_CHILD_FILTERED)) {
+                primary = c;
+            }
+        }
+        if (!primary) {
+            return NULL;
+        }
+        bs = primary->bs;
+    }
+    if (!bs || !bs->filename[0] || !strncmp(bs->filename, "json:", 5) ||
+        has_protocol(bs->filename)) {
+        return NULL;
+    }
+    const char *slash = strrchr(bs->filename, '/');
+    return g_strndup(bs->filename, slash ? (size_t)(slash - bs->filename) + 1
+                                         : 0);
+}
+
+/* name made absolute relative to bs's directory (NULL: cannot). */
+static char *absolute_to(BlockDriverState *bs, const char *name)
+{
+    if (name[0] == '/' || has_protocol(name)) {
+        return g_strdup(name);
+    }
+    char *dir = node_dirname(bs);
+    if (!dir) {
+        return NULL;
+    }
+    char *full = g_strconcat(dir, name, NULL);
+    g_free(dir);
+    return full;
+}
+
+BlockDriverState *bdrv_find_backing_image(BlockDriverState *bs,
+                                          const char *name)
+{
+    if (!bs || !bs->drv || !name) {
+        return NULL;
+    }
+    bool is_protocol = has_protocol(name);
+    /* Filters have no file names of their own: skip them (as QEMU). */
+    for (BlockDriverState *curr = bdrv_skip_filters(bs);
+         curr && curr->drv && !curr->drv->is_filter && curr->backing;
+         curr = bdrv_skip_filters(curr->backing->bs)) {
+        BlockDriverState *below = bdrv_skip_filters(curr->backing->bs);
+        if (backing_overridden(curr)) {
+            /* Only the node's own name can match. */
+            if (!strcmp(name, below->filename)) {
+                return below;
+            }
+        } else if (is_protocol || has_protocol(curr->backing_file)) {
+            if (!strcmp(name, curr->backing_file)) {
+                return below;
+            }
+            g_autofree char *full = absolute_to(curr, curr->backing_file);
+            if (full && !strcmp(name, full)) {
+                return below;
+            }
+        } else {
+            /* Canonical absolute paths, relative ones taken from curr's
+             * directory. */
+            g_autofree char *a = absolute_to(curr, name);
+            g_autofree char *b = absolute_to(curr, curr->backing_file);
+            g_autofree char *ra = a ? realpath(a, NULL) : NULL;
+            g_autofree char *rb = b ? realpath(b, NULL) : NULL;
+            if (ra && rb && !strcmp(ra, rb)) {
+                return below;
+            }
+        }
+    }
+    return NULL;
 }
