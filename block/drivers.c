@@ -17,6 +17,7 @@ extern const BlockDriver bdrv_blkdebug;
 extern const BlockDriver bdrv_add_cow;
 extern const BlockDriver bdrv_cbw;
 extern const BlockDriver bdrv_snapshot_access;
+extern const BlockDriver bdrv_cor;
 
 static const BlockDriver *const driver_table[] = {
     &bdrv_file,     &bdrv_raw,   &bdrv_null_co,
@@ -24,6 +25,7 @@ static const BlockDriver *const driver_table[] = {
     &bdrv_add_cow,
     &bdrv_cbw,
     &bdrv_snapshot_access,
+    &bdrv_cor,
 };
 
 /* Drivers registered by unit tests; searched before the table so a test

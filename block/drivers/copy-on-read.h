@@ -1,0 +1,30 @@
+/*
+ * The copy-on-read filter (copy-on-read.c): reads of data that the node
+ * below it (`file`, the "top") does not hold itself but takes from its
+ * backing chain are written into the top as well, so the top fills up
+ * with what is read.  With `bottom`, only data from the layers down to
+ * bottom (included) is copied.  block-stream inserts one above the node
+ * it streams into for the job's lifetime.
+ */
+#ifndef BLOCK_DRIVERS_COPY_ON_READ_H
+#define BLOCK_DRIVERS_COPY_ON_READ_H
+
+#include "block/block.h"
+
+/*
+ * Open a copy-on-read filter on `top` (with `bottom`, may be NULL) and
+ * move every parent of top onto it.  The filter is named
+ * filter_node_name, or gets a generated name and is marked implicit.
+ * `holder` names who holds the chain top..bottom meanwhile (a job type,
+ * e.g. "stream"), in the errors of graph changes it refuses.  Returns the
+ * filter with one reference for the caller, or NULL (nothing changed).
+ */
+BlockDriverState *coroutine_fn bdrv_cor_filter_append(
+    BlockDriverState *top, BlockDriverState *bottom,
+    const char *filter_node_name, const char *holder, GError **errp);
+
+/* Take the filter out again: its parents go back to the node below it,
+ * the chain is released, and the caller's reference is dropped. */
+void bdrv_cor_filter_drop(BlockDriverState *cor);
+
+#endif
