@@ -2,16 +2,20 @@
  * QMP `transaction`: prepare every action (each does its work and
  * registers its undo on one Transaction), then commit all, or abort all
  * in reverse order if one failed, so a failing action leaves no trace of
- * the others.  Also blockdev-snapshot, which is one of its actions.
+ * the others.  Also blockdev-snapshot and blockdev-snapshot-sync, which
+ * run as a transaction of one action.
  *
  * Backup jobs are created (filter inserted, bitmap frozen) in prepare and
  * started in commit; with completion-mode grouped they share one JobTxn
  * and finish (or fail) together.
  */
 #include <errno.h>
+#include <string.h>
 
 #include "block/block_int.h"
+#include "block/drivers/qcow2.h"
 #include "block/jobs/backup.h"
+#include "block/jobs/blockjob.h"
 #include "block/qmp-dirty-bitmap.h"
 #include "qapi/qapi-commands.h"
 #include "util/error.h"
@@ -48,11 +52,29 @@ static int coroutine_fn backup_action(const BlockdevBackup *arg, JobTxn *txn,
     return 0;
 }
 
-/* ---- blockdev-snapshot: put an existing overlay on top of a node ---- */
+/* ---- blockdev-snapshot(-sync): an overlay goes on top of a node ---- */
 
+/*
+ * Both commands are QEMU's external snapshot: the node to snapshot must not
+ * be busy, is flushed, then the overlay (an existing node, or a new image
+ * created and opened here) gets it as backing file and takes over all its
+ * parents.  Undo moves the parents back and drops the backing link; a new
+ * overlay is closed again in clean (its file stays, as in QEMU).
+ */
 typedef struct SnapshotUndo {
     BlockDriverState *old_bs, *new_bs;
 } SnapshotUndo;
+
+/* The overlay's name depends on its backing child (json:{...} while its
+ * options say "backing": null and it has none; the plain file name once
+ * the backing node is the one its header names), as QEMU computes it. */
+static void overlay_refresh_filename(BlockDriverState *bs)
+{
+    if (!LIST_EMPTY(&bs->children)) {
+        bs->filename[0] = 0;
+        bdrv_refresh_filename(bs);
+    }
+}
 
 static void snapshot_abort(void *opaque)
 {
@@ -62,12 +84,15 @@ static void snapshot_abort(void *opaque)
         bdrv_set_backing_hd(u->new_bs, NULL, &err) < 0) {
         warn_report("blockdev-snapshot: undo failed: %s", err->message);
     }
+    overlay_refresh_filename(u->new_bs);
 }
 
 static void snapshot_clean(void *opaque)
 {
     SnapshotUndo *u = opaque;
     bdrv_unref(u->old_bs);
+    /* the last reference of an overlay nobody took over (a created
+     * overlay after an abort, or a node without parents): closed now */
     bdrv_unref(u->new_bs);
     g_free(u);
 }
@@ -89,35 +114,54 @@ static bool has_blk(BlockDriverState *bs)
     return false;
 }
 
-static int coroutine_fn snapshot_action(const BlockdevSnapshot *arg,
-                                        Transaction *tran, GError **errp)
+/* The node to snapshot: found, not busy, flushed (QEMU's order). */
+static BlockDriverState *coroutine_fn snapshot_old_bs(const char *device,
+                                                      const char *node_name,
+                                                      GError **errp)
 {
-    BlockDriverState *old_bs = bdrv_lookup_bs(arg->node, arg->node, errp);
+    BlockDriverState *old_bs = bdrv_lookup_bs(device, node_name, errp);
     if (!old_bs) {
-        return -ENOENT;
+        return NULL;
     }
+    /* QEMU's op blockers: backing nodes and a job's nodes */
     const char *user = bdrv_backing_user(old_bs);
     if (user) {
-        /* QEMU's op blocker on backing nodes */
         error_setg(errp, "Node '%s' is busy: node is used as backing hd of "
                          "'%s'", bdrv_get_node_name(old_bs), user);
-        return -EBUSY;
+        return NULL;
+    }
+    BlockJob *job = block_job_find_by_node(old_bs);
+    if (job) {
+        error_setg(errp, "Node '%s' is busy: block device is in use by block "
+                         "job: %s",
+                   bdrv_get_node_name(old_bs), job_type_str(&job->job));
+        return NULL;
     }
     if (!bdrv_is_read_only(old_bs)) {
         int ret = bdrv_co_flush(old_bs);
         if (ret < 0) {
             error_setg(errp, "An IO error has occurred");
-            return ret;
+            return NULL;
         }
     }
-    BlockDriverState *new_bs =
-        bdrv_lookup_bs(arg->overlay, arg->overlay, errp);
-    if (!new_bs) {
-        return -ENOENT;
-    }
+    return old_bs;
+}
+
+/*
+ * Put new_bs on top of old_bs: new_bs gets old_bs as backing file and all
+ * parents of old_bs.  On success the undo (registered on tran) holds a
+ * reference to both.
+ */
+static int snapshot_insert(BlockDriverState *old_bs, BlockDriverState *new_bs,
+                           Transaction *tran, GError **errp)
+{
     if (has_blk(new_bs)) {
         error_setg(errp, "The overlay is already in use");
         return -EBUSY;
+    }
+    if (new_bs->drv->is_filter) {
+        error_setg(errp, "Filters cannot be used as overlays");
+        return -EINVAL;
     }
     if (new_bs->backing) {
         error_setg(errp, "The overlay already has a backing image");
@@ -134,6 +178,7 @@ static int coroutine_fn snapshot_action(const BlockdevSnapshot *arg,
         bdrv_set_backing_hd(new_bs, NULL, NULL);
         return -EPERM;
     }
+    overlay_refresh_filename(new_bs);
     SnapshotUndo *u = g_new0(SnapshotUndo, 1);
     u->old_bs = old_bs;
     u->new_bs = new_bs;
@@ -143,20 +188,174 @@ static int coroutine_fn snapshot_action(const BlockdevSnapshot *arg,
     return 0;
 }
 
-void qmp_blockdev_snapshot(BlockdevSnapshot *arg, GError **errp)
+static int coroutine_fn snapshot_action(const BlockdevSnapshot *arg,
+                                        Transaction *tran, GError **errp)
 {
-    Transaction *tran = tran_new();
-    int ret = snapshot_action(arg, tran, errp);
-    tran_finalize(tran, ret);
+    BlockDriverState *old_bs = snapshot_old_bs(arg->node, arg->node, errp);
+    if (!old_bs) {
+        return -EINVAL;
+    }
+    BlockDriverState *new_bs =
+        bdrv_lookup_bs(arg->overlay, arg->overlay, errp);
+    if (!new_bs) {
+        return -ENOENT;
+    }
+    return snapshot_insert(old_bs, new_bs, tran, errp);
+}
+
+/*
+ * QEMU's bdrv_img_create() for a new overlay: `fmt` over a new file of
+ * old_bs's size, old_bs's file name and format in its header.  Only
+ * formats with image creation and backing files can do that; the checks
+ * and their words are qemu-storage-daemon's.
+ */
+static int coroutine_fn snapshot_create_image(const char *filename,
+                                              const char *fmt,
+                                              BlockDriverState *old_bs,
+                                              GError **errp)
+{
+    const BlockDriver *drv = bdrv_find_format(fmt);
+    if (!drv) {
+        error_setg(errp, "Unknown file format '%s'", fmt);
+        return -EINVAL;
+    }
+    switch (drv->driver) {
+    case BLOCKDEV_DRIVER_QCOW2:
+        break;
+    case BLOCKDEV_DRIVER_RAW:
+    case BLOCKDEV_DRIVER_FILE:
+        /* they create images, but have no backing file option */
+        error_setg(errp, "Backing file not supported for file format '%s'",
+                   fmt);
+        return -ENOTSUP;
+    default:
+        error_setg(errp, "Format driver '%s' does not support image creation",
+                   fmt);
+        return -ENOTSUP;
+    }
+    const char *backing = old_bs->filename;
+    if (!strcmp(filename, backing)) {
+        error_setg(errp, "Error: Trying to create an image with the same "
+                         "filename as the backing file");
+        return -EINVAL;
+    }
+    if (!backing[0]) {
+        error_setg(errp, "Expected backing file name, got empty string");
+        return -EINVAL;
+    }
+    int64_t size = bdrv_getlength(old_bs);
+    if (size < 0) {
+        error_setg_errno(errp, (int)-size, "bdrv_getlength failed");
+        return (int)size;
+    }
+    Qcow2CreateParams p = {
+        .size = (uint64_t)size,
+        .backing_file = backing,
+        .backing_fmt = bdrv_get_format_name(old_bs),
+    };
+    return qcow2_co_create_image(filename, &p, errp);
+}
+
+/*
+ * Open the overlay image as QEMU's bdrv_open(filename, {driver: fmt,
+ * node-name}, flags of old_bs without backing) does: the format over a
+ * `file` node, with old_bs's read-only, cache and discard settings, and
+ * its backing file left unopened (old_bs becomes the backing).
+ */
+static BlockDriverState *coroutine_fn snapshot_open_overlay(
+    const char *filename, const char *fmt, const char *node_name,
+    BlockDriverState *old_bs, GError **errp)
+{
+    const BlockDriver *drv = bdrv_find_format(fmt);
+    if (!drv) {
+        error_setg(errp, "Unknown driver '%s'", fmt);
+        return NULL;
+    }
+    JsonObject *o = json_object_new();
+    json_object_set_string_member(o, "driver", fmt);
+    if (node_name) {
+        json_object_set_string_member(o, "node-name", node_name);
+    }
+    if (drv->driver == BLOCKDEV_DRIVER_FILE) {
+        json_object_set_string_member(o, "filename", filename);
+    } else {
+        /* a format over the file (for formats that are not, the open
+         * fails with the driver's own complaint about its options) */
+        JsonObject *file = json_object_new();
+        json_object_set_string_member(file, "driver", "file");
+        json_object_set_string_member(file, "filename", filename);
+        json_object_set_object_member(o, "file", file);
+    }
+    if (drv->supports_backing) {
+        json_object_set_null_member(o, "backing");
+    }
+    int flags = old_bs->open_flags;
+    json_object_set_boolean_member(o, "read-only", !(flags & BDRV_O_RDWR));
+    json_object_set_boolean_member(o, "auto-read-only",
+                                   flags & BDRV_O_AUTO_RDONLY);
+    JsonObject *cache = json_object_new();
+    json_object_set_boolean_member(cache, "direct", flags & BDRV_O_NOCACHE);
+    json_object_set_boolean_member(cache, "no-flush",
+                                   flags & BDRV_O_NO_FLUSH);
+    json_object_set_object_member(o, "cache", cache);
+    json_object_set_string_member(o, "discard",
+                                  flags & BDRV_O_UNMAP ? "unmap" : "ignore");
+    JsonNode *node = json_node_init_object(json_node_alloc(), o);
+    json_object_unref(o);
+    BlockDriverState *bs = bdrv_co_open_json(node, false, errp);
+    json_node_unref(node);
+    return bs;
+}
+
+static int coroutine_fn snapshot_sync_action(const BlockdevSnapshotSync *arg,
+                                             Transaction *tran, GError **errp)
+{
+    const char *node_name = arg->has_node_name ? arg->node_name : NULL;
+    const char *snap_name =
+        arg->has_snapshot_node_name ? arg->snapshot_node_name : NULL;
+    const char *fmt = arg->has_format ? arg->format : "qcow2";
+    NewImageMode mode =
+        arg->has_mode ? arg->mode : NEW_IMAGE_MODE_ABSOLUTE_PATHS;
+
+    BlockDriverState *old_bs = snapshot_old_bs(
+        arg->has_device ? arg->device : NULL, node_name, errp);
+    if (!old_bs) {
+        return -EINVAL;
+    }
+    if (node_name && !snap_name) {
+        error_setg(errp, "New overlay node-name missing");
+        return -EINVAL;
+    }
+    if (snap_name && bdrv_find_node(snap_name)) {
+        error_setg(errp, "New overlay node-name already in use");
+        return -EEXIST;
+    }
+    if (mode != NEW_IMAGE_MODE_EXISTING) {
+        int ret = snapshot_create_image(arg->snapshot_file, fmt, old_bs, errp);
+        if (ret < 0) {
+            return ret;
+        }
+    }
+    BlockDriverState *new_bs = snapshot_open_overlay(
+        arg->snapshot_file, fmt, snap_name, old_bs, errp);
+    if (!new_bs) {
+        return -EINVAL;
+    }
+    int ret = snapshot_insert(old_bs, new_bs, tran, errp);
+    /* from here the undo (or, failing, nobody) holds the overlay */
+    bdrv_unref(new_bs);
+    return ret;
 }
 
 /* ---- the transaction ---- */
 
 static bool supports_grouped(TransactionActionKind kind)
 {
-    /* QEMU refuses grouped completion for the bitmap actions (they have
-     * no job to group); backup takes part, snapshots ignore it. */
+    /* QEMU refuses grouped completion for the bitmap and snapshot
+     * actions (they have no job to group); backup takes part. */
     switch (kind) {
+    case TRANSACTION_ACTION_KIND_BLOCKDEV_SNAPSHOT:
+    case TRANSACTION_ACTION_KIND_BLOCKDEV_SNAPSHOT_SYNC:
     case TRANSACTION_ACTION_KIND_BLOCK_DIRTY_BITMAP_ADD:
     case TRANSACTION_ACTION_KIND_BLOCK_DIRTY_BITMAP_REMOVE:
     case TRANSACTION_ACTION_KIND_BLOCK_DIRTY_BITMAP_CLEAR:
@@ -199,6 +398,9 @@ static int coroutine_fn prepare_action(const TransactionAction *act,
         return backup_action(act->u.blockdev_backup.data, txn, tran, errp);
     case TRANSACTION_ACTION_KIND_BLOCKDEV_SNAPSHOT:
         return snapshot_action(act->u.blockdev_snapshot.data, tran, errp);
+    case TRANSACTION_ACTION_KIND_BLOCKDEV_SNAPSHOT_SYNC:
+        return snapshot_sync_action(act->u.blockdev_snapshot_sync.data, tran,
+                                    errp);
     default:
         error_setg(errp, "Unsupported transaction action '%s'",
                    TransactionActionKind_str(act->type));
@@ -245,9 +447,26 @@ void qmp_transaction(q_obj_transaction_arg *arg, GError **errp)
     }
 }
 
-/* Placeholder until the transaction owner lands it (session 2). */
+/* The commands that are also actions run as a transaction of one, as in
+ * QEMU (drained, same checks). */
+static void run_one_action(TransactionAction *act, GError **errp)
+{
+    TransactionActionList list = {.next = NULL, .value = act};
+    q_obj_transaction_arg arg = {.actions = &list};
+    qmp_transaction(&arg, errp);
+}
+
+void qmp_blockdev_snapshot(BlockdevSnapshot *arg, GError **errp)
+{
+    TransactionAction act = {.type = TRANSACTION_ACTION_KIND_BLOCKDEV_SNAPSHOT};
+    act.u.blockdev_snapshot.data = arg;
+    run_one_action(&act, errp);
+}
+
 void qmp_blockdev_snapshot_sync(BlockdevSnapshotSync *arg, GError **errp)
 {
-    (void)arg;
-    error_setg(errp, "blockdev-snapshot-sync is not implemented yet");
+    TransactionAction act = {
+        .type = TRANSACTION_ACTION_KIND_BLOCKDEV_SNAPSHOT_SYNC};
+    act.u.blockdev_snapshot_sync.data = arg;
+    run_one_action(&act, errp);
 }
