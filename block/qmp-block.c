@@ -144,9 +144,11 @@ static void coroutine_fn block_device_info_co(void *opaque)
     info->ro = bs->read_only;
     info->drv = g_strdup(bdrv_get_format_name(bs));
     info->encrypted = bs->encrypted;
-    /* The node actually below, not the header's name for it. */
+    /* The node actually below, not the header's name for it; a filter
+     * whose child is called "backing" (commit_top) has no backing file
+     * (QEMU's bdrv_cow_bs). */
     BlockDriverState *cow = bdrv_backing_bs(bs);
-    if (cow) {
+    if (cow && (bs->backing->role & BDRV_CHILD_COW)) {
         info->has_backing_file = true;
         info->backing_file = g_strdup(cow->filename);
     }
