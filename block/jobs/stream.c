@@ -1,9 +1,542 @@
-/* Placeholder until its owner lands the real implementation (session 2). */
+/*
+ * block-stream: copy into a node (the "top") everything its backing chain
+ * holds down to a base, then make base the top's backing file (or none
+ * without a base: the top stands alone).  Argument checks, messages and
+ * events follow qemu-storage-daemon 7.2.
+ *
+ * For the job's lifetime a copy-on-read filter sits above the top (its
+ * parents, an NBD export say, move onto it), so reads by other users
+ * populate the top as well and their writes are ordered with the copies.
+ * The job reads through that filter with BDRV_REQ_PREFETCH every range
+ * that a layer between the top and base allocates; the filter writes it
+ * into the top.  The chain top..base is held (graph-mod counter) until
+ * the job's own final graph change.
+ *
+ * Terms as in QEMU: base_overlay is the lowest layer whose data is
+ * copied, above_base the node directly above base (the same node unless
+ * filters sit between them); base may change below above_base while the
+ * job runs, so it is looked up again at the end.
+ */
+#include <errno.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "block/block_int.h"
+#include "block/drivers/copy-on-read.h"
+#include "block/jobs/blockjob.h"
 #include "qapi/qapi-commands.h"
 #include "util/error.h"
 
+/* How much one step looks at (and copies at most), as QEMU. */
+#define STREAM_CHUNK (512 * 1024)
+
+typedef struct StreamJob {
+    BlockJob common;
+    BlockDriverState *target;       /* the node streamed into (device) */
+    BlockDriverState *cor;          /* the filter above it, until dropped */
+    BlockDriverState *base_overlay; /* lowest layer copied from */
+    BlockDriverState *above_base;   /* the node base hangs below */
+    char *backing_file;             /* backing-file argument, or NULL */
+    BlockdevOnError on_error;
+} StreamJob;
+
+/* ---- the copy ---- */
+
+static int coroutine_fn stream_run(Job *job, GError **errp)
+{
+    StreamJob *s = (StreamJob *)job;
+    BlockDriverState *top = bdrv_skip_filters(s->target);
+    int error = 0;
+    (void)errp; /* failures report as strerror, as QEMU's */
+
+    if (top == s->base_overlay) {
+        return 0; /* nothing between top and base */
+    }
+    int64_t len = bdrv_getlength(s->target);
+    if (len < 0) {
+        return (int)len;
+    }
+    job_progress_set_remaining(job, (uint64_t)len);
+
+    /* Where the copied layers end: below base_overlay. */
+    BlockDriverState *limit =
+        bdrv_child_bs(bdrv_filter_or_cow_child(s->base_overlay));
+    void *buf = blk_memalign(4096, STREAM_CHUNK);
+
+    for (int64_t offset = 0, n = 0; offset < len; offset += n) {
+        bool copy = false;
+        int ret;
+
+        /* Even unlimited, yield here with nothing in flight so drains
+         * and pauses get their turn. */
+        block_job_ratelimit_sleep(&s->common);
+        if (job_is_cancelled(job)) {
+            break;
+        }
+
+        ret = bdrv_co_is_allocated(top, offset, STREAM_CHUNK, &n);
+        if (ret == 1) {
+            /* the top has it already */
+        } else if (ret >= 0) {
+            /* Copy if a layer above base has it; only within the range
+             * the top does not hold. */
+            BlockDriverState *below =
+                bdrv_child_bs(bdrv_filter_or_cow_child(top));
+            int64_t m = 0;
+            ret = below ? bdrv_co_block_status_above(below, limit, offset, n,
+                                                     &m, NULL, NULL)
+                        : 0;
+            if (ret >= 0) {
+                if (m <= 0) {
+                    /* past the end of the backing chain: nothing more */
+                    m = len - offset;
+                    ret = 0;
+                }
+                n = m;
+                copy = ret & BDRV_BLOCK_ALLOCATED;
+                ret = 0;
+            }
+        }
+        if (copy) {
+            IOVector q;
+            qiov_init_buf(&q, buf, (size_t)n);
+            ret = blk_co_preadv(s->common.blk, offset, n, &q,
+                                BDRV_REQ_PREFETCH);
+        }
+        if (ret < 0) {
+            BlockErrorAction action =
+                block_job_error_action(&s->common, s->on_error, true, -ret);
+            if (action == BLOCK_ERROR_ACTION_STOP) {
+                n = 0; /* paused now; this chunk again after resume */
+                continue;
+            }
+            if (error == 0) {
+                error = ret;
+            }
+            if (action == BLOCK_ERROR_ACTION_REPORT) {
+                break;
+            }
+            /* ignore: go on, but the job fails at the end */
+        }
+        job_progress_update(job, (uint64_t)n);
+        if (copy) {
+            block_job_ratelimit_processed_bytes(&s->common, (uint64_t)n);
+        }
+    }
+    blk_vfree(buf);
+    /* An ignored error keeps the chain as it is. */
+    return error;
+}
+
+/* ---- the end: base becomes the top's backing file ---- */
+
+typedef struct StreamFinish {
+    StreamJob *s;
+    BlockDriverState *top;
+    BlockDriverState *base;
+    int ret;
+    GError *err;
+} StreamFinish;
+
+static void coroutine_fn stream_finish_co(void *opaque)
+{
+    StreamFinish *f = opaque;
+    StreamJob *s = f->s;
+    BlockDriverState *top = f->top;
+    BlockDriverState *base = f->base;
+    BlockDriverState *ubase = bdrv_skip_filters(base);
+    const char *base_id = NULL, *base_fmt = NULL;
+
+    if (ubase) {
+        base_id = s->backing_file ? s->backing_file : ubase->filename;
+        base_fmt = ubase->drv ? ubase->drv->format_name : NULL;
+    }
+    if (bdrv_set_backing_hd(top, base, &f->err) < 0) {
+        error_report("%s", f->err->message);
+        g_clear_error(&f->err);
+        f->ret = -EPERM;
+        return;
+    }
+    if (!top->drv->bdrv_co_change_backing_file) {
+        f->ret = -ENOTSUP;
+        return;
+    }
+    f->ret = top->drv->bdrv_co_change_backing_file(top, base_id, base_fmt);
+}
+
+static int stream_prepare(Job *job, GError **errp)
+{
+    StreamJob *s = (StreamJob *)job;
+    BlockDriverState *top = bdrv_skip_filters(s->target);
+    (void)errp;
+
+    /* The job's own edges and holds go first: they would stand in the
+     * way of taking the filter out and of the new backing edge. */
+    block_job_remove_all_bdrv(&s->common);
+    if (s->cor) {
+        BlockDriverState *cor = s->cor;
+        s->cor = NULL;
+        bdrv_cor_filter_drop(cor);
+    }
+    if (!top->backing) {
+        return 0;
+    }
+    bdrv_ref(top);
+    bdrv_drained_begin(top);
+    /* base as it is now (it may have changed below above_base) */
+    StreamFinish f = {
+        .s = s,
+        .top = top,
+        .base = bdrv_child_bs(bdrv_filter_or_cow_child(s->above_base)),
+    };
+    if (f.base) {
+        bdrv_ref(f.base);
+    }
+    if (in_coroutine()) {
+        stream_finish_co(&f);
+    } else {
+        coroutine_run_sync(stream_finish_co, &f);
+    }
+    if (f.base) {
+        bdrv_unref(f.base);
+    }
+    bdrv_drained_end(top);
+    bdrv_unref(top);
+    return f.ret;
+}
+
+static void stream_clean(Job *job)
+{
+    StreamJob *s = (StreamJob *)job;
+    block_job_remove_all_bdrv(&s->common);
+    if (s->cor) {
+        BlockDriverState *cor = s->cor;
+        s->cor = NULL;
+        bdrv_cor_filter_drop(cor);
+    }
+}
+
+static void stream_free(Job *job)
+{
+    StreamJob *s = (StreamJob *)job;
+    g_free(s->backing_file);
+    s->backing_file = NULL;
+}
+
+static const BlockJobDriver stream_job_driver = {
+    .job_driver = {
+        .instance_size = sizeof(StreamJob),
+        .job_type = JOB_TYPE_STREAM,
+        .run = stream_run,
+        .prepare = stream_prepare,
+        .clean = stream_clean,
+        .free = stream_free,
+    },
+};
+
+/* ---- chain lookups ---- */
+
+/* QEMU's bdrv_chain_contains: bs itself or below it through filtered and
+ * COW children. */
+static bool chain_contains(BlockDriverState *top, BlockDriverState *bs)
+{
+    while (top && top != bs) {
+        top = bdrv_child_bs(bdrv_filter_or_cow_child(top));
+    }
+    return top != NULL;
+}
+
+/* The COW (backing) child of a format node; filters have none. */
+static BlockDriverState *cow_bs(BlockDriverState *bs)
+{
+    if (!bs || !bs->drv || bs->drv->is_filter) {
+        return NULL;
+    }
+    return bdrv_backing_bs(bs);
+}
+
+/* QEMU's bdrv_find_overlay: the node of active's chain (filters skipped)
+ * whose backing chain continues with bs; bs NULL: the lowest image. */
+static BlockDriverState *find_overlay(BlockDriverState *active,
+                                      BlockDriverState *bs)
+{
+    bs = bdrv_skip_filters(bs);
+    active = bdrv_skip_filters(active);
+    while (active) {
+        BlockDriverState *next = bdrv_skip_filters(cow_bs(active));
+        if (bs == next) {
+            return active;
+        }
+        active = next;
+    }
+    return NULL;
+}
+
+static bool has_protocol(const char *path)
+{
+    const char *p = strpbrk(path, ":/");
+    return p && *p == ':';
+}
+
+/* name relative to the directory of the image `bs` reads (or as is). */
+static char *path_relative_to(BlockDriverState *bs, const char *name)
+{
+    if (name[0] == '/' || has_protocol(name) || has_protocol(bs->filename) ||
+        !bs->filename[0]) {
+        return g_strdup(name);
+    }
+    g_autofree char *dir = g_path_get_dirname(bs->filename);
+    return g_build_filename(dir, name, NULL);
+}
+
+/*
+ * QEMU's bdrv_find_backing_image: the backing node whose overlay's header
+ * names it `name`, comparing canonical absolute paths (relative names are
+ * relative to the overlay's directory) unless a protocol is involved.
+ */
+static BlockDriverState *find_backing_image(BlockDriverState *bs,
+                                            const char *name)
+{
+    bool proto = has_protocol(name);
+    for (BlockDriverState *cur = bs; cow_bs(cur);
+         cur = bdrv_skip_filters(cow_bs(cur))) {
+        BlockDriverState *next = bdrv_skip_filters(cow_bs(cur));
+        if (!cur->backing_file[0]) {
+            continue;
+        }
+        g_autofree char *full_backing = path_relative_to(cur, cur->backing_file);
+        if (proto || has_protocol(cur->backing_file)) {
+            if (!strcmp(name, cur->backing_file) ||
+                !strcmp(name, full_backing)) {
+                return next;
+            }
+            continue;
+        }
+        g_autofree char *want = path_relative_to(cur, name);
+        char want_real[PATH_MAX], have_real[PATH_MAX];
+        if (!realpath(want, want_real) || !realpath(full_backing, have_real)) {
+            continue;
+        }
+        if (!strcmp(want_real, have_real)) {
+            return next;
+        }
+    }
+    return NULL;
+}
+
+/* ---- start ---- */
+
+/* QEMU's stream_start: the filter, the job and its nodes. */
+static void stream_start(const char *job_id, BlockDriverState *bs,
+                         BlockDriverState *base, const char *backing_file,
+                         BlockDriverState *bottom, int flags, int64_t speed,
+                         BlockdevOnError on_error,
+                         const char *filter_node_name, GError **errp)
+{
+    BlockDriverState *base_overlay, *above_base;
+    const uint64_t basic = BLK_PERM_CONSISTENT_READ | BLK_PERM_WRITE_UNCHANGED;
+
+    if (bottom) {
+        /* the newer interface: bottom is the lowest layer copied */
+        base_overlay = above_base = bottom;
+    } else {
+        base_overlay = find_overlay(bs, base);
+        if (!base_overlay) {
+            error_setg(errp, "'%s' is not in the backing chain of '%s'",
+                       base ? base->node_name : "", bs->node_name);
+            return;
+        }
+        /* base_overlay is a COW overlay; only filters can sit between it
+         * and base */
+        above_base = base_overlay;
+        if (cow_bs(above_base) != base) {
+            above_base = cow_bs(above_base);
+            while (above_base &&
+                   bdrv_child_bs(bdrv_filter_or_cow_child(above_base)) !=
+                       base) {
+                above_base = bdrv_child_bs(bdrv_filter_or_cow_child(above_base));
+            }
+            if (!above_base) {
+                error_setg(errp, "'%s' is not in the backing chain of '%s'",
+                           base ? base->node_name : "", bs->node_name);
+                return;
+            }
+        }
+    }
+
+    BlockDriverState *top = bdrv_skip_filters(bs);
+    if (bdrv_is_read_only(bs) || bdrv_is_read_only(top)) {
+        /* QEMU reopens the node read-write for the job; without a reopen
+         * here the job cannot write it. */
+        error_setg(errp, "Block node is read-only");
+        return;
+    }
+    if (top->backing && top->drv && !top->drv->bdrv_co_change_backing_file) {
+        /* found out now, not after the data was copied */
+        error_setg(errp, "Driver '%s' of node '%s' cannot change its backing "
+                         "file",
+                   top->drv->format_name, top->node_name);
+        return;
+    }
+
+    BlockDriverState *cor = bdrv_cor_filter_append(bs, base_overlay,
+                                                   filter_node_name, "stream",
+                                                   errp);
+    if (!cor) {
+        return;
+    }
+    StreamJob *s = block_job_create(job_id, &stream_job_driver, NULL, cor,
+                                    BLK_PERM_CONSISTENT_READ,
+                                    basic | BLK_PERM_WRITE,
+                                    speed < 0 ? 0 : speed, flags, NULL, NULL,
+                                    errp);
+    if (!s) {
+        bdrv_cor_filter_drop(cor);
+        return;
+    }
+    if (speed < 0) {
+        /* As QEMU: the job exists (created, then null) when the speed is
+         * refused. */
+        block_job_set_speed(&s->common, speed, errp);
+        goto fail;
+    }
+    if (block_job_add_bdrv(&s->common, "active node", bs, 0,
+                           basic | BLK_PERM_WRITE, errp) < 0) {
+        goto fail;
+    }
+    /* The layers that disappear from the chain: the job reads each block
+     * once, so nobody may write or resize them meanwhile.  base is looked
+     * up again: it hangs below above_base. */
+    BlockDriverState *base_now =
+        bdrv_child_bs(bdrv_filter_or_cow_child(above_base));
+    for (BlockDriverState *it = bdrv_child_bs(bdrv_filter_or_cow_child(bs));
+         it && it != base_now;
+         it = bdrv_child_bs(bdrv_filter_or_cow_child(it))) {
+        if (block_job_add_bdrv(&s->common, "intermediate node", it, 0, basic,
+                               errp) < 0) {
+            goto fail;
+        }
+    }
+    /* The edges down to above_base stay as they are until we change them
+     * ourselves at the end. */
+    if (bs != above_base) {
+        block_job_hold_chain(&s->common, bs, above_base);
+    }
+    s->target = bs;
+    s->cor = cor;
+    s->base_overlay = base_overlay;
+    s->above_base = above_base;
+    s->backing_file = g_strdup(backing_file);
+    s->on_error = on_error;
+    job_start(&s->common.job);
+    return;
+
+fail:
+    job_early_fail(&s->common.job);
+    bdrv_cor_filter_drop(cor);
+}
+
 void qmp_block_stream(q_obj_block_stream_arg *arg, GError **errp)
 {
-    (void)arg;
-    error_setg(errp, "block-stream is not implemented yet");
+    BlockDriverState *bs, *base_bs = NULL, *bottom_bs = NULL;
+    const char *device = arg->device;
+    int flags = JOB_DEFAULT;
+
+    if (arg->has_base && arg->has_base_node) {
+        error_setg(errp, "'base' and 'base-node' cannot be specified at the "
+                         "same time");
+        return;
+    }
+    if (arg->has_base && arg->has_bottom) {
+        error_setg(errp, "'base' and 'bottom' cannot be specified at the "
+                         "same time");
+        return;
+    }
+    if (arg->has_bottom && arg->has_base_node) {
+        error_setg(errp, "'bottom' and 'base-node' cannot be specified at the "
+                         "same time");
+        return;
+    }
+    BlockdevOnError on_error =
+        arg->has_on_error ? arg->on_error : BLOCKDEV_ON_ERROR_REPORT;
+
+    bs = bdrv_lookup_bs(device, device, errp);
+    if (!bs) {
+        return;
+    }
+    if (arg->has_base) {
+        base_bs = find_backing_image(bs, arg->base);
+        if (!base_bs) {
+            error_setg(errp, "Can't find '%s' in the backing chain",
+                       arg->base);
+            return;
+        }
+    }
+    if (arg->has_base_node) {
+        base_bs = bdrv_lookup_bs(NULL, arg->base_node, errp);
+        if (!base_bs) {
+            return;
+        }
+        if (bs == base_bs || !chain_contains(bs, base_bs)) {
+            error_setg(errp, "Node '%s' is not a backing image of '%s'",
+                       arg->base_node, device);
+            return;
+        }
+    }
+    if (arg->has_bottom) {
+        bottom_bs = bdrv_lookup_bs(NULL, arg->bottom, errp);
+        if (!bottom_bs) {
+            return;
+        }
+        if (!bottom_bs->drv) {
+            error_setg(errp, "Node '%s' is not open", arg->bottom);
+            return;
+        }
+        if (bottom_bs->drv->is_filter) {
+            error_setg(errp, "Node '%s' is a filter, use a non-filter node as "
+                             "'bottom'",
+                       arg->bottom);
+            return;
+        }
+        if (!chain_contains(bs, bottom_bs)) {
+            error_setg(errp, "Node '%s' is not in a chain starting from '%s'",
+                       arg->bottom, device);
+            return;
+        }
+    }
+
+    /* Nothing in the chain that would change may be in use by a job. */
+    BlockDriverState *end =
+        bottom_bs ? bdrv_child_bs(bdrv_filter_or_cow_child(bottom_bs))
+                  : base_bs;
+    for (BlockDriverState *it = bs; it && it != end;
+         it = bdrv_child_bs(bdrv_filter_or_cow_child(it))) {
+        BlockJob *busy = block_job_find_by_node(it);
+        if (busy) {
+            error_setg(errp,
+                       "Node '%s' is busy: block device is in use by block "
+                       "job: %s",
+                       it->node_name, job_type_str(&busy->job));
+            return;
+        }
+    }
+
+    /* Streaming the whole chain leaves no backing file to name. */
+    if (!base_bs && arg->has_backing_file) {
+        error_setg(errp, "backing file specified, but streaming the entire "
+                         "chain");
+        return;
+    }
+    if (arg->has_auto_finalize && !arg->auto_finalize) {
+        flags |= JOB_MANUAL_FINALIZE;
+    }
+    if (arg->has_auto_dismiss && !arg->auto_dismiss) {
+        flags |= JOB_MANUAL_DISMISS;
+    }
+    stream_start(arg->has_job_id ? arg->job_id : "", bs, base_bs,
+                 arg->has_backing_file ? arg->backing_file : NULL, bottom_bs,
+                 flags, arg->has_speed ? arg->speed : 0, on_error,
+                 arg->has_filter_node_name ? arg->filter_node_name : NULL,
+                 errp);
 }
