@@ -26,9 +26,10 @@
  * Checks and messages as qemu-storage-daemon 7.2's active commit (the
  * caller has already made block-commit's own checks: base is below bs,
  * etc.).  Returns the (started) job, or NULL with *errp set and nothing
- * left behind.
+ * left behind.  Coroutine context (a QMP handler): it asks the target's
+ * cluster size and changes the graph.
  */
-BlockJob *mirror_start_active_commit(const char *job_id, BlockDriverState *bs,
+BlockJob *coroutine_fn mirror_start_active_commit(const char *job_id, BlockDriverState *bs,
                                      BlockDriverState *base,
                                      int creation_flags, int64_t speed,
                                      BlockdevOnError on_error,
