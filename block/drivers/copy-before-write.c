@@ -8,7 +8,9 @@
  *
  * on-cbw-error: break-guest-write fails the guest's write when the copy
  * fails (the snapshot stays valid); break-snapshot lets the write through
- * and stops copying for good (the snapshot is broken, reads of it fail).
+ * and stops copying for good (the snapshot is broken, reads of it fail
+ * with -EACCES).  cbw-timeout: a copy that takes longer fails the same
+ * way (-ETIMEDOUT).
  */
 #include <errno.h>
 #include <string.h>
@@ -38,7 +40,7 @@ typedef struct BDRVCbwState {
     BdrvDirtyBitmap *access_bitmap;
     LIST_HEAD(, SnapshotRead) reads;
     OnCbwError on_cbw_error;
-    uint32_t cbw_timeout_s; /* accepted; see do_cbw */
+    int64_t cbw_timeout_ns; /* 0: a copy may take as long as it takes */
     int snapshot_error;     /* break-snapshot: the first copy failure */
     bool active;            /* false while being taken out of the graph */
 } BDRVCbwState;
@@ -77,7 +79,8 @@ static int coroutine_fn cbw_open(BlockDriverState *bs,
 
     s->on_cbw_error = o->has_on_cbw_error ? o->on_cbw_error
                                           : ON_CBW_ERROR_BREAK_GUEST_WRITE;
-    s->cbw_timeout_s = o->has_cbw_timeout ? o->cbw_timeout : 0;
+    s->cbw_timeout_ns =
+        o->has_cbw_timeout ? (int64_t)o->cbw_timeout * 1000000000 : 0;
 
     s->bcs = block_copy_state_new(bs->file, s->target, false, errp);
     if (!s->bcs) {
@@ -145,7 +148,18 @@ static void cbw_close(BlockDriverState *bs)
     s->bcs = NULL;
 }
 
-/* Copy the old data of [offset, offset+bytes) before it is overwritten. */
+/* A copy that timed out has ended in the background. */
+static void cbw_copy_done(void *opaque)
+{
+    bdrv_dec_in_flight(opaque);
+}
+
+/*
+ * Copy the old data of [offset, offset+bytes) before it is overwritten.
+ * A copy that takes longer than cbw-timeout fails with -ETIMEDOUT (and
+ * goes on in the background until its current chunk is done: counted in
+ * flight on the filter until then, so a drain or close waits for it).
+ */
 static int coroutine_fn do_cbw(BlockDriverState *bs, int64_t offset,
                                int64_t bytes)
 {
@@ -153,7 +167,9 @@ static int coroutine_fn do_cbw(BlockDriverState *bs, int64_t offset,
     if (!s->bcs || s->snapshot_error) {
         return 0;
     }
-    int ret = block_copy(s->bcs, offset, bytes);
+    bdrv_inc_in_flight(bs);
+    int ret = block_copy_timeout(s->bcs, offset, bytes, s->cbw_timeout_ns,
+                                 cbw_copy_done, bs);
     if (ret < 0) {
         if (s->on_cbw_error == ON_CBW_ERROR_BREAK_SNAPSHOT) {
             s->snapshot_error = ret;
@@ -372,7 +388,7 @@ int coroutine_fn bdrv_cbw_snapshot_preadv(BlockDriverState *cbw,
 
     while (done_bytes < bytes) {
         if (s->snapshot_error) {
-            return s->snapshot_error;
+            return -EACCES; /* as QEMU: the view is gone */
         }
         bool access, done;
         int64_t n = view_run(s, offset + done_bytes, bytes - done_bytes,

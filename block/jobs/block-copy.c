@@ -407,7 +407,13 @@ static int coroutine_fn task_copy(BlockCopyTask *t, bool *error_is_read)
     return 0;
 }
 
-int coroutine_fn block_copy(BlockCopyState *s, int64_t offset, int64_t bytes)
+/*
+ * Copy what is dirty in [offset, offset+bytes), waiting for overlapping
+ * copies in flight.  `cancelled` (may be NULL) is looked at before every
+ * claim: once set, nothing more is claimed (-ECANCELED).
+ */
+static int coroutine_fn copy_range(BlockCopyState *s, int64_t offset,
+                                   int64_t bytes, const bool *cancelled)
 {
     if (bytes <= 0 || offset >= s->len) {
         return 0;
@@ -416,6 +422,9 @@ int coroutine_fn block_copy(BlockCopyState *s, int64_t offset, int64_t bytes)
     int64_t end = MIN(offset + bytes, s->len);
 
     for (;;) {
+        if (cancelled && *cancelled) {
+            return -ECANCELED;
+        }
         BlockCopyTask *busy = find_overlapping(s, start, end);
         if (busy) {
             /* the other copy may fail: look again after it ended */
@@ -433,6 +442,74 @@ int coroutine_fn block_copy(BlockCopyState *s, int64_t offset, int64_t bytes)
             return ret;
         }
     }
+}
+
+int coroutine_fn block_copy(BlockCopyState *s, int64_t offset, int64_t bytes)
+{
+    return copy_range(s, offset, bytes, NULL);
+}
+
+/*
+ * A copy with a deadline runs in a coroutine of its own, so the caller
+ * can stop waiting for it.  A copy that timed out cannot be stopped in
+ * the middle of a chunk: it finishes the chunk it is copying (its
+ * clusters are then copied, or dirty again if that failed), claims
+ * nothing more, and frees itself.
+ */
+typedef struct BlockCopyCall {
+    BlockCopyState *s;
+    int64_t offset, bytes;
+    bool cancelled; /* the caller gave up: claim nothing more, free self */
+    bool finished;
+    int ret;
+    CoSleep wait; /* the caller's timed wait */
+    BlockCopyDoneFunc *done;
+    void *done_opaque;
+} BlockCopyCall;
+
+static void coroutine_fn call_entry(void *opaque)
+{
+    BlockCopyCall *c = opaque;
+    c->ret = copy_range(c->s, c->offset, c->bytes, &c->cancelled);
+    c->finished = true;
+    if (c->done) {
+        c->done(c->done_opaque);
+    }
+    if (c->cancelled) {
+        g_free(c); /* nobody waits for the result any more */
+        return;
+    }
+    co_sleep_wake(&c->wait); /* no-op unless the caller sleeps */
+}
+
+int coroutine_fn block_copy_timeout(BlockCopyState *s, int64_t offset,
+                                    int64_t bytes, int64_t timeout_ns,
+                                    BlockCopyDoneFunc *done, void *opaque)
+{
+    if (timeout_ns <= 0) {
+        int ret = copy_range(s, offset, bytes, NULL);
+        if (done) {
+            done(opaque);
+        }
+        return ret;
+    }
+    BlockCopyCall *c = g_new0(BlockCopyCall, 1);
+    c->s = s;
+    c->offset = offset;
+    c->bytes = bytes;
+    c->done = done;
+    c->done_opaque = opaque;
+    coroutine_enter(coroutine_create(call_entry, c));
+    if (!c->finished) {
+        co_sleep_ns_wakeable(&c->wait, timeout_ns);
+    }
+    if (!c->finished) {
+        c->cancelled = true; /* call_entry frees it when the copy ends */
+        return -ETIMEDOUT;
+    }
+    int ret = c->ret;
+    g_free(c);
+    return ret;
 }
 
 int64_t coroutine_fn block_copy_reset_unallocated(BlockCopyState *s,

@@ -79,6 +79,19 @@ void block_copy_set_progress(BlockCopyState *s, BlockCopyProgressFunc *fn,
 int coroutine_fn block_copy(BlockCopyState *s, int64_t offset, int64_t bytes);
 
 /*
+ * Same, giving up after timeout_ns (> 0; 0: no limit) with -ETIMEDOUT.  A
+ * copy that timed out goes on in the background until the chunk it is
+ * copying is done, then stops (what it did not copy stays dirty).
+ * done(opaque), if given, is called once when the copy has really ended
+ * (before return, or later after a timeout): the copy-before-write filter
+ * counts it as in flight until then, so a drain waits for it.
+ */
+typedef void BlockCopyDoneFunc(void *opaque);
+int coroutine_fn block_copy_timeout(BlockCopyState *s, int64_t offset,
+                                    int64_t bytes, int64_t timeout_ns,
+                                    BlockCopyDoneFunc *done, void *opaque);
+
+/*
  * Drop from the bitmap what is not allocated in the source's top layer,
  * from `offset` on, for one run of the same status; returns the bytes
  * looked at (> 0) or -errno.  For sync=top, before copying.
