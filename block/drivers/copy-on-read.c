@@ -443,6 +443,10 @@ BlockDriverState *coroutine_fn bdrv_cor_filter_append(
         return NULL;
     }
     cor->implicit = !filter_node_name;
+    if (cor->implicit) {
+        /* As QEMU: an implicit node is named like its only child. */
+        g_strlcpy(cor->filename, top->filename, sizeof(cor->filename));
+    }
     if (holder) {
         BDRVCorState *s = cor->opaque;
         cor_release_chain(cor);
