@@ -318,7 +318,6 @@ static void coroutine_fn commit_discard_co(void *opaque)
         }
         g_autoptr(GError) err = NULL;
         BlockBackend *blk = blk_new(BLK_PERM_WRITE, BLK_PERM_ALL);
-        blk_set_user_desc(blk, "block job 'commit'");
         if (blk_insert_bs(blk, l, &err) < 0) {
             warn_report("commit: cannot discard in '%s': %s", l->node_name,
                         err->message);
@@ -534,6 +533,9 @@ static void commit_start(const char *job_id, BlockDriverState *bs,
         job_early_fail(&s->common.job);
         return;
     }
+    /* As QEMU 7.2's block jobs, the main node is only watched (no
+     * BlockBackend on it: blockdev-del then names the job). */
+    blk_remove_bs(s->common.blk);
     s->base = base;
     s->top = top;
     s->overlay = overlay;
@@ -577,8 +579,7 @@ static void commit_start(const char *job_id, BlockDriverState *bs,
     }
     s->base_blk = blk_new(base_perms,
                           BLK_PERM_CONSISTENT_READ | BLK_PERM_WRITE_UNCHANGED);
-    g_autofree char *desc = g_strdup_printf("block job '%s'", job_id);
-    blk_set_user_desc(s->base_blk, desc);
+    /* (QEMU names neither of the job's BlockBackends in conflicts.) */
     if (blk_insert_bs(s->base_blk, base, errp) < 0) {
         commit_start_fail(s);
         return;
@@ -588,7 +589,6 @@ static void commit_start(const char *job_id, BlockDriverState *bs,
     /* What the job reads: top directly, below the filter (its permissions
      * are the intermediate edges'). */
     s->top_blk = blk_new(0, BLK_PERM_ALL);
-    blk_set_user_desc(s->top_blk, desc);
     if (blk_insert_bs(s->top_blk, top, errp) < 0) {
         commit_start_fail(s);
         return;
