@@ -210,6 +210,14 @@ static void mirror_top_child_perm(BlockDriverState *bs, BdrvChild *c,
     }
 }
 
+/* The filter reads what its child reads, and is named after it. */
+static void mirror_top_own_filename(BlockDriverState *bs)
+{
+    if (bs->file) {
+        g_strlcpy(bs->filename, bs->file->bs->filename, sizeof(bs->filename));
+    }
+}
+
 static const BlockDriver bdrv_mirror_top = {
     .version = BLOCK_DRIVER_VERSION,
     .format_name = "mirror_top",
@@ -221,6 +229,7 @@ static const BlockDriver bdrv_mirror_top = {
     .bdrv_co_pwrite_zeroes = mirror_top_pwrite_zeroes,
     .bdrv_co_pdiscard = mirror_top_pdiscard,
     .bdrv_child_perm = mirror_top_child_perm,
+    .bdrv_own_filename = mirror_top_own_filename,
 };
 
 /* Create the filter over bs and put it in bs's place. */
@@ -1218,6 +1227,17 @@ fail:
 
 /* ---- blockdev-mirror ---- */
 
+/* QEMU enters a started job at once: it runs to its first yield (and a
+ * job that fails at once is finished) before the command returns.  Let
+ * the loop run the job's coroutine, then its exit. */
+static void coroutine_fn mirror_let_job_start(void)
+{
+    for (int i = 0; i < 2 && in_coroutine(); i++) {
+        coroutine_wake(coroutine_self());
+        coroutine_yield();
+    }
+}
+
 /* QEMU's bdrv_is_root_node: only BlockBackends (exports) above it. */
 static bool is_root_node(BlockDriverState *bs)
 {
@@ -1401,7 +1421,9 @@ void qmp_blockdev_mirror(q_obj_blockdev_mirror_arg *arg, GError **errp)
             arg->has_copy_mode ? arg->copy_mode : MIRROR_COPY_MODE_BACKGROUND,
         .driver = &mirror_job_driver,
     };
-    mirror_start_job(&p, errp);
+    if (mirror_start_job(&p, errp)) {
+        mirror_let_job_start();
+    }
 }
 
 /* ---- active commit ---- */
@@ -1440,5 +1462,9 @@ BlockJob *coroutine_fn mirror_start_active_commit(
     };
     /* Runs in a QMP coroutine (block-commit). */
     MirrorJob *s = mirror_start_job(&p, errp);
-    return s ? &s->common : NULL;
+    if (!s) {
+        return NULL;
+    }
+    mirror_let_job_start();
+    return &s->common;
 }
