@@ -1441,12 +1441,9 @@ BlockJob *coroutine_fn mirror_start_active_commit(
     if (!auto_dismiss) {
         flags |= JOB_MANUAL_DISMISS;
     }
-    if (!bdrv_is_writable(base)) {
-        /* QEMU reopens base read-write for the job; without a reopen of
-         * our own the caller must have opened it writable. */
-        error_setg(errp, "Block node is read-only");
-        return NULL;
-    }
+    /* QEMU reopens a read-only base read-write for the job; blockd cannot
+     * reopen a node yet, so such a base fails when the job asks to write
+     * it ("Block node is read-only"), as intermediate commit does. */
     MirrorParams p = {
         .job_id = job_id,
         .bs = bs,
