@@ -192,6 +192,26 @@ int coroutine_fn bdrv_co_pwrite_zeroes(BdrvChild *child, int64_t offset,
                                        int64_t bytes, BdrvRequestFlags flags);
 int coroutine_fn bdrv_co_pdiscard(BdrvChild *child, int64_t offset,
                                   int64_t bytes);
+/*
+ * Copy [src_offset, +bytes) of src's node to dst_offset of dst's node
+ * without the data passing through us (copy_file_range(2) where both
+ * ends come down to files through nodes that can map the range: raw,
+ * file).  -ENOTSUP when a node on either side cannot (then read and
+ * write instead); nothing else is tried.  The range must be aligned to
+ * both nodes' request alignment and lie within both nodes.  The
+ * destination is written as by bdrv_co_pwritev (permission, dirty
+ * bitmaps, serialisation).
+ */
+int coroutine_fn bdrv_co_copy_range(BdrvChild *src, int64_t src_offset,
+                                    BdrvChild *dst, int64_t dst_offset,
+                                    int64_t bytes);
+/* The two halves, for drivers passing the request on (block_int.h). */
+int coroutine_fn bdrv_co_copy_range_from(BdrvChild *src, int64_t src_offset,
+                                         BdrvChild *dst, int64_t dst_offset,
+                                         int64_t bytes);
+int coroutine_fn bdrv_co_copy_range_to(BdrvChild *src, int64_t src_offset,
+                                       BdrvChild *dst, int64_t dst_offset,
+                                       int64_t bytes);
 int coroutine_fn bdrv_co_flush(BlockDriverState *bs);
 int coroutine_fn bdrv_co_truncate(BdrvChild *child, int64_t offset,
                                   bool exact, PreallocMode prealloc,

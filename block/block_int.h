@@ -18,6 +18,8 @@
          (var) = (tvar))
 #endif
 
+typedef struct BDRVReopenState BDRVReopenState;
+
 /* Version of the BlockDriver layout, so it can grow without breaking
  * drivers written against an older one (checked at registration). */
 #define BLOCK_DRIVER_VERSION 1
@@ -107,6 +109,27 @@ struct BlockDriver {
                                               BdrvRequestFlags flags);
     int coroutine_fn (*bdrv_co_pdiscard)(BlockDriverState *bs, int64_t offset,
                                          int64_t bytes);
+    /*
+     * copy_file_range through the graph (bdrv_co_copy_range in block.h).
+     * _from is called on the source side: the node maps the source range
+     * into its child and calls bdrv_co_copy_range_from() on it (raw), or,
+     * once the source is a file it can name, turns to the destination
+     * with bdrv_co_copy_range_to() (file).  _to does the same on the
+     * destination side; `file` copies between the two files.  NULL:
+     * -ENOTSUP, and the caller reads and writes instead.
+     */
+    int coroutine_fn (*bdrv_co_copy_range_from)(BlockDriverState *bs,
+                                                BdrvChild *src,
+                                                int64_t src_offset,
+                                                BdrvChild *dst,
+                                                int64_t dst_offset,
+                                                int64_t bytes);
+    int coroutine_fn (*bdrv_co_copy_range_to)(BlockDriverState *bs,
+                                              BdrvChild *src,
+                                              int64_t src_offset,
+                                              BdrvChild *dst,
+                                              int64_t dst_offset,
+                                              int64_t bytes);
     /* Flush the driver's own caches into its children (the core then
      * flushes the children), then, for protocol drivers, to disk. */
     int coroutine_fn (*bdrv_co_flush_to_os)(BlockDriverState *bs);
@@ -205,6 +228,48 @@ struct BlockDriver {
     int coroutine_fn (*bdrv_co_change_backing_file)(BlockDriverState *bs,
                                                     const char *backing_file,
                                                     const char *backing_fmt);
+
+    /* ---- added after the first layout (still version 1): reopen ---- */
+    /*
+     * blockdev-reopen (block/reopen.c, docs/reopen.md).  A driver without
+     * bdrv_reopen_prepare cannot be reopened ("Block format ... does not
+     * support reopening files", as QEMU).
+     *
+     * reopen_opts: the driver's option names (dotted for nested members;
+     * a name also covers "name.*") that prepare applies, so they may
+     * differ from the open options; any other option must be unchanged
+     * ("Cannot change the option '...'").  mutable_opts: the options
+     * that may be left out of the new options (reset to their default;
+     * QEMU's mutable_opts).  Both NULL-terminated; NULL: none.
+     *
+     * prepare (coroutine context, every node drained): check the new
+     * options in `state` and get ready (may do I/O: flush, store bitmaps,
+     * open a new fd), keeping what commit or abort needs in
+     * state->opaque.  The node still has its old state and permissions.
+     * commit: make the new state current; cannot fail.  abort: undo
+     * prepare.  Exactly one of them follows a successful prepare.
+     * commit_post (coroutine context): after every node of the
+     * transaction committed and the permissions were relaxed (qcow2 marks
+     * its bitmaps in use when it became writable); failures are logged.
+     */
+    const char *const *reopen_opts;
+    const char *const *mutable_opts;
+    int coroutine_fn (*bdrv_reopen_prepare)(BDRVReopenState *state,
+                                            GError **errp);
+    void (*bdrv_reopen_commit)(BDRVReopenState *state);
+    void coroutine_fn (*bdrv_reopen_commit_post)(BDRVReopenState *state);
+    void (*bdrv_reopen_abort)(BDRVReopenState *state);
+};
+
+/* One node's new state in a blockdev-reopen transaction (block/reopen.c):
+ * what the driver's reopen hooks see. */
+struct BDRVReopenState {
+    BlockDriverState *bs;
+    const BlockdevOptions *options; /* the node's new options */
+    bool read_only;                 /* new read-only state */
+    int open_flags;                 /* new BDRV_O_* flags */
+    BlockdevDetectZeroesOptions detect_zeroes;
+    void *opaque; /* the driver's, from prepare to commit/abort */
 };
 
 /* Drivers are listed once, in block/drivers.c. */

@@ -893,6 +893,102 @@ int coroutine_fn bdrv_co_pdiscard(BdrvChild *child, int64_t offset,
 
 /* ---- flush ---- */
 
+/* ---- copy offload ---- */
+
+/* One side of a copy: a node, a range inside it, aligned to its request
+ * alignment (offload has no read-modify-write). */
+static int copy_range_check(BdrvChild *c, int64_t offset, int64_t bytes)
+{
+    BlockDriverState *bs = c ? c->bs : NULL;
+    if (!bs || !bs->drv) {
+        return -ENOMEDIUM;
+    }
+    int ret = check_request(offset, bytes);
+    if (ret < 0) {
+        return ret;
+    }
+    int64_t align = req_align(bs);
+    if ((offset | bytes) & (align - 1)) {
+        return -ENOTSUP;
+    }
+    int64_t len = bdrv_getlength(bs);
+    if (len < 0 || offset + bytes > len) {
+        return -ENOTSUP; /* no growing through offload */
+    }
+    return 0;
+}
+
+int coroutine_fn bdrv_co_copy_range_from(BdrvChild *src, int64_t src_offset,
+                                         BdrvChild *dst, int64_t dst_offset,
+                                         int64_t bytes)
+{
+    int ret = copy_range_check(src, src_offset, bytes);
+    if (ret < 0) {
+        return ret;
+    }
+    BlockDriverState *bs = src->bs;
+    if (!bs->drv->bdrv_co_copy_range_from) {
+        return -ENOTSUP;
+    }
+    if (bytes == 0) {
+        return 0;
+    }
+    /* a read of bs: waits for serialising writes over the range */
+    BdrvTrackedRequest req;
+    bdrv_inc_in_flight(bs);
+    tracked_begin(&req, bs, src_offset, bytes, false);
+    wait_serialising(&req);
+    ret = bs->drv->bdrv_co_copy_range_from(bs, src, src_offset, dst,
+                                           dst_offset, bytes);
+    tracked_end(&req);
+    bdrv_dec_in_flight(bs);
+    return ret;
+}
+
+int coroutine_fn bdrv_co_copy_range_to(BdrvChild *src, int64_t src_offset,
+                                       BdrvChild *dst, int64_t dst_offset,
+                                       int64_t bytes)
+{
+    int ret = copy_range_check(dst, dst_offset, bytes);
+    if (ret < 0) {
+        return ret;
+    }
+    BlockDriverState *bs = dst->bs;
+    if (!may_write(dst, 0) || !bdrv_is_writable(bs)) {
+        return -EPERM;
+    }
+    /* detect-zeroes would have to look at the data */
+    if (!bs->drv->bdrv_co_copy_range_to ||
+        bs->detect_zeroes != BLOCKDEV_DETECT_ZEROES_OPTIONS_OFF) {
+        return -ENOTSUP;
+    }
+    if (bytes == 0) {
+        return 0;
+    }
+    /* a write of bs, as bdrv_co_pwritev's aligned case */
+    BdrvTrackedRequest req;
+    bdrv_inc_in_flight(bs);
+    tracked_begin(&req, bs, dst_offset, bytes, true);
+    wait_serialising(&req);
+    ret = bs->drv->bdrv_co_copy_range_to(bs, src, src_offset, dst,
+                                         dst_offset, bytes);
+    if (ret == 0) {
+        write_done(bs, dst_offset, bytes);
+    } else if (ret != -ENOTSUP) {
+        mark_dirty(bs, dst_offset, bytes); /* part may have been written */
+    }
+    tracked_end(&req);
+    bdrv_dec_in_flight(bs);
+    return ret;
+}
+
+int coroutine_fn bdrv_co_copy_range(BdrvChild *src, int64_t src_offset,
+                                    BdrvChild *dst, int64_t dst_offset,
+                                    int64_t bytes)
+{
+    return bdrv_co_copy_range_from(src, src_offset, dst, dst_offset, bytes);
+}
+
 int coroutine_fn bdrv_co_flush(BlockDriverState *bs)
 {
     if (!bs || !bs->drv) {

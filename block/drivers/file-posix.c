@@ -49,7 +49,25 @@ typedef struct BDRVFileState {
     uint64_t locked_perm, locked_unshared;
     uint64_t perm, shared;
     uint64_t new_perm, new_shared;
+    /* A blockdev-reopen in progress that needs a new descriptor. */
+    struct FileReopenState *reopen;
 } BDRVFileState;
+
+/*
+ * The descriptor a reopen switches to (another access mode or O_DIRECT),
+ * from prepare to commit or abort.  It holds the same locks as the old
+ * one from the permission stage on, so the switch loses none.
+ */
+typedef struct FileReopenState {
+    int fd;
+    bool o_direct;
+    uint32_t request_alignment;
+    size_t buf_align;
+    uint64_t locked_perm, locked_unshared;
+} FileReopenState;
+
+static void file_reopen_lock(BlockDriverState *bs, uint64_t perm,
+                             uint64_t unshared, bool unlock);
 
 /* ---- byte-range locks ---- */
 
@@ -215,6 +233,9 @@ static int file_check_perm(BlockDriverState *bs, uint64_t perm,
      * still hold the old permissions), then see whether anyone else
      * conflicts with what we are about to hold.
      */
+    /* A reopen's new descriptor must not look like another user to the
+     * check: it drops its locks meanwhile (the old one keeps them all). */
+    file_reopen_lock(bs, 0, 0, true);
     ret = apply_lock_bytes(s->fd, &s->locked_perm, &s->locked_unshared,
                            s->perm | perm,
                            unshared_of(s->shared) | unshared_of(shared),
@@ -224,7 +245,11 @@ static int file_check_perm(BlockDriverState *bs, uint64_t perm,
     }
     if (ret < 0) {
         file_relock(bs, s->perm, s->shared);
+        file_reopen_lock(bs, s->perm, unshared_of(s->shared), true);
+        return ret;
     }
+    file_reopen_lock(bs, s->perm | perm,
+                     unshared_of(s->shared) | unshared_of(shared), false);
     return ret;
 }
 
@@ -237,6 +262,7 @@ static void file_set_perm(BlockDriverState *bs, uint64_t perm,
     s->shared = shared;
     if (file_locks_active(bs)) {
         file_relock(bs, perm, shared);
+        file_reopen_lock(bs, perm, unshared_of(shared), true);
     }
 }
 
@@ -246,6 +272,7 @@ static void file_abort_perm_update(BlockDriverState *bs)
 
     if (file_locks_active(bs)) {
         file_relock(bs, s->perm, s->shared);
+        file_reopen_lock(bs, s->perm, unshared_of(s->shared), true);
     }
 }
 
@@ -575,6 +602,77 @@ static int coroutine_fn file_co_pdiscard(BlockDriverState *bs,
                          offset, bytes);
     /* Discard is advisory: a filesystem without holes just keeps data. */
     return ret == -ENOTSUP ? 0 : ret;
+}
+
+/* ---- copy offload: copy_file_range(2) between two file nodes ---- */
+
+typedef struct FileCopyRange {
+    int src_fd, dst_fd;
+    int64_t src_offset, dst_offset, bytes;
+    int64_t done; /* bytes copied */
+    int ret;
+} FileCopyRange;
+
+/* On a worker thread: the kernel may copy less than asked; loop. */
+static int file_thread_copy_range(void *opaque)
+{
+    FileCopyRange *c = opaque;
+    c->ret = 0;
+    while (c->done < c->bytes) {
+        loff_t in = c->src_offset + c->done;
+        loff_t out = c->dst_offset + c->done;
+        ssize_t r = copy_file_range(c->src_fd, &in, c->dst_fd, &out,
+                                    (size_t)(c->bytes - c->done), 0);
+        if (r < 0 && errno == EINTR) {
+            continue;
+        }
+        if (r <= 0) {
+            /* 0: the source ended early (it was checked to hold the
+             * range: it shrank under us) */
+            c->ret = r < 0 ? -errno : -EIO;
+            break;
+        }
+        c->done += r;
+    }
+    return 0;
+}
+
+/* The source is this file: now find the destination's file. */
+static int coroutine_fn file_co_copy_range_from(BlockDriverState *bs,
+                                                BdrvChild *src,
+                                                int64_t src_offset,
+                                                BdrvChild *dst,
+                                                int64_t dst_offset,
+                                                int64_t bytes)
+{
+    return bdrv_co_copy_range_to(src, src_offset, dst, dst_offset, bytes);
+}
+
+static int coroutine_fn file_co_copy_range_to(BlockDriverState *bs,
+                                              BdrvChild *src,
+                                              int64_t src_offset,
+                                              BdrvChild *dst,
+                                              int64_t dst_offset,
+                                              int64_t bytes)
+{
+    if (src->bs->drv != bs->drv) {
+        return -ENOTSUP; /* the source is not a file */
+    }
+    BDRVFileState *ss = src->bs->opaque, *ds = bs->opaque;
+    FileCopyRange c = {
+        .src_fd = ss->fd, .dst_fd = ds->fd,
+        .src_offset = src_offset, .dst_offset = dst_offset, .bytes = bytes,
+    };
+    /* copy_file_range blocks (io_uring has no such operation) */
+    thread_pool_co_run(file_thread_copy_range, &c);
+    if (c.ret < 0 && c.done == 0 &&
+        (c.ret == -EXDEV || c.ret == -EINVAL || c.ret == -ENOSYS ||
+         c.ret == -EOPNOTSUPP || c.ret == -EBADF)) {
+        /* this kernel, filesystem pair or open mode cannot: nothing was
+         * copied, so the caller may read and write instead */
+        return -ENOTSUP;
+    }
+    return c.ret;
 }
 
 static int coroutine_fn file_co_block_status(BlockDriverState *bs,
@@ -916,6 +1014,135 @@ static void file_close(BlockDriverState *bs)
     }
 }
 
+/* ---- reopen ---- */
+
+/* Give the reopen's new descriptor these lock bytes (none pending: no-op).
+ * Errors are logged: the old descriptor still holds every lock until the
+ * commit, and after it this one is the node's and relocks as usual. */
+static void file_reopen_lock(BlockDriverState *bs, uint64_t perm,
+                             uint64_t unshared, bool unlock)
+{
+    BDRVFileState *s = bs->opaque;
+    FileReopenState *rs = s->reopen;
+    GError *err = NULL;
+
+    if (!rs || rs->fd < 0 || !file_locks_active(bs)) {
+        return;
+    }
+    if (apply_lock_bytes(rs->fd, &rs->locked_perm, &rs->locked_unshared, perm,
+                         unshared, unlock, &err) < 0) {
+        warn_report("%s: %s", bs->filename, err->message);
+        g_error_free(err);
+    }
+}
+
+/* The options reopen applies (QEMU's file driver takes these two). */
+static const char *const file_reopen_opts[] = {
+    "drop-cache", "x-check-cache-dropped", NULL,
+};
+static const char *const file_mutable_opts[] = {
+    "x-check-cache-dropped", NULL,
+};
+
+/*
+ * A change of read-only or cache.direct needs a descriptor opened the new
+ * way: open it now (the old one stays in use until commit); it takes its
+ * locks in the permission stage that follows.
+ */
+static int coroutine_fn file_reopen_prepare(BDRVReopenState *state,
+                                            GError **errp)
+{
+    BlockDriverState *bs = state->bs;
+    BDRVFileState *s = bs->opaque;
+    const BlockdevOptionsFile *fo = &state->options->u.file;
+    bool want_rw = !state->read_only;
+    bool want_direct = state->open_flags & BDRV_O_NOCACHE;
+    int cur = fcntl(s->fd, F_GETFL);
+    struct stat st_old, st_new;
+
+    /* QEMU reads this one back as a string: it never equals the number
+     * it was opened with. */
+    if (fo->has_aio_max_batch) {
+        error_setg(errp, "Cannot change the option 'aio-max-batch'");
+        return -EINVAL;
+    }
+    if (cur >= 0 && ((cur & O_ACCMODE) == O_RDWR) == want_rw &&
+        s->o_direct == want_direct) {
+        return 0;
+    }
+    FileReopenState *rs = g_new0(FileReopenState, 1);
+    int flags = O_CLOEXEC | (want_direct ? O_DIRECT : 0) |
+                (want_rw ? O_RDWR : O_RDONLY);
+    do {
+        rs->fd = open(bs->filename, flags);
+    } while (rs->fd < 0 && errno == EINTR);
+    if (rs->fd < 0) {
+        int err = errno;
+        error_setg_errno(errp, err, "Could not open '%s'", bs->filename);
+        g_free(rs);
+        return -err;
+    }
+    /* The name must still lead to the file the node has open. */
+    if (fstat(s->fd, &st_old) < 0 || fstat(rs->fd, &st_new) < 0 ||
+        st_old.st_dev != st_new.st_dev || st_old.st_ino != st_new.st_ino) {
+        error_setg(errp, "Could not reopen '%s': it is no longer the file "
+                         "the node has open",
+                   bs->filename);
+        close(rs->fd);
+        g_free(rs);
+        return -ESTALE;
+    }
+    rs->o_direct = want_direct;
+    if (want_direct) {
+        BDRVFileState probe = { .fd = rs->fd };
+        file_probe_alignment(&probe);
+        rs->request_alignment = probe.request_alignment;
+        rs->buf_align = probe.buf_align;
+    } else {
+        rs->request_alignment = 1;
+        rs->buf_align = 1;
+    }
+    s->reopen = rs;
+    state->opaque = rs;
+    return 0;
+}
+
+static void file_reopen_commit(BDRVReopenState *state)
+{
+    BlockDriverState *bs = state->bs;
+    BDRVFileState *s = bs->opaque;
+    FileReopenState *rs = state->opaque;
+
+    if (!rs) {
+        return;
+    }
+    /* Closing the old descriptor drops its locks; the new one holds them
+     * all already. */
+    close(s->fd);
+    s->fd = rs->fd;
+    s->o_direct = rs->o_direct;
+    s->request_alignment = rs->request_alignment;
+    s->buf_align = rs->buf_align;
+    s->locked_perm = rs->locked_perm;
+    s->locked_unshared = rs->locked_unshared;
+    s->reopen = NULL;
+    g_free(rs);
+    state->opaque = NULL;
+}
+
+static void file_reopen_abort(BDRVReopenState *state)
+{
+    BDRVFileState *s = state->bs->opaque;
+    FileReopenState *rs = state->opaque;
+
+    if (rs) {
+        close(rs->fd); /* and its locks with it */
+        g_free(rs);
+        s->reopen = NULL;
+        state->opaque = NULL;
+    }
+}
+
 /* ---- creation ---- */
 
 typedef struct FileCreateCo {
@@ -1074,6 +1301,8 @@ const BlockDriver bdrv_file = {
     .bdrv_co_pwritev = file_co_pwritev,
     .bdrv_co_pwrite_zeroes = file_co_pwrite_zeroes,
     .bdrv_co_pdiscard = file_co_pdiscard,
+    .bdrv_co_copy_range_from = file_co_copy_range_from,
+    .bdrv_co_copy_range_to = file_co_copy_range_to,
     .bdrv_co_flush_to_disk = file_co_flush_to_disk,
     .bdrv_co_block_status = file_co_block_status,
     .bdrv_co_truncate = file_co_truncate,
@@ -1084,4 +1313,10 @@ const BlockDriver bdrv_file = {
     .bdrv_abort_perm_update = file_abort_perm_update,
 
     .bdrv_co_create = file_co_create,
+
+    .reopen_opts = file_reopen_opts,
+    .mutable_opts = file_mutable_opts,
+    .bdrv_reopen_prepare = file_reopen_prepare,
+    .bdrv_reopen_commit = file_reopen_commit,
+    .bdrv_reopen_abort = file_reopen_abort,
 };

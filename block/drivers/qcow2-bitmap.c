@@ -882,3 +882,49 @@ int qcow2_bitmaps_truncate_check(BlockDriverState *bs, GError **errp)
     }
     return 0;
 }
+
+/* ---- reopen read-write ---- */
+
+int coroutine_fn qcow2_bitmaps_reopen_rw(BlockDriverState *bs, GError **errp)
+{
+    Dir d;
+    int ret = dir_read(bs, &d, errp);
+    if (ret < 0 || !d.ext.nb_bitmaps) {
+        return ret;
+    }
+    GPtrArray *made_writable = g_ptr_array_new();
+    bool mark = false;
+    for (uint32_t i = 0; i < d.ext.nb_bitmaps; i++) {
+        BdrvDirtyBitmap *bm = bdrv_find_dirty_bitmap(bs, d.e[i].name);
+        /* An inconsistent bitmap stays as it is (in use) until removed. */
+        if (!bm || !bdrv_dirty_bitmap_persistent(bm) ||
+            bdrv_dirty_bitmap_inconsistent(bm)) {
+            continue;
+        }
+        if (!(d.e[i].flags & QCOW2_BME_FLAG_IN_USE)) {
+            uint8_t *fl = d.raw + d.off[i] + 12;
+            qcow2_put_be32(fl, rd32(fl) | QCOW2_BME_FLAG_IN_USE);
+            mark = true;
+        }
+        g_ptr_array_add(made_writable, bm);
+    }
+    if (mark) {
+        /* in use on disk before the first write, as at a writable open */
+        ret = bdrv_co_pwrite(bs->file, (int64_t)d.ext.dir_offset,
+                             (int64_t)d.ext.dir_size, d.raw, 0);
+        if (ret == 0) {
+            ret = bdrv_co_flush(bs->file->bs);
+        }
+        if (ret < 0) {
+            error_setg_errno(errp, -ret, "Can't update bitmap directory");
+        }
+    }
+    if (ret == 0) {
+        for (guint i = 0; i < made_writable->len; i++) {
+            bdrv_dirty_bitmap_set_readonly(made_writable->pdata[i], false);
+        }
+    }
+    g_ptr_array_free(made_writable, TRUE);
+    dir_free(&d);
+    return ret < 0 ? ret : 0;
+}

@@ -97,4 +97,13 @@ int coroutine_fn qcow2_co_remove_persistent_dirty_bitmap(BlockDriverState *bs,
  * inconsistent, busy or readonly).  -ENOTSUP with the error otherwise. */
 int qcow2_bitmaps_truncate_check(BlockDriverState *bs, GError **errp);
 
+
+/*
+ * Reopen read-write (blockdev-reopen): every loaded, consistent persistent
+ * bitmap is marked in use on disk (directory rewritten in place and
+ * flushed, before any write) and made writable, as at a writable open.
+ * Also used to undo a reopen read-only that stored the bitmaps but then
+ * failed.  0 or -errno with errp set (the bitmaps then stay readonly).
+ */
+int coroutine_fn qcow2_bitmaps_reopen_rw(BlockDriverState *bs, GError **errp);
 #endif

@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "block/drivers/qcow2.h"
+#include "block/dirty-bitmap.h"
 #include "block/drivers/qcow2-bitmap.h"
 #include "qapi/qapi-events.h"
 
@@ -1518,6 +1519,164 @@ static void qcow2_child_perm(BlockDriverState *bs, BdrvChild *c,
     bdrv_default_perms(bs, c, role, perm, shared, nperm, nshared);
 }
 
+/* ---- reopen ---- */
+
+/* The runtime options reopen applies; each may also be left out. */
+static const char *const qcow2_reopen_opts[] = {
+    "lazy-refcounts", "pass-discard-request", "pass-discard-snapshot",
+    "pass-discard-other", "overlap-check", "cache-size", "l2-cache-size",
+    "l2-cache-entry-size", "refcount-cache-size", "cache-clean-interval",
+    NULL,
+};
+
+typedef struct Qcow2ReopenState {
+    int l2_n, rc_n; /* cache tables */
+    int64_t cache_clean_interval;
+    int overlap_check;
+    bool lazy_refcounts;
+    bool discard_passthrough;
+    bool bitmaps_stored; /* going read-only: stored in prepare */
+    bool becomes_writable;
+} Qcow2ReopenState;
+
+/* The new options, checked as at open (same messages); going read-only,
+ * everything is written out now, while the node may still write. */
+static int coroutine_fn qcow2_reopen_prepare(BDRVReopenState *state,
+                                             GError **errp)
+{
+    BlockDriverState *bs = state->bs;
+    BDRVQcow2State *s = bs->opaque;
+    const BlockdevOptionsQcow2 *o = &state->options->u.qcow2;
+    Qcow2ReopenState *r = g_new0(Qcow2ReopenState, 1);
+    uint64_t l2_bytes, rc_bytes;
+    int ret = cache_sizes(s, o, &l2_bytes, &rc_bytes, errp);
+    if (ret < 0) {
+        goto fail;
+    }
+    r->l2_n = (int)MAX(l2_bytes / s->cluster_size, MIN_L2_CACHE_TABLES);
+    r->rc_n = (int)MAX(rc_bytes / s->cluster_size, MIN_RC_CACHE_TABLES);
+    r->cache_clean_interval = o->has_cache_clean_interval
+                                  ? o->cache_clean_interval
+                                  : DEFAULT_CACHE_CLEAN_INTERVAL;
+    if (r->cache_clean_interval < 0 || r->cache_clean_interval > UINT_MAX) {
+        error_setg(errp, "Cache clean interval too big");
+        ret = -EINVAL;
+        goto fail;
+    }
+    r->overlap_check = parse_overlap(o);
+    r->lazy_refcounts = o->has_lazy_refcounts
+                            ? o->lazy_refcounts
+                            : !!(s->compat & QCOW2_COMPAT_LAZY_REFCOUNTS);
+    if (r->lazy_refcounts && s->version < 3) {
+        error_setg(errp, "Lazy refcounts require a qcow2 image with at least "
+                         "qemu 1.1 compatibility level");
+        ret = -EINVAL;
+        goto fail;
+    }
+    r->discard_passthrough =
+        o->has_pass_discard_request ? o->pass_discard_request : true;
+    r->becomes_writable = !s->writable && !state->read_only;
+    if (s->writable && state->read_only) {
+        ret = qcow2_bitmaps_store(bs, errp);
+        if (ret < 0) {
+            goto fail;
+        }
+        r->bitmaps_stored = true;
+    }
+    /* The caches are rebuilt at commit: nothing may be left unwritten. */
+    ret = bdrv_co_flush(bs);
+    if (ret < 0) {
+        error_setg_errno(errp, -ret, "Could not flush qcow2 metadata");
+        goto fail;
+    }
+    state->opaque = r;
+    return 0;
+
+fail:
+    if (r->bitmaps_stored) {
+        GError *err = NULL;
+        if (qcow2_bitmaps_reopen_rw(bs, &err) < 0) {
+            warn_report("%s: %s", bs->node_name, err->message);
+            g_error_free(err);
+        }
+    }
+    g_free(r);
+    return ret;
+}
+
+static void qcow2_reopen_commit(BDRVReopenState *state)
+{
+    BlockDriverState *bs = state->bs;
+    BDRVQcow2State *s = bs->opaque;
+    Qcow2ReopenState *r = state->opaque;
+
+    /* Flushed in prepare and drained since: the caches are clean, so they
+     * can be rebuilt at the new sizes. */
+    if (!qcow2_cache_has_dirty(s->l2_cache) &&
+        !qcow2_cache_has_dirty(s->rc_cache)) {
+        qcow2_cache_destroy(s->l2_cache);
+        qcow2_cache_destroy(s->rc_cache);
+        s->l2_cache = qcow2_cache_create(bs, r->l2_n, s->cluster_size,
+                                         QCOW2_OL_ACTIVE_L2);
+        s->rc_cache = qcow2_cache_create(bs, r->rc_n, s->cluster_size,
+                                         QCOW2_OL_REFCOUNT_BLOCK);
+    }
+    if (s->cache_clean_source) {
+        g_source_remove(s->cache_clean_source);
+        s->cache_clean_source = 0;
+    }
+    s->cache_clean_interval = r->cache_clean_interval;
+    if (s->cache_clean_interval > 0) {
+        s->cache_clean_source = g_timeout_add_seconds(
+            (guint)s->cache_clean_interval, cache_clean_timer, bs);
+    }
+    s->overlap_check = r->overlap_check;
+    s->lazy_refcounts = r->lazy_refcounts;
+    s->discard_passthrough = r->discard_passthrough;
+    s->writable = !state->read_only;
+    if (state->read_only) {
+        /* stored in prepare; readonly from now on, as at a read-only open */
+        for (GList *l = bs->dirty_bitmaps; l; l = l->next) {
+            if (bdrv_dirty_bitmap_persistent(l->data)) {
+                bdrv_dirty_bitmap_set_readonly(l->data, true);
+            }
+        }
+    }
+}
+
+/* Writable again: the bitmaps are marked in use before any write. */
+static void coroutine_fn qcow2_reopen_commit_post(BDRVReopenState *state)
+{
+    Qcow2ReopenState *r = state->opaque;
+    if (r->becomes_writable) {
+        GError *err = NULL;
+        if (qcow2_bitmaps_reopen_rw(state->bs, &err) < 0) {
+            /* not fatal: the bitmaps stay readonly (writes to the node
+             * then fail until they are removed or the reopen retried) */
+            error_report("%s: Failed to make dirty bitmaps writable: %s",
+                         state->bs->node_name, err->message);
+            g_error_free(err);
+        }
+    }
+    g_free(r);
+    state->opaque = NULL;
+}
+
+static void qcow2_reopen_abort(BDRVReopenState *state)
+{
+    Qcow2ReopenState *r = state->opaque;
+    if (r->bitmaps_stored && in_coroutine()) {
+        /* still writable: the stored bitmaps are in use again */
+        GError *err = NULL;
+        if (qcow2_bitmaps_reopen_rw(state->bs, &err) < 0) {
+            warn_report("%s: %s", state->bs->node_name, err->message);
+            g_error_free(err);
+        }
+    }
+    g_free(r);
+    state->opaque = NULL;
+}
+
 const BlockDriver bdrv_qcow2 = {
     .version = BLOCK_DRIVER_VERSION,
     .format_name = "qcow2",
@@ -1542,4 +1701,10 @@ const BlockDriver bdrv_qcow2 = {
     .bdrv_child_perm = qcow2_child_perm,
     .bdrv_co_create = qcow2_co_create,
     .bdrv_co_change_backing_file = qcow2_co_change_backing_file,
+    .reopen_opts = qcow2_reopen_opts,
+    .mutable_opts = qcow2_reopen_opts,
+    .bdrv_reopen_prepare = qcow2_reopen_prepare,
+    .bdrv_reopen_commit = qcow2_reopen_commit,
+    .bdrv_reopen_commit_post = qcow2_reopen_commit_post,
+    .bdrv_reopen_abort = qcow2_reopen_abort,
 };

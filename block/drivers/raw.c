@@ -150,6 +150,34 @@ static int coroutine_fn raw_pdiscard(BlockDriverState *bs, int64_t offset,
     return bdrv_co_pdiscard(bs->file, offset, bytes);
 }
 
+/* copy offload: the range in the file, on either side of the copy */
+static int coroutine_fn raw_copy_range_from(BlockDriverState *bs,
+                                            BdrvChild *src,
+                                            int64_t src_offset,
+                                            BdrvChild *dst,
+                                            int64_t dst_offset, int64_t bytes)
+{
+    int ret = raw_adjust(bs, &src_offset, bytes, false);
+    if (ret < 0) {
+        return ret;
+    }
+    return bdrv_co_copy_range_from(bs->file, src_offset, dst, dst_offset,
+                                   bytes);
+}
+
+static int coroutine_fn raw_copy_range_to(BlockDriverState *bs,
+                                          BdrvChild *src, int64_t src_offset,
+                                          BdrvChild *dst, int64_t dst_offset,
+                                          int64_t bytes)
+{
+    int ret = raw_adjust(bs, &dst_offset, bytes, true);
+    if (ret < 0) {
+        return ret;
+    }
+    return bdrv_co_copy_range_to(src, src_offset, bs->file, dst_offset,
+                                 bytes);
+}
+
 static int coroutine_fn raw_block_status(BlockDriverState *bs, bool want_zero,
                                          int64_t offset, int64_t bytes,
                                          int64_t *pnum, int64_t *map,
@@ -242,6 +270,75 @@ static void raw_child_resized(BlockDriverState *bs, BdrvChild *c)
 
 static const char *const raw_strong_opts[] = {"offset", "size", NULL};
 
+/* ---- reopen: the window may change (and be left out: the whole file) */
+
+static const char *const raw_reopen_opts[] = {"offset", "size", NULL};
+
+/* The window in force before the reopen, for abort. */
+typedef struct RawReopenState {
+    RawState old;
+    int64_t old_total_bytes;
+} RawReopenState;
+
+static int coroutine_fn raw_reopen_prepare(BDRVReopenState *state,
+                                           GError **errp)
+{
+    BlockDriverState *bs = state->bs;
+    RawState *s = bs->opaque;
+    const BlockdevOptionsRaw *o = &state->options->u.raw;
+
+    if ((o->has_offset && o->offset < 0) || (o->has_size && o->size < 0)) {
+        error_setg(errp,
+                   "Parameter '%s' expects a non-negative number "
+                   "below 2^64",
+                   (o->has_offset && o->offset < 0) ? "offset" : "size");
+        return -EINVAL;
+    }
+    if (o->has_size && (o->size % BDRV_SECTOR_SIZE)) {
+        error_setg(errp, "Specified size is not multiple of %llu",
+                   (unsigned long long)BDRV_SECTOR_SIZE);
+        return -EINVAL;
+    }
+    RawReopenState *rs = g_new0(RawReopenState, 1);
+    rs->old = *s;
+    rs->old_total_bytes = bs->total_bytes;
+    /* Nothing reads while the transaction runs (all drained): check the
+     * new window in place and put the old one back on abort. */
+    s->offset = o->has_offset ? (uint64_t)o->offset : 0;
+    s->has_size = o->has_size;
+    s->size = o->has_size ? (uint64_t)o->size : 0;
+    int ret = raw_apply_window(bs, errp);
+    if (ret < 0) {
+        *s = rs->old;
+        bs->total_bytes = rs->old_total_bytes;
+        g_free(rs);
+        return ret;
+    }
+    state->opaque = rs;
+    return 0;
+}
+
+static void raw_reopen_commit(BDRVReopenState *state)
+{
+    RawReopenState *rs = state->opaque;
+    bool resized = rs->old_total_bytes != state->bs->total_bytes;
+    g_free(rs);
+    state->opaque = NULL;
+    if (resized) {
+        bdrv_parent_cb_resize(state->bs);
+    }
+}
+
+static void raw_reopen_abort(BDRVReopenState *state)
+{
+    RawReopenState *rs = state->opaque;
+    RawState *s = state->bs->opaque;
+    *s = rs->old;
+    state->bs->total_bytes = rs->old_total_bytes;
+    g_free(rs);
+    state->opaque = NULL;
+}
+
 const BlockDriver bdrv_raw = {
     .version = BLOCK_DRIVER_VERSION,
     .format_name = "raw",
@@ -253,10 +350,17 @@ const BlockDriver bdrv_raw = {
     .bdrv_co_pwritev = raw_pwritev,
     .bdrv_co_pwrite_zeroes = raw_pwrite_zeroes,
     .bdrv_co_pdiscard = raw_pdiscard,
+    .bdrv_co_copy_range_from = raw_copy_range_from,
+    .bdrv_co_copy_range_to = raw_copy_range_to,
     .bdrv_co_block_status = raw_block_status,
     .bdrv_co_truncate = raw_truncate,
     .bdrv_co_get_info = raw_get_info,
     .bdrv_child_perm = raw_child_perm,
     .strong_opts = raw_strong_opts,
     .bdrv_child_resized = raw_child_resized,
+    .reopen_opts = raw_reopen_opts,
+    .mutable_opts = raw_reopen_opts,
+    .bdrv_reopen_prepare = raw_reopen_prepare,
+    .bdrv_reopen_commit = raw_reopen_commit,
+    .bdrv_reopen_abort = raw_reopen_abort,
 };

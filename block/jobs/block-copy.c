@@ -30,7 +30,9 @@ struct BlockCopyState {
     LIST_HEAD(, BlockCopyTask) tasks;
     bool compress;
     bool skip_unallocated;
-    bool use_copy_range; /* accepted; the copy always reads and writes */
+    /* x-perf use-copy-range: copy_file_range where both ends allow it;
+     * cleared at the first failure (then read and write) */
+    bool use_copy_range;
     /* The target has no backing file: where it already reads as zero, a
      * zero range of the source needs no write.  (With a backing file,
      * e.g. fleecing's overlay of the source, unallocated is not final.) */
@@ -386,7 +388,17 @@ static int coroutine_fn task_copy(BlockCopyTask *t, bool *error_is_read)
         } else {
             ret = bdrv_co_pwrite_zeroes(s->target, t->offset, n, 0);
         }
+    } else if (s->use_copy_range && !s->compress &&
+               (ret = bdrv_co_copy_range(s->source, t->offset, s->target,
+                                         t->offset, n)) == 0) {
+        *error_is_read = false; /* copied without passing through us */
     } else {
+        if (s->use_copy_range && !s->compress) {
+            /* Offload failed (cannot, or an I/O error): read and write
+             * this chunk, which also tells a read error from a write
+             * error, and do not try offload again. */
+            s->use_copy_range = false;
+        }
         uint8_t *buf = buf_get(s, (size_t)n);
         if (!buf) {
             return -ENOMEM;
