@@ -44,6 +44,9 @@ typedef struct BDRVCorState {
 static void cor_hold_chain(BlockDriverState *bs)
 {
     BDRVCorState *s = bs->opaque;
+    if (!s->bottom) {
+        return; /* as QEMU: nothing to keep in place without a bottom */
+    }
     for (BlockDriverState *p = bs; p;) {
         BdrvChild *c = bdrv_filter_or_cow_child(p);
         if (!c) {
@@ -437,9 +440,12 @@ BlockDriverState *coroutine_fn bdrv_cor_filter_append(
         o->has_bottom = true;
         o->bottom = g_strdup(bdrv_get_node_name(bottom));
     }
-    BlockDriverState *cor = bdrv_co_open(opts, errp);
+    GError *err = NULL;
+    BlockDriverState *cor = bdrv_co_open(opts, &err);
     qapi_free_BlockdevOptions(opts);
     if (!cor) {
+        error_propagate(errp, err);
+        error_prepend(errp, "Could not create node: ");
         return NULL;
     }
     cor->implicit = !filter_node_name;

@@ -26,6 +26,7 @@
 #include "block/drivers/copy-on-read.h"
 #include "block/jobs/blockjob.h"
 #include "qapi/qapi-commands.h"
+#include "util/aio.h"
 #include "util/error.h"
 
 /* How much one step looks at (and copies at most), as QEMU. */
@@ -64,13 +65,17 @@ static int coroutine_fn stream_run(Job *job, GError **errp)
         bdrv_child_bs(bdrv_filter_or_cow_child(s->base_overlay));
     void *buf = blk_memalign(4096, STREAM_CHUNK);
 
+    int64_t delay_ns = 0;
     for (int64_t offset = 0, n = 0; offset < len; offset += n) {
         bool copy = false;
         int ret;
 
         /* Even unlimited, yield here with nothing in flight so drains
-         * and pauses get their turn. */
-        block_job_ratelimit_sleep(&s->common);
+         * and pauses get their turn.  As QEMU 7.2's stream, one sleep per
+         * step: a pause or a speed change that interrupts it lets the
+         * next step go. */
+        job_sleep_ns(job, delay_ns);
+        delay_ns = 0;
         if (job_is_cancelled(job)) {
             break;
         }
@@ -122,6 +127,7 @@ static int coroutine_fn stream_run(Job *job, GError **errp)
         job_progress_update(job, (uint64_t)n);
         if (copy) {
             block_job_ratelimit_processed_bytes(&s->common, (uint64_t)n);
+            delay_ns = ratelimit_delay(&s->common.limit, clock_ns());
         }
     }
     blk_vfree(buf);
