@@ -38,6 +38,10 @@ def main():
     ap.add_argument("--runtime", type=int, default=10)
     ap.add_argument("--size", default="1G")
     ap.add_argument("--workdir", default="/var/tmp")
+    ap.add_argument("--rw", default="randread,randwrite",
+                    help="comma-separated fio patterns (default both)")
+    ap.add_argument("--setup", default="null-co,raw-file",
+                    help="comma-separated node setups (default both)")
     args = ap.parse_args()
     size = parse_size(args.size)
 
@@ -55,7 +59,9 @@ def main():
         }
         results = {}
         for setup, node_args in setups.items():
-            for rw in ("randread", "randwrite"):
+            if setup not in args.setup.split(","):
+                continue
+            for rw in args.rw.split(","):
                 key = "%s %s" % (setup, rw)
                 results[key] = {name: [] for name, _ in daemons}
                 for _ in range(args.runs):

@@ -22,6 +22,7 @@
 #include "util/coroutine.h"
 
 typedef struct NBDClient NBDClient;
+typedef struct NBDSendEntry NBDSendEntry; /* nbd-requests.c */
 
 struct BlockExport {
     char *id;
@@ -77,7 +78,10 @@ struct NBDClient {
     uint64_t inflight_bytes; /* read/write buffers those requests hold */
     CoQueue reader_wait; /* the session waits here for slots, drain end,
                             and (on exit) for in-flight requests */
-    CoMutex send_lock;   /* one reply (or chunk) at a time on the socket */
+    /* replies waiting to be sent, in order (nbd-requests.c batches them) */
+    NBDSendEntry *sendq_head, *sendq_tail;
+    NBDSendEntry *send_leader; /* queued first; flushes next iteration */
+    bool sending;              /* a flush is writing (maybe waiting) */
 
     /* input buffer: many small requests arrive in one read() */
     uint8_t *rbuf;

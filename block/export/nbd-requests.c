@@ -4,10 +4,10 @@
  * The session coroutine is the reader: it reads a request header (and a
  * write's payload), validates it, and hands it to a new coroutine, so up
  * to NBD_MAX_INFLIGHT requests per client run in the block layer at once.
- * Replies go out under the client's send_lock: a simple reply, or one
- * structured chunk, is written whole before another request may write,
- * while the chunks of one read may interleave with other replies (the
- * protocol allows it).
+ * Replies are queued per client and sent in batches (see nbd_send_iov):
+ * a simple reply, or one structured chunk, is always written whole, while
+ * the chunks of one read may interleave with other replies (the protocol
+ * allows it).
  *
  * Nothing a client sends is trusted: lengths are checked against the
  * export and NBD_MAX_BUFFER_SIZE before any buffer is allocated, and a
@@ -28,6 +28,24 @@
 /* NBD_CMD_CACHE reads in pieces of this size. */
 #define NBD_CACHE_CHUNK (1024 * 1024)
 
+/*
+ * One reply, or one structured chunk, waiting in the client's send queue.
+ * A request has at most one at a time (it waits until its entry is sent),
+ * so the entry lives in the request; its iovecs point into the sending
+ * coroutine's stack and buffers, which stay valid because it waits.
+ */
+struct NBDSendEntry {
+    const struct iovec *iov;
+    int niov;
+    Coroutine *co;
+    /* co is yielded waiting for whoever sends the entry to enter it;
+     * false while co waits for its own scheduled wake (the leader) or runs */
+    bool wake;
+    bool done;
+    int ret;
+    NBDSendEntry *next;
+};
+
 typedef struct NBDRequest {
     NBDClient *client;
     uint16_t flags;
@@ -39,6 +57,7 @@ typedef struct NBDRequest {
     uint32_t cost;      /* buffer bytes it holds, for the budget */
     uint32_t error;     /* NBD error found while receiving, 0 if none */
     const char *errmsg; /* static text for that error */
+    NBDSendEntry send;  /* its reply (chunk) waiting to be sent */
 } NBDRequest;
 
 /* Host errno (positive) to the protocol's error values. */
@@ -73,17 +92,20 @@ static uint32_t nbd_errno(int err)
 /* ---- request buffers ---- */
 
 /*
- * Buffers of 64 KiB and more come from a small cache of power-of-two
- * sizes: allocating a fresh one per request means mmap, a page fault per
- * page and munmap each time, which halved large-read throughput.  At most
- * NBD_POOL_MAX_BYTES stay cached; smaller buffers come from malloc's heap,
- * which recycles them anyway.
+ * Request buffers come from a cache of power-of-two sizes from 4 KiB (a
+ * smaller request gets a 4 KiB one) up to NBD_MAX_BUFFER_SIZE; at most
+ * NBD_POOL_MAX_BYTES stay cached.  Without it a large buffer costs an
+ * mmap, a page fault per page and an munmap per request (which halved
+ * large-read throughput), and small ones cost an aligned malloc each plus,
+ * once replies are sent in batches and a whole batch of buffers is freed
+ * at once, a brk() up and down per batch as the heap top grows and is
+ * trimmed.  A cached buffer holds the free list's link in its first bytes.
  */
-#define NBD_POOL_MIN_SHIFT 16
+#define NBD_POOL_MIN_SHIFT 12
 #define NBD_POOL_MAX_SHIFT 25 /* NBD_MAX_BUFFER_SIZE */
 #define NBD_POOL_MAX_BYTES (64 * 1024 * 1024)
 
-static GSList *nbd_pool[NBD_POOL_MAX_SHIFT + 1];
+static void *nbd_pool[NBD_POOL_MAX_SHIFT + 1];
 static size_t nbd_pool_bytes;
 
 static unsigned nbd_pool_shift(size_t len)
@@ -98,15 +120,14 @@ static unsigned nbd_pool_shift(size_t len)
 
 static void *nbd_buf_get(size_t len)
 {
-    if (len < ((size_t)1 << NBD_POOL_MIN_SHIFT) ||
-        len > ((size_t)1 << NBD_POOL_MAX_SHIFT)) {
-        return blk_memalign(4096, len ? len : 1);
+    if (len > ((size_t)1 << NBD_POOL_MAX_SHIFT)) {
+        return blk_memalign(4096, len);
     }
     unsigned shift = nbd_pool_shift(len);
-    if (nbd_pool[shift]) {
-        void *buf = nbd_pool[shift]->data;
+    void *buf = nbd_pool[shift];
 
-        nbd_pool[shift] = g_slist_delete_link(nbd_pool[shift], nbd_pool[shift]);
+    if (buf) {
+        memcpy(&nbd_pool[shift], buf, sizeof(void *));
         nbd_pool_bytes -= (size_t)1 << shift;
         return buf;
     }
@@ -119,8 +140,7 @@ static void nbd_buf_put(void *buf, size_t len)
     if (!buf) {
         return;
     }
-    if (len < ((size_t)1 << NBD_POOL_MIN_SHIFT) ||
-        len > ((size_t)1 << NBD_POOL_MAX_SHIFT)) {
+    if (len > ((size_t)1 << NBD_POOL_MAX_SHIFT)) {
         blk_vfree(buf);
         return;
     }
@@ -129,21 +149,140 @@ static void nbd_buf_put(void *buf, size_t len)
         blk_vfree(buf);
         return;
     }
-    nbd_pool[shift] = g_slist_prepend(nbd_pool[shift], buf);
+    memcpy(buf, &nbd_pool[shift], sizeof(void *));
+    nbd_pool[shift] = buf;
     nbd_pool_bytes += (size_t)1 << shift;
 }
 
-/* ---- sending ---- */
+/* ---- sending: replies that complete together go out together ---- */
 
-static int coroutine_fn nbd_send_locked(NBDClient *client,
-                                        struct iovec *iov, int niov)
+/* Most iovecs in one sendmsg (below IOV_MAX; a 4 KiB structured read
+ * reply takes 3, so 85 replies fit, more than NBD_MAX_INFLIGHT). */
+#define NBD_SEND_BATCH_IOV 256
+
+/*
+ * Send everything queued, a batch (at most NBD_SEND_BATCH_IOV iovecs, one
+ * sendmsg when the socket takes it) at a time, until the queue is empty:
+ * entries queued while a batch waits for the socket join the next one.
+ * Each entry is written whole and batches go in queue order, so replies
+ * never interleave and the chunks of one reply stay in order.
+ *
+ * After each batch its waiting owners are entered.  An entry is freed once
+ * its owner runs, so nothing of a batch is touched after that; the client
+ * stays alive while entries are queued (their requests are in flight),
+ * and after the last batch it is not touched either: `sending` is cleared
+ * first, because the last owner's exit may let the session free it.
+ */
+static void coroutine_fn nbd_flush(NBDClient *client)
 {
-    int ret;
+    client->sending = true;
+    while (client->sendq_head) {
+        struct iovec iov[NBD_SEND_BATCH_IOV];
+        NBDSendEntry *first = client->sendq_head, *e = first, *d, *next;
+        int n = 0, ret;
 
-    co_mutex_lock(&client->send_lock);
-    ret = co_sock_writev_full(client->fd, iov, niov);
-    co_mutex_unlock(&client->send_lock);
-    return ret;
+        /* Whole entries only; the first always fits (at most 3 iovecs). */
+        do {
+            memcpy(&iov[n], e->iov, e->niov * sizeof(iov[0]));
+            n += e->niov;
+            e = e->next;
+        } while (e && n + e->niov <= NBD_SEND_BATCH_IOV);
+        client->sendq_head = e;
+        if (!e) {
+            client->sendq_tail = NULL;
+        }
+        ret = co_sock_writev_full(client->fd, iov, n);
+        /* A failed write breaks the stream: every reply in it failed. */
+        for (d = first; d != e; d = d->next) {
+            d->ret = ret;
+            d->done = true;
+        }
+        bool last = !client->sendq_head;
+        if (last) {
+            client->sending = false;
+        }
+        for (d = first; d != e; d = next) {
+            next = d->next;
+            /* A leader still waiting for its own wake finds `done` then. */
+            if (d->wake) {
+                d->wake = false;
+                coroutine_enter(d->co);
+            }
+        }
+        if (last) {
+            return;
+        }
+    }
+    client->sending = false;
+}
+
+static void coroutine_fn nbd_flush_co(void *opaque)
+{
+    nbd_flush(opaque);
+}
+
+/*
+ * Flush now unless a flush is running: the reader calls this before it
+ * would wait for more requests, so replies that completed while it
+ * dispatched the requests it had go out in one sendmsg without waiting
+ * for the next loop iteration.  The sending runs in its own coroutine, so
+ * a client that does not read its replies never stops the reader.
+ */
+static void nbd_flush_kick(NBDClient *client)
+{
+    if (client->sendq_head && !client->sending) {
+        coroutine_enter(coroutine_create(nbd_flush_co, client));
+    }
+}
+
+/* Append e; it leaves the queue (nbd_flush) before its owner returns. */
+static void nbd_sendq_push(NBDClient *client, NBDSendEntry *e)
+{
+    e->next = NULL;
+    if (client->sendq_tail) {
+        client->sendq_tail->next = e;
+    } else {
+        client->sendq_head = e;
+    }
+    client->sendq_tail = e;
+}
+
+/*
+ * Send iov as one unit and wait until it is on the socket (0) or the
+ * stream broke (-errno).  Replies are not written at once: the first one
+ * queued in a loop iteration (the leader) schedules itself for the next
+ * iteration and then sends whatever was queued meanwhile, so all the
+ * replies completed in one iteration (a batch of reads served from one
+ * read() of requests, or one round of io_uring completions) share one
+ * sendmsg instead of one each.  The reader may flush earlier
+ * (nbd_flush_kick).
+ */
+static int coroutine_fn nbd_send_iov(NBDRequest *req, struct iovec *iov,
+                                     int niov)
+{
+    NBDClient *client = req->client;
+    NBDSendEntry *e = &req->send;
+
+    *e = (NBDSendEntry){ .iov = iov, .niov = niov, .co = coroutine_self() };
+    nbd_sendq_push(client, e);
+    if (!client->sending && !client->send_leader) {
+        /* Only our own scheduled wake enters us here (e->wake is false). */
+        client->send_leader = e;
+        coroutine_wake(e->co);
+        coroutine_yield();
+        client->send_leader = NULL;
+        /* Someone may have sent our entry meanwhile; entries queued after
+         * that counted on our flush. */
+        if (!client->sending) {
+            nbd_flush(client);
+        }
+    }
+    if (!e->done) {
+        /* A flush is running (waiting for the socket); it enters us. */
+        e->wake = true;
+        coroutine_yield();
+    }
+    return e->ret;
 }
 
 static int coroutine_fn nbd_send_simple(NBDRequest *req, uint32_t error,
@@ -158,7 +297,7 @@ static int coroutine_fn nbd_send_simple(NBDRequest *req, uint32_t error,
     nbd_put32(hdr, NBD_SIMPLE_REPLY_MAGIC);
     nbd_put32(hdr + 4, error);
     nbd_put64(hdr + 8, req->cookie);
-    return nbd_send_locked(req->client, iov, len ? 2 : 1);
+    return nbd_send_iov(req, iov, len ? 2 : 1);
 }
 
 /* One structured chunk whose payload is p1 followed by p2. */
@@ -178,7 +317,7 @@ static int coroutine_fn nbd_send_chunk(NBDRequest *req, uint16_t flags,
     nbd_put16(hdr + 6, type);
     nbd_put64(hdr + 8, req->cookie);
     nbd_put32(hdr + 16, (uint32_t)(l1 + l2));
-    return nbd_send_locked(req->client, iov, 3);
+    return nbd_send_iov(req, iov, 3);
 }
 
 /*
@@ -699,6 +838,12 @@ bool coroutine_fn nbd_transmission(NBDClient *client)
         NBDRequest *req;
         int ret;
 
+        /* About to wait (for a slot, or for input unless a whole header
+         * is buffered): send the replies that are ready now. */
+        if (client->nb_inflight >= NBD_MAX_INFLIGHT ||
+            client->rbuf_len - client->rbuf_pos < NBD_REQUEST_SIZE) {
+            nbd_flush_kick(client);
+        }
         while (!client->closing && client->nb_inflight >= NBD_MAX_INFLIGHT) {
             co_queue_wait(&client->reader_wait, NULL);
         }

@@ -149,7 +149,6 @@ NBDClient *nbd_client_new(int fd)
     client->fd = fd;
     client->rbuf = g_malloc(NBD_RBUF_SIZE);
     co_queue_init(&client->reader_wait);
-    co_mutex_init(&client->send_lock);
     LIST_INSERT_HEAD(&all_clients, client, all_link);
     nb_clients++;
     coroutine_enter(coroutine_create(nbd_client_session, client));
