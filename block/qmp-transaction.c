@@ -178,18 +178,20 @@ static BlockDriverState *coroutine_fn snapshot_old_bs(const char *device,
     if (!old_bs) {
         return NULL;
     }
-    /* QEMU's op blockers: backing nodes and a job's nodes */
-    const char *user = bdrv_backing_user(old_bs);
-    if (user) {
-        error_setg(errp, "Node '%s' is busy: node is used as backing hd of "
-                         "'%s'", bdrv_get_node_name(old_bs), user);
-        return NULL;
-    }
+    /* QEMU's op blockers: a job's nodes and backing nodes.  QEMU names
+     * the newest blocker, and a job's comes after the backing link it
+     * works on. */
     BlockJob *job = block_job_find_by_node(old_bs);
     if (job) {
         error_setg(errp, "Node '%s' is busy: block device is in use by block "
                          "job: %s",
                    bdrv_get_node_name(old_bs), job_type_str(&job->job));
+        return NULL;
+    }
+    const char *user = bdrv_backing_user(old_bs);
+    if (user) {
+        error_setg(errp, "Node '%s' is busy: node is used as backing hd of "
+                         "'%s'", bdrv_get_node_name(old_bs), user);
         return NULL;
     }
     if (!bdrv_is_read_only(old_bs)) {
