@@ -270,17 +270,19 @@ done:
 
 int img_cmd_check(int argc, char **argv)
 {
-    enum { OPTION_OUTPUT = 256 };
+    enum { OPTION_OUTPUT = 256, OPTION_REPAIR_BITMAPS };
     static const struct option long_options[] = {
         { "help", no_argument, NULL, 'h' },
         { "format", required_argument, NULL, 'f' },
         { "repair", required_argument, NULL, 'r' },
         { "output", required_argument, NULL, OPTION_OUTPUT },
         { "force-share", no_argument, NULL, 'U' },
+        { "repair-bitmaps", no_argument, NULL, OPTION_REPAIR_BITMAPS },
         { NULL, 0, NULL, 0 },
     };
     const char *fmt = NULL;
     int fix = 0;
+    bool repair_bitmaps = false; /* blockd's own, qcow2 with -r all */
     bool json = false, quiet = false, force_share = false;
     int c;
 
@@ -292,8 +294,8 @@ int img_cmd_check(int argc, char **argv)
         case '?':
             img_bad_option(c, argv);
         case 'h':
-            printf("check [-f fmt] [--output=ofmt] [-r [leaks | all]] [-q] "
-                   "[-U] filename\n");
+            printf("check [-f fmt] [--output=ofmt] [-r [leaks | all]] "
+                   "[--repair-bitmaps] [-q] [-U] filename\n");
             return 0;
         case 'f':
             fmt = optarg;
@@ -326,7 +328,14 @@ int img_cmd_check(int argc, char **argv)
             break;
         case 'T':
             break;
+        case OPTION_REPAIR_BITMAPS:
+            repair_bitmaps = true;
+            break;
         }
+    }
+    if (repair_bitmaps && fix != 3) {
+        img_error("--repair-bitmaps requires -r all");
+        return 1;
     }
     if (optind != argc - 1) {
         img_error_exit("Expecting one image file name");
@@ -343,7 +352,8 @@ int img_cmd_check(int argc, char **argv)
     }
     /* Each format with a checker has its hook here. */
     if (!strcmp(fmt, "qcow2")) {
-        return img_check_qcow2(filename, fix, json, quiet, force_share);
+        return img_check_qcow2(filename, fix, json, quiet, force_share,
+                               repair_bitmaps);
     }
     if (strcmp(fmt, "add-cow") != 0) {
         if (!img_find_format(fmt)) {
@@ -353,7 +363,7 @@ int img_cmd_check(int argc, char **argv)
         img_error("This image format does not support checks");
         return 63;
     }
-    if (json || fix) {
+    if (json || fix || repair_bitmaps) {
         img_error("add-cow supports neither --output=json nor -r in check");
         return 1;
     }

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "block/drivers/qcow2-bitmap.h"
 #include "block/drivers/qcow2.h"
 #include "daemon/img.h"
 
@@ -52,7 +53,7 @@ static void dump_human(const Qcow2CheckResult *c, bool quiet)
 
 /* ImageCheck: optional members only when non-zero, as qemu-img sets them. */
 static void dump_json(const Qcow2CheckResult *c, const char *filename,
-                      bool quiet)
+                      bool quiet, int64_t bitmaps_repaired)
 {
     if (quiet) {
         return;
@@ -74,6 +75,8 @@ static void dump_json(const Qcow2CheckResult *c, const char *filename,
         { "allocated-clusters", c->allocated_clusters },
         { "fragmented-clusters", c->fragmented_clusters },
         { "compressed-clusters", c->compressed_clusters },
+        /* blockd's own (--repair-bitmaps): not in QEMU's ImageCheck */
+        { "bitmaps-repaired", bitmaps_repaired },
     };
     for (size_t i = 0; i < G_N_ELEMENTS(opt); i++) {
         if (opt[i].v) {
@@ -116,9 +119,40 @@ static bool coroutine_fn backing_chain_opens(ImgImage *file,
     return !backing;
 }
 
-int coroutine_fn img_check_qcow2(const char *filename, int fix, bool json,
-                                 bool quiet, bool force_share)
+/*
+ * --repair-bitmaps: open the (checked, sound) image through the qcow2
+ * driver and rewrite each bitmap a crash left in use as fully dirty (see
+ * qcow2_bitmaps_repair_in_use).  Returns how many, or -1 after printing
+ * why it could not.
+ */
+static int coroutine_fn repair_bitmaps(const char *filename, bool force_share,
+                                       GPtrArray *names)
 {
+    ImgImage img;
+    GError *err = NULL;
+    if (!img_open(&img, filename, "qcow2",
+                  BLK_PERM_CONSISTENT_READ | BLK_PERM_WRITE, force_share,
+                  &err)) {
+        img_error("Could not repair bitmaps: %s", err->message);
+        g_error_free(err);
+        return -1;
+    }
+    int n = qcow2_bitmaps_repair_in_use(img.bs, names, &err);
+    img_close(&img);
+    if (n < 0) {
+        img_error("Could not repair bitmaps: %s", err->message);
+        g_error_free(err);
+        return -1;
+    }
+    return n;
+}
+
+int coroutine_fn img_check_qcow2(const char *filename, int fix, bool json,
+                                 bool quiet, bool force_share,
+                                 bool repair_bitmaps_opt)
+{
+    g_autoptr(GPtrArray) bitmaps = g_ptr_array_new_with_free_func(g_free);
+    bool bitmaps_failed = false;
     ImgImage img;
     GError *err = NULL;
     Qcow2CheckResult res;
@@ -167,10 +201,46 @@ int coroutine_fn img_check_qcow2(const char *filename, int fix, bool json,
         res.leaks_fixed = leaks_fixed;
         res.corruptions_fixed = corruptions_fixed;
     }
+    if (repair_bitmaps_opt && ret == 0 && !res.corruptions &&
+        !res.check_errors) {
+        /* the file is sound now: the driver may allocate in it */
+        img_close(&img);
+        int n = repair_bitmaps(filename, force_share, bitmaps);
+        bitmaps_failed = n < 0;
+        if (n > 0) {
+            /* report the image as it is after the new tables */
+            GError *err2 = NULL;
+            int64_t leaks_fixed = res.leaks_fixed;
+            int64_t corruptions_fixed = res.corruptions_fixed;
+            if (!img_open(&img, filename, "file", BLK_PERM_CONSISTENT_READ,
+                          force_share, &err2)) {
+                img_error("%s", err2->message);
+                g_error_free(err2);
+                return 1;
+            }
+            ret = qcow2_co_check_file(img.blk, 0, &res, &err2);
+            if (ret < 0 && err2) {
+                img_error("%s", err2->message);
+                g_error_free(err2);
+            }
+            res.leaks_fixed = leaks_fixed;
+            res.corruptions_fixed = corruptions_fixed;
+        }
+    } else if (repair_bitmaps_opt && ret == 0) {
+        img_error("Bitmaps not repaired: the image has errors");
+        bitmaps_failed = true;
+    }
     img_close(&img);
+    if (ret == 0 && !json && !quiet) {
+        for (guint i = 0; i < bitmaps->len; i++) {
+            printf("Bitmap '%s' was not stored cleanly: rewritten as fully "
+                   "dirty\n",
+                   (const char *)g_ptr_array_index(bitmaps, i));
+        }
+    }
     if (ret == 0) {
         if (json) {
-            dump_json(&res, filename, quiet);
+            dump_json(&res, filename, quiet, (int64_t)bitmaps->len);
         } else {
             dump_human(&res, quiet);
         }
@@ -187,6 +257,9 @@ int coroutine_fn img_check_qcow2(const char *filename, int fix, bool json,
     }
     if (res.corruptions) {
         return 2;
+    }
+    if (bitmaps_failed) {
+        return 1;
     }
     return res.leaks ? 3 : 0;
 }

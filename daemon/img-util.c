@@ -197,3 +197,15 @@ char *img_size_to_str(uint64_t val)
     return g_strdup_printf("%0.3g %sB", (double)val / div, suffixes[i]);
 }
 
+void img_warn_probed_raw(const char *filename)
+{
+    fflush(stdout);
+    fprintf(stderr,
+            "WARNING: Image format was not specified for '%s' and probing "
+            "guessed raw.\n"
+            "         Automatically detecting the format is dangerous for "
+            "raw images, write operations on block 0 will be restricted.\n"
+            "         Specify the 'raw' format explicitly to remove the "
+            "restrictions.\n",
+            filename);
+}

@@ -31,18 +31,21 @@ typedef struct ImgCommand {
 } ImgCommand;
 
 static const ImgCommand commands[] = {
+    { "amend", img_cmd_amend, "amend [--object objectdef] [--image-opts] [-p] [-q] [-f fmt] [-t cache] [--force] -o options filename" },
     { "create", img_cmd_create,
       "create [-q] [-f fmt] [-b backing_file [-F backing_fmt]] [-u] "
       "[-o options] filename [size]" },
     { "info", img_cmd_info,
       "info [-f fmt] [--output=ofmt] [--backing-chain] [-U] filename" },
     { "check", img_cmd_check,
-      "check [-q] [-f fmt] [--output=ofmt] [-r [leaks | all]] [-U] filename" },
+      "check [-q] [-f fmt] [--output=ofmt] [-r [leaks | all]] "
+      "[--repair-bitmaps] [-U] filename" },
     { "map", img_cmd_map, "map [--object objectdef] [--image-opts] [-f fmt] [--start-offset=offset] [--max-length=len] [--output=ofmt] [-U] filename" },
     { "compare", img_cmd_compare, "compare [--object objectdef] [--image-opts] [-f fmt] [-F fmt] [-T src_cache] [-p] [-q] [-s] [-U] filename1 filename2" },
     { "resize", img_cmd_resize, "resize [--object objectdef] [--image-opts] [-f fmt] [--preallocation=prealloc] [-q] [--shrink] filename [+ | -]size" },
     { "commit", img_cmd_commit, "commit [--object objectdef] [--image-opts] [-q] [-f fmt] [-t cache] [-b base] [-r rate_limit] [-d] [-p] filename" },
     { "rebase", img_cmd_rebase, "rebase [--object objectdef] [--image-opts] [-U] [-q] [-f fmt] [-t cache] [-T src_cache] [-p] [-u] -b backing_file [-F backing_fmt] filename" },
+    { "bitmap", img_cmd_bitmap, "bitmap (--merge SOURCE | --add | --remove | --clear | --enable | --disable)... [-b source_file [-F source_fmt]] [-g granularity] [--object objectdef] [--image-opts | -f fmt] filename bitmap" },
     { "convert", img_cmd_convert, "convert [--object objectdef] [--image-opts] [--target-image-opts] [--target-is-zero] [--bitmaps] [-U] [-C] [-c] [-p] [-q] [-n] [-f fmt] [-t cache] [-T src_cache] [-O output_fmt] [-B backing_file [-F backing_fmt]] [-o options] [-l snapshot_param] [-S sparse_size] [-r rate_limit] [-m num_coroutines] [-W] [--salvage] filename [filename2 [...]] output_filename" },
 };
 

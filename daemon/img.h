@@ -35,6 +35,9 @@ int64_t img_cvtnum(const char *name, const char *value);
 /* "1 MiB", "0.977 KiB": QEMU's size_to_str(). */
 char *img_size_to_str(uint64_t val);
 
+/* qemu-img's warning for a probed raw image opened for writing. */
+void img_warn_probed_raw(const char *filename);
+
 /* QEMU's pretty JSON (4-space indent, QDict member order). */
 char *img_json_pretty(JsonNode *node);
 
@@ -129,15 +132,20 @@ int img_cmd_create(int argc, char **argv);
 int img_cmd_info(int argc, char **argv);
 /* check (daemon/img-add-cow.c: add-cow is the format it checks) */
 int img_cmd_check(int argc, char **argv);
-/* check of a qcow2 image (daemon/img-check.c); fix: 1 leaks, 3 all */
+/* check of a qcow2 image (daemon/img-check.c); fix: 1 leaks, 3 all;
+ * repair_bitmaps (--repair-bitmaps, with fix 3): bitmaps a crash left in
+ * use are rewritten as fully dirty */
 int coroutine_fn img_check_qcow2(const char *filename, int fix, bool json,
-                                 bool quiet, bool force_share);
+                                 bool quiet, bool force_share,
+                                 bool repair_bitmaps);
 int img_cmd_map(int argc, char **argv);
 int img_cmd_compare(int argc, char **argv);
 int img_cmd_resize(int argc, char **argv);
 int img_cmd_convert(int argc, char **argv);
 int img_cmd_rebase(int argc, char **argv);
 int img_cmd_commit(int argc, char **argv);
+int img_cmd_amend(int argc, char **argv); /* daemon/img-amend.c */
+int img_cmd_bitmap(int argc, char **argv);
 
 /* add-cow's entry in the format table (daemon/img-add-cow.c) */
 int img_add_cow_probe(const uint8_t *buf, size_t len);

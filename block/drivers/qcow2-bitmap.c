@@ -883,6 +883,167 @@ int qcow2_bitmaps_truncate_check(BlockDriverState *bs, GError **errp)
     return 0;
 }
 
+/* ---- reporting ---- */
+
+int coroutine_fn qcow2_bitmaps_get_info(BlockDriverState *bs,
+                                        Qcow2BitmapInfoList **list,
+                                        GError **errp)
+{
+    BDRVQcow2State *s = bs->opaque;
+    *list = NULL;
+    /* the directory as stored, not the in-memory bitmaps: bitmaps added
+     * since open are not listed, and the flags say what the image says */
+    co_mutex_lock(&s->lock);
+    Dir d;
+    int ret = dir_read(bs, &d, errp);
+    co_mutex_unlock(&s->lock);
+    if (ret < 0) {
+        return ret;
+    }
+    Qcow2BitmapInfoList **tail = list;
+    for (uint32_t i = 0; i < d.ext.nb_bitmaps; i++) {
+        Qcow2BitmapInfo *info = g_new0(Qcow2BitmapInfo, 1);
+        info->name = g_strdup(d.e[i].name);
+        info->granularity = UINT32_C(1) << d.e[i].granularity_bits;
+        /* in the order of the Qcow2BitmapInfoFlags enum, as QEMU */
+        static const struct {
+            uint32_t bme;
+            Qcow2BitmapInfoFlags info;
+        } map[] = {
+            { QCOW2_BME_FLAG_IN_USE, QCOW2_BITMAP_INFO_FLAGS_IN_USE },
+            { QCOW2_BME_FLAG_AUTO, QCOW2_BITMAP_INFO_FLAGS_AUTO },
+        };
+        Qcow2BitmapInfoFlagsList **ftail = &info->flags;
+        for (size_t k = 0; k < G_N_ELEMENTS(map); k++) {
+            if (d.e[i].flags & map[k].bme) {
+                Qcow2BitmapInfoFlagsList *f = g_new0(Qcow2BitmapInfoFlagsList,
+                                                     1);
+                f->value = map[k].info;
+                *ftail = f;
+                ftail = &f->next;
+            }
+        }
+        Qcow2BitmapInfoList *el = g_new0(Qcow2BitmapInfoList, 1);
+        el->value = info;
+        *tail = el;
+        tail = &el->next;
+    }
+    dir_free(&d);
+    return 0;
+}
+
+/* ---- offline repair of bitmaps left in use ---- */
+
+/* A table of `n` "all ones" entries (no data clusters) in a new cluster
+ * run, queued on `fresh` until the directory names it. */
+static int coroutine_fn write_all_ones_table(BlockDriverState *bs,
+                                             uint64_t n, uint64_t *toff,
+                                             FreeList *fresh, GError **errp)
+{
+    size_t tbytes = (size_t)n * 8;
+    g_autofree uint8_t *table = g_malloc(MAX(tbytes, 1));
+    for (uint64_t i = 0; i < n; i++) {
+        qcow2_put_be64(table + i * 8, 1); /* offset 0, bit 0: all ones */
+    }
+    int64_t off = qcow2_alloc_clusters(bs, MAX(tbytes, 1));
+    if (off < 0) {
+        error_setg_errno(errp, (int)-off, "Could not allocate bitmap table");
+        return (int)off;
+    }
+    BDRVQcow2State *s = bs->opaque;
+    free_add(fresh, (uint64_t)off, ROUND_UP(MAX(tbytes, 1), s->cluster_size));
+    int ret = bdrv_co_pwrite(bs->file, off, (int64_t)tbytes, table, 0);
+    if (ret < 0) {
+        error_setg_errno(errp, -ret, "Could not write bitmap table");
+        return ret;
+    }
+    *toff = (uint64_t)off;
+    return 0;
+}
+
+int coroutine_fn qcow2_bitmaps_repair_in_use(BlockDriverState *bs,
+                                             GPtrArray *names, GError **errp)
+{
+    BDRVQcow2State *s = bs->opaque;
+    if (!s->writable) {
+        error_setg_errno(errp, EACCES, "Can't update bitmap directory");
+        return -EACCES;
+    }
+    co_mutex_lock(&s->lock);
+    Dir d;
+    FreeList old = { 0 }, fresh = { 0 };
+    GByteArray *dir = g_byte_array_new();
+    int repaired = 0;
+    int ret = dir_read(bs, &d, errp);
+    if (ret < 0) {
+        goto out;
+    }
+    for (uint32_t i = 0; i < d.ext.nb_bitmaps; i++) {
+        const Qcow2BitmapEntry *b = &d.e[i];
+        BdrvDirtyBitmap *bm = bdrv_find_dirty_bitmap(bs, b->name);
+        /* In use but loaded consistent: this open marked it, it is fine
+         * and is stored on close.  Loaded inconsistent: left by a crash. */
+        if (!(b->flags & QCOW2_BME_FLAG_IN_USE) || !bm ||
+            !bdrv_dirty_bitmap_inconsistent(bm)) {
+            g_byte_array_append(dir, d.raw + d.off[i], (guint)d.len[i]);
+            continue;
+        }
+        uint64_t n = qcow2_bitmap_table_entries((int64_t)s->size,
+                                                b->granularity_bits,
+                                                s->cluster_size);
+        uint64_t toff = 0;
+        ret = write_all_ones_table(bs, n, &toff, &fresh, errp);
+        if (ret < 0) {
+            goto out;
+        }
+        /* the entry as it was (name, extra data, granularity, auto), with
+         * the new table and without in-use */
+        guint at = dir->len;
+        g_byte_array_append(dir, d.raw + d.off[i], (guint)d.len[i]);
+        qcow2_put_be64(dir->data + at, toff);
+        qcow2_put_be32(dir->data + at + 8, (uint32_t)n);
+        qcow2_put_be32(dir->data + at + 12, b->flags & ~QCOW2_BME_FLAG_IN_USE);
+        free_add_bitmap(bs, b, &old);
+        if (names) {
+            g_ptr_array_add(names, g_strdup(b->name));
+        }
+        repaired++;
+    }
+    if (!repaired) {
+        goto out;
+    }
+    /* the tables must be on disk before the directory names them */
+    ret = bdrv_co_flush(bs->file->bs);
+    if (ret < 0) {
+        error_setg_errno(errp, -ret, "Could not flush bitmap tables");
+        goto out;
+    }
+    ret = replace_dir(bs, &d, dir, d.ext.nb_bitmaps, &old, errp);
+    if (ret < 0) {
+        goto out;
+    }
+    if (fresh.r) { /* the image owns them now */
+        g_array_free(fresh.r, TRUE);
+        fresh.r = NULL;
+    }
+    free_run(bs, &old);
+    ret = qcow2_cache_flush(bs, s->rc_cache);
+    if (ret < 0) {
+        error_setg_errno(errp, -ret, "Could not flush refcounts");
+    }
+out:
+    if (fresh.r) {
+        free_run(bs, &fresh); /* never referenced: give them back */
+    }
+    if (old.r) {
+        g_array_free(old.r, TRUE); /* still referenced: keep */
+    }
+    g_byte_array_unref(dir);
+    dir_free(&d);
+    co_mutex_unlock(&s->lock);
+    return ret < 0 ? ret : repaired;
+}
+
 /* ---- reopen read-write ---- */
 
 int coroutine_fn qcow2_bitmaps_reopen_rw(BlockDriverState *bs, GError **errp)

@@ -17,6 +17,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "qapi/qapi-types.h"
 #include "util/coroutine.h"
 
 typedef struct BlockDriverState BlockDriverState;
@@ -97,6 +98,29 @@ int coroutine_fn qcow2_co_remove_persistent_dirty_bitmap(BlockDriverState *bs,
  * inconsistent, busy or readonly).  -ENOTSUP with the error otherwise. */
 int qcow2_bitmaps_truncate_check(BlockDriverState *bs, GError **errp);
 
+/*
+ * The bitmaps the image stores, as its directory says now (in directory
+ * order, flags as on disk), for ImageInfoSpecificQCow2's "bitmaps", as
+ * QEMU reports them in query-named-block-nodes and qemu-img info.  *list
+ * stays NULL when the image has no bitmaps.  0 or -errno with errp set.
+ */
+int coroutine_fn qcow2_bitmaps_get_info(BlockDriverState *bs,
+                                        Qcow2BitmapInfoList **list,
+                                        GError **errp);
+/*
+ * Offline repair (blockd-img check --repair-bitmaps) of an image opened
+ * writable: every bitmap that was not stored cleanly (in use on disk and
+ * loaded inconsistent) is rewritten as fully dirty (each bitmap table
+ * entry "all ones", no data clusters) and its in-use flag cleared, the
+ * rest of its entry (name, granularity, auto) kept.  Its table is sized
+ * for the current virtual size.  The next incremental backup from such a
+ * bitmap copies everything, but the bitmap chain goes on.  Crash-safe as
+ * the store.  The in-memory bitmaps stay inconsistent: close the node
+ * (nothing more is written for them) and reopen to use them.  Appends the
+ * repaired names to `names` (may be NULL); returns how many or -errno.
+ */
+int coroutine_fn qcow2_bitmaps_repair_in_use(BlockDriverState *bs,
+                                             GPtrArray *names, GError **errp);
 
 /*
  * Reopen read-write (blockdev-reopen): every loaded, consistent persistent
@@ -106,4 +130,5 @@ int qcow2_bitmaps_truncate_check(BlockDriverState *bs, GError **errp);
  * failed.  0 or -errno with errp set (the bitmaps then stay readonly).
  */
 int coroutine_fn qcow2_bitmaps_reopen_rw(BlockDriverState *bs, GError **errp);
+
 #endif

@@ -1477,6 +1477,12 @@ static int coroutine_fn qcow2_co_get_info(BlockDriverState *bs,
         q->corrupt = !!(s->incompat & QCOW2_INCOMPAT_CORRUPT);
         q->has_extended_l2 = true;
         q->extended_l2 = false;
+        /* the stored bitmaps with their on-disk flags, as QEMU lists them */
+        if (qcow2_bitmaps_get_info(bs, &q->bitmaps, errp) < 0) {
+            qapi_free_ImageInfoSpecificQCow2(q);
+            return -EINVAL;
+        }
+        q->has_bitmaps = q->bitmaps != NULL;
     }
     ImageInfoSpecific *spec = g_new0(ImageInfoSpecific, 1);
     spec->type = IMAGE_INFO_SPECIFIC_KIND_QCOW2;
