@@ -131,6 +131,91 @@ static void commit_top_remove(BlockDriverState *f)
     }
 }
 
+/* ---- read-only base or overlay ---- */
+
+/* Run fn in coroutine context, from the main loop or a coroutine. */
+static void commit_run_co(CoroutineEntry *fn, void *opaque)
+{
+    if (in_coroutine()) {
+        fn(opaque);
+    } else {
+        coroutine_run_sync(fn, opaque);
+    }
+}
+
+
+/*
+ * QEMU's bdrv_reopen_set_read_only(): a blockdev-reopen of bs with the
+ * options it has, read-only as asked, and its children as they are now
+ * (a backing node by name; inline children reopen with it and inherit).
+ * Coroutine context.
+ */
+static int coroutine_fn commit_reopen_read_only(BlockDriverState *bs,
+                                                bool read_only,
+                                                GError **errp)
+{
+    if (!bs->options || !bs->node_name[0]) {
+        error_setg(errp, "Node '%s' cannot be reopened", bs->node_name);
+        return -ENOTSUP;
+    }
+    if (!bs->options->has_node_name) {
+        /* A node opened from a header got a generated name: its options
+         * record it now, so the reopen (which must name the node) does
+         * not take it for a change of name. */
+        bs->options->has_node_name = true;
+        g_free(bs->options->node_name);
+        bs->options->node_name = g_strdup(bs->node_name);
+    }
+    JsonNode *n = qapi_BlockdevOptions_to_json(bs->options);
+    if (!n || !JSON_NODE_HOLDS_OBJECT(n)) {
+        if (n) {
+            json_node_unref(n);
+        }
+        error_setg(errp, "Node '%s' cannot be reopened", bs->node_name);
+        return -ENOTSUP;
+    }
+    JsonObject *o = json_node_get_object(n);
+    json_object_set_boolean_member(o, "read-only", read_only);
+    json_object_set_string_member(o, "node-name", bs->node_name);
+    BdrvChild *c;
+    LIST_FOREACH (c, &bs->children, next) {
+        JsonNode *m = json_object_has_member(o, c->name)
+                          ? json_object_get_member(o, c->name)
+                          : NULL;
+        if (c == bs->backing || !m || !JSON_NODE_HOLDS_OBJECT(m)) {
+            json_object_set_string_member(o, c->name,
+                                          bdrv_get_node_name(c->bs));
+        }
+    }
+    GError *err = NULL;
+    BlockdevOptions *opts = qapi_BlockdevOptions_from_json(n, false, &err);
+    json_node_unref(n);
+    if (opts) {
+        BlockdevOptionsList l = {.next = NULL, .value = opts};
+        q_obj_blockdev_reopen_arg arg = {.options = &l};
+        qmp_blockdev_reopen(&arg, &err);
+        qapi_free_BlockdevOptions(opts);
+    }
+    if (err) {
+        error_propagate(errp, err);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+typedef struct ReopenWork {
+    BlockDriverState *bs;
+    bool read_only;
+    GError *err;
+    int ret;
+} ReopenWork;
+
+static void coroutine_fn commit_reopen_co(void *opaque)
+{
+    ReopenWork *w = opaque;
+    w->ret = commit_reopen_read_only(w->bs, w->read_only, &w->err);
+}
+
 /* ---- the job ---- */
 
 typedef struct CommitRange {
@@ -147,6 +232,7 @@ typedef struct CommitJob {
     BlockBackend *base_blk;       /* writes to base */
     char *backing_file_str;       /* NULL: base's filename */
     BlockdevOnError on_error;
+    bool base_read_only; /* reopened read-write for the job */
     bool discard_committed;
     /* The dropped layers (top down to above base), referenced, and the
      * ranges copied from them (merged when adjacent), for
@@ -249,16 +335,6 @@ static int coroutine_fn commit_run(Job *job, GError **errp)
     return ret;
 }
 
-/* Run fn in coroutine context, from the main loop or a coroutine. */
-static void commit_run_co(CoroutineEntry *fn, void *opaque)
-{
-    if (in_coroutine()) {
-        fn(opaque);
-    } else {
-        coroutine_run_sync(fn, opaque);
-    }
-}
-
 typedef struct BackingUpdate {
     GPtrArray *parents; /* BlockDriverState * whose header names base */
     const char *file, *fmt;
@@ -271,10 +347,23 @@ static void coroutine_fn commit_update_backing_co(void *opaque)
     BackingUpdate *u = opaque;
     for (guint i = 0; i < u->parents->len && u->ret == 0; i++) {
         BlockDriverState *p = u->parents->pdata[i];
-        if (!p->drv || !p->drv->bdrv_co_change_backing_file) {
+        /* A read-only overlay is made writable for the moment (QEMU's
+         * update_filename). */
+        bool ro = bdrv_is_read_only(p);
+        g_autoptr(GError) err = NULL;
+        if (ro && commit_reopen_read_only(p, false, &err) < 0) {
+            warn_report("commit: %s", err->message);
+            u->ret = -EACCES;
+        } else if (!p->drv || !p->drv->bdrv_co_change_backing_file) {
             u->ret = -ENOTSUP;
         } else {
             u->ret = p->drv->bdrv_co_change_backing_file(p, u->file, u->fmt);
+        }
+        if (ro && !bdrv_is_read_only(p)) {
+            g_clear_error(&err);
+            if (commit_reopen_read_only(p, true, &err) < 0) {
+                warn_report("commit: %s", err->message);
+            }
         }
         if (u->ret < 0) {
             u->failed = p;
@@ -428,9 +517,25 @@ static void commit_abort(Job *job)
     }
 }
 
+/* Put a base that was read-only back (failures only warn, as QEMU). */
+static void commit_restore_base(CommitJob *s)
+{
+    if (!s->base_read_only) {
+        return;
+    }
+    s->base_read_only = false;
+    ReopenWork w = {.bs = s->base, .read_only = true};
+    commit_run_co(commit_reopen_co, &w);
+    if (w.ret < 0) {
+        warn_report("commit: %s", w.err->message);
+        g_error_free(w.err);
+    }
+}
+
 static void commit_clean(Job *job)
 {
     CommitJob *s = (CommitJob *)job;
+    commit_restore_base(s);
     if (s->commit_top) {
         bdrv_unref(s->commit_top);
         s->commit_top = NULL;
@@ -480,6 +585,7 @@ static void commit_start_fail(CommitJob *s)
         blk_unref(s->top_blk);
         s->top_blk = NULL;
     }
+    commit_restore_base(s);
     BlockDriverState *f = s->commit_top;
     s->commit_top = NULL;
     /* The job (and its edges) go first, or the filter could not hand the
@@ -545,9 +651,18 @@ static void commit_start(const char *job_id, BlockDriverState *bs,
     s->dropped = g_ptr_array_new();
     s->copied = g_array_new(FALSE, FALSE, sizeof(CommitRange));
 
-    /* A read-only base would have to be reopened read-write for the job
-     * (QEMU does); until blockd can reopen a node, such a base is refused
-     * below when the job asks to write it ("Block node is read-only"). */
+    /* A read-only base (a backing file opened from a header is) is
+     * reopened read-write for the job's duration, as QEMU does. */
+    if (bdrv_is_read_only(base)) {
+        ReopenWork w = {.bs = base, .read_only = false};
+        commit_run_co(commit_reopen_co, &w);
+        if (w.ret < 0) {
+            error_propagate(errp, w.err);
+            commit_start_fail(s);
+            return;
+        }
+        s->base_read_only = true;
+    }
 
     s->commit_top = commit_top_insert(top, filter_node_name, errp);
     if (!s->commit_top) {
