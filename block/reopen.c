@@ -42,7 +42,23 @@ typedef struct ChildChange {
     BlockDriverState *new_bs; /* the new child (NULL: none) */
     BdrvChildRole role;
     BdrvChild *new_edge; /* attached in the permission stage */
+    bool old_unlinked;   /* old is out of the parent's children list */
+    bool old_off_child;  /* ... and out of its child's parents list */
 } ChildChange;
+
+/* Put a replaced edge back in its parent's children list (and its
+ * child's parents list). */
+static void relink_old(BlockDriverState *bs, ChildChange *ch)
+{
+    if (ch->old_unlinked) {
+        LIST_INSERT_HEAD(&bs->children, ch->old, next);
+        ch->old_unlinked = false;
+    }
+    if (ch->old_off_child) {
+        LIST_INSERT_HEAD(&ch->old->bs->parents, ch->old, next_parent);
+        ch->old_off_child = false;
+    }
+}
 
 typedef struct ReopenEntry {
     BDRVReopenState state;
@@ -322,9 +338,44 @@ static void queue_node(GPtrArray *q, BlockDriverState *bs,
 
 /* ---- prepare ---- */
 
+/*
+ * Whether `target` is `from` or below it, with the child changes of the
+ * entries prepared so far in place: QEMU changes the graph as it prepares
+ * each node, so a later entry sees the links an earlier one set.
+ */
+static bool reaches(GPtrArray *q, BlockDriverState *from,
+                    BlockDriverState *target, GHashTable *seen)
+{
+    if (from == target) {
+        return true;
+    }
+    if (!g_hash_table_add(seen, from)) {
+        return false;
+    }
+    ReopenEntry *e = find_entry(q, from);
+    int n = e ? e->nchanges : 0;
+    BdrvChild *c;
+    LIST_FOREACH (c, &from->children, next) {
+        bool replaced = false;
+        for (int i = 0; i < n; i++) {
+            replaced |= e->changes[i].old == c;
+        }
+        if (!replaced && reaches(q, c->bs, target, seen)) {
+            return true;
+        }
+    }
+    for (int i = 0; i < n; i++) {
+        if (e->changes[i].new_bs &&
+            reaches(q, e->changes[i].new_bs, target, seen)) {
+            return true;
+        }
+    }
+    return false;
+}
+
 /* A `backing` or `file` option naming a different node (QEMU's
  * bdrv_reopen_parse_file_or_backing). */
-static int parse_child_option(ReopenEntry *e, const char *name,
+static int parse_child_option(GPtrArray *q, ReopenEntry *e, const char *name,
                               GError **errp)
 {
     BlockDriverState *bs = e->state.bs;
@@ -342,28 +393,10 @@ static int parse_child_option(ReopenEntry *e, const char *name,
         if (!new_bs) {
             return -EINVAL;
         }
-        /* new_bs below bs, or bs itself */
-        BlockDriverState *stack[64];
-        int n = 0;
-        bool cycle = false;
-        stack[n++] = new_bs;
+        /* new_bs below bs, or bs itself, in the graph as the entries
+         * prepared so far leave it */
         GHashTable *seen = g_hash_table_new(NULL, NULL);
-        while (n > 0 && !cycle) {
-            BlockDriverState *x = stack[--n];
-            if (x == bs) {
-                cycle = true;
-                break;
-            }
-            if (!g_hash_table_add(seen, x)) {
-                continue;
-            }
-            BdrvChild *c;
-            LIST_FOREACH (c, &x->children, next) {
-                if (n < (int)G_N_ELEMENTS(stack)) {
-                    stack[n++] = c->bs;
-                }
-            }
-        }
+        bool cycle = reaches(q, new_bs, bs, seen);
         g_hash_table_destroy(seen);
         if (cycle) {
             error_setg(errp,
@@ -443,7 +476,8 @@ static bool names_current_child(BlockDriverState *bs, const char *name,
 }
 
 /* QEMU's bdrv_reopen_prepare, in its order of checks. */
-static int coroutine_fn prepare_entry(ReopenEntry *e, GError **errp)
+static int coroutine_fn prepare_entry(GPtrArray *q, ReopenEntry *e,
+                                      GError **errp)
 {
     BlockDriverState *bs = e->state.bs;
     const BlockDriver *drv = bs->drv;
@@ -498,9 +532,9 @@ static int coroutine_fn prepare_entry(ReopenEntry *e, GError **errp)
         ret = -EINVAL;
         goto fail;
     }
-    ret = parse_child_option(e, "backing", errp);
+    ret = parse_child_option(q, e, "backing", errp);
     if (ret == 0) {
-        ret = parse_child_option(e, "file", errp);
+        ret = parse_child_option(q, e, "file", errp);
     }
     if (ret < 0) {
         goto fail;
@@ -668,6 +702,12 @@ static void perm_stage_undo(GPtrArray *q, GPtrArray *order)
     drop_new_edges(q);
     for (guint i = 0; i < q->len; i++) {
         ReopenEntry *e = q->pdata[i];
+        for (int j = 0; j < e->nchanges; j++) {
+            relink_old(e->state.bs, &e->changes[j]);
+        }
+    }
+    for (guint i = 0; i < q->len; i++) {
+        ReopenEntry *e = q->pdata[i];
         e->state.bs->read_only = e->old_read_only;
         e->state.bs->open_flags = e->old_flags;
     }
@@ -676,6 +716,33 @@ static void perm_stage_undo(GPtrArray *q, GPtrArray *order)
         warn_report("Restoring permissions after a failed reopen: %s",
                     err->message);
     }
+}
+
+/* Whether target is from or below it with the old and the new links
+ * both in place (the graph of the permission stage). */
+static bool union_reaches(GPtrArray *q, BlockDriverState *from,
+                          BlockDriverState *target, GHashTable *seen)
+{
+    if (from == target) {
+        return true;
+    }
+    if (!g_hash_table_add(seen, from)) {
+        return false;
+    }
+    BdrvChild *c;
+    LIST_FOREACH (c, &from->children, next) {
+        if (union_reaches(q, c->bs, target, seen)) {
+            return true;
+        }
+    }
+    ReopenEntry *e = find_entry(q, from);
+    for (int i = 0; e && i < e->nchanges; i++) {
+        if (e->changes[i].new_bs &&
+            union_reaches(q, e->changes[i].new_bs, target, seen)) {
+            return true;
+        }
+    }
+    return false;
 }
 
 /*
@@ -702,6 +769,38 @@ static int perm_stage(GPtrArray *q, GPtrArray *order, GError **errp)
         bs->read_only = e->old_read_only && e->state.read_only;
         if (!bs->read_only) {
             bs->open_flags |= BDRV_O_RDWR;
+        }
+    }
+    /* The replaced edges leave their parents' lists of children (so the
+     * new links are checked against the graph as it will be, as QEMU
+     * does) but stay with their children, which keep what they hold. */
+    for (guint i = 0; i < q->len; i++) {
+        ReopenEntry *e = q->pdata[i];
+        for (int j = 0; j < e->nchanges; j++) {
+            ChildChange *ch = &e->changes[j];
+            /* A new link that closes a loop with the old one (the two
+             * nodes swap places): the old edge goes at once, or the
+             * graph would be a cycle while both exist.  Its child only
+             * loses a parent: that relaxes. */
+            if (ch->old) {
+                GHashTable *seen = g_hash_table_new(NULL, NULL);
+                ch->old_off_child =
+                    union_reaches(q, ch->old->bs, e->state.bs, seen);
+                g_hash_table_destroy(seen);
+            }
+        }
+    }
+    for (guint i = 0; i < q->len; i++) {
+        ReopenEntry *e = q->pdata[i];
+        for (int j = 0; j < e->nchanges; j++) {
+            ChildChange *ch = &e->changes[j];
+            if (ch->old) {
+                LIST_REMOVE(ch->old, next);
+                ch->old_unlinked = true;
+            }
+            if (ch->old_off_child) {
+                LIST_REMOVE(ch->old, next_parent);
+            }
         }
     }
     for (guint i = 0; i < q->len; i++) {
@@ -759,6 +858,7 @@ static void coroutine_fn commit_all(GPtrArray *q, GPtrArray *order)
             bool is_backing = !strcmp(ch->name, "backing");
             if (ch->old) {
                 /* checked in prepare: no job holds it */
+                relink_old(bs, ch);
                 bdrv_unref_child(bs, ch->old);
             }
             if (is_backing) {
@@ -819,7 +919,7 @@ static int coroutine_fn reopen_multiple(GPtrArray *q, GError **errp)
         }
     }
     for (guint i = 0; i < q->len; i++) {
-        int ret = prepare_entry(q->pdata[i], errp);
+        int ret = prepare_entry(q, q->pdata[i], errp);
         if (ret < 0) {
             abort_prepared(q);
             return ret;
