@@ -5,8 +5,12 @@
  * background copy race for it (progress adds up to exactly the length);
  * a failed copy makes its clusters dirty again; a write through the
  * filter leaves the old data on the target; the point-in-time view reads
- * old data after a write.
+ * old data after a write; a copy with a deadline fails with ETIMEDOUT and
+ * ends in the background; copy offload (copy_file_range) between two
+ * files gives the same target as reading and writing, and refuses
+ * (ENOTSUP) where a node cannot offload.
  */
+#include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -350,6 +354,148 @@ static void test_failure_redirties(void **state)
     fixture_close(&fx);
 }
 
+/* ---- deadlines (cbw-timeout) ---- */
+
+typedef struct TimeoutCo {
+    Fixture *fx;
+    int64_t timeout_ns;
+    int ret;
+    int done_calls;
+} TimeoutCo;
+
+static void timeout_done(void *opaque)
+{
+    TimeoutCo *t = opaque;
+    t->done_calls++;
+}
+
+static void coroutine_fn timeout_co(void *opaque)
+{
+    TimeoutCo *t = opaque;
+    t->ret = block_copy_timeout(t->fx->bcs, 2 * MiB, 65536, t->timeout_ns,
+                                timeout_done, t);
+}
+
+static const char *slow_target(void)
+{
+    /* every request to the target takes 200 ms */
+    return "target.driver=null-co,target.size=8388608,"
+           "target.latency-ns=200000000,target.read-zeroes=on";
+}
+
+static void test_timeout_expires(void **state)
+{
+    (void)state;
+    Fixture fx;
+    fixture_open(&fx, slow_target());
+    TimeoutCo t = {.fx = &fx, .timeout_ns = 20 * 1000 * 1000};
+    coroutine_run_sync(timeout_co, &t);
+    assert_int_equal(t.ret, -ETIMEDOUT);
+    /* the chunk it was copying goes on in the background */
+    assert_int_equal(t.done_calls, 0);
+    AIO_WAIT_WHILE(t.done_calls == 0);
+    assert_int_equal(t.done_calls, 1);
+    /* and it was copied: nothing left to do there, at once */
+    assert_true(block_copy_range_clean(fx.bcs, 2 * MiB, 65536));
+    assert_int_equal(fx.progress, 65536);
+    t.timeout_ns = 1000 * 1000;
+    coroutine_run_sync(timeout_co, &t);
+    assert_int_equal(t.ret, 0);
+    assert_int_equal(t.done_calls, 2);
+    fixture_close(&fx);
+}
+
+static void test_timeout_in_time(void **state)
+{
+    (void)state;
+    Fixture fx;
+    fixture_open(&fx, slow_target());
+    TimeoutCo t = {.fx = &fx, .timeout_ns = 30LL * 1000 * 1000 * 1000};
+    coroutine_run_sync(timeout_co, &t);
+    assert_int_equal(t.ret, 0);
+    assert_int_equal(t.done_calls, 1); /* before it returned */
+    assert_true(block_copy_range_clean(fx.bcs, 2 * MiB, 65536));
+    fixture_close(&fx);
+}
+
+/* ---- copy offload ---- */
+
+static BdrvChild *child_named(BlockDriverState *bs, const char *name)
+{
+    BdrvChild *c;
+    LIST_FOREACH (c, &bs->children, next) {
+        if (!strcmp(c->name, name)) {
+            return c;
+        }
+    }
+    return NULL;
+}
+
+typedef struct RangeCo {
+    Fixture *fx;
+    int64_t offset, bytes;
+    int ret;
+} RangeCo;
+
+static void coroutine_fn range_co(void *opaque)
+{
+    RangeCo *r = opaque;
+    BlockDriverState *cbw = r->fx->cbw;
+    r->ret = bdrv_co_copy_range(cbw->file, r->offset, child_named(cbw, "target"),
+                                r->offset, r->bytes);
+}
+
+static void test_copy_range_direct(void **state)
+{
+    (void)state;
+    gsize ls, lt;
+    g_autofree gchar *s = read_file(src_path, &ls);
+    Fixture fx;
+    fixture_open(&fx, plain_target());
+    RangeCo r = {.fx = &fx, .offset = MiB, .bytes = 2 * MiB};
+    coroutine_run_sync(range_co, &r);
+    assert_int_equal(r.ret, 0);
+    /* not inside the node: refused, nothing done */
+    r.offset = SIZE - MiB;
+    coroutine_run_sync(range_co, &r);
+    assert_int_equal(r.ret, -ENOTSUP);
+    fixture_close(&fx);
+    g_autofree gchar *t = read_file(tgt_path, &lt);
+    assert_memory_equal(s + MiB, t + MiB, 2 * MiB);
+    assert_int_equal(t[0], 0);
+
+    /* a node without offload on the way: ENOTSUP */
+    char opts[1024];
+    snprintf(opts, sizeof(opts),
+             "target.driver=blkdebug,target.image.driver=file,"
+             "target.image.filename=%s", tgt_path);
+    fixture_open(&fx, opts);
+    r = (RangeCo){.fx = &fx, .offset = 0, .bytes = MiB};
+    coroutine_run_sync(range_co, &r);
+    assert_int_equal(r.ret, -ENOTSUP);
+    fixture_close(&fx);
+}
+
+/* The background copy with offload on: the same target as without. */
+static void test_copy_range_full(void **state)
+{
+    (void)state;
+    Fixture fx;
+    fixture_open(&fx, plain_target());
+    block_copy_set_perf(fx.bcs, 4, 512 * 1024, true);
+    RunCo r = {.fx = &fx};
+    coroutine_run_sync(run_co, &r);
+    assert_int_equal(r.ret, 0);
+    assert_int_equal(block_copy_dirty_bytes(fx.bcs), 0);
+    assert_int_equal(fx.progress, SIZE);
+    fixture_close(&fx);
+    gsize ls, lt;
+    g_autofree gchar *s = read_file(src_path, &ls);
+    g_autofree gchar *t = read_file(tgt_path, &lt);
+    assert_int_equal(ls, lt);
+    assert_memory_equal(s, t, ls);
+}
+
 int main(void)
 {
     GError *err = NULL;
@@ -362,6 +508,8 @@ int main(void)
         T(test_full_copy),   T(test_race_once),
         T(test_cbw_write),   T(test_snapshot_view),
         T(test_failure_redirties),
+        T(test_timeout_expires), T(test_timeout_in_time),
+        T(test_copy_range_direct), T(test_copy_range_full),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
