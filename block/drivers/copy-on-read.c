@@ -80,6 +80,7 @@ static int coroutine_fn cor_open(BlockDriverState *bs,
 {
     BDRVCorState *s = bs->opaque;
     const BlockdevOptionsCor *o = &opts->u.copy_on_read;
+    int ret = -EINVAL;
 
     g_queue_init(&s->reqs);
     s->holder = g_strdup("copy-on-read");
@@ -87,13 +88,14 @@ static int coroutine_fn cor_open(BlockDriverState *bs,
                                BDRV_CHILD_FILTERED | BDRV_CHILD_PRIMARY,
                                false, errp);
     if (!bs->file) {
-        return -EINVAL;
+        goto fail;
     }
     BlockDriverState *top = bs->file->bs;
     int64_t len = bdrv_getlength(top);
     if (len < 0) {
         error_setg_errno(errp, (int)-len, "Could not get the image size");
-        return (int)len;
+        ret = (int)len;
+        goto fail;
     }
     bs->total_bytes = len;
     bs->supported_write_flags =
@@ -107,15 +109,15 @@ static int coroutine_fn cor_open(BlockDriverState *bs,
         BlockDriverState *bottom = bdrv_find_node(o->bottom);
         if (!bottom) {
             error_setg(errp, "Bottom node '%s' not found", o->bottom);
-            return -EINVAL;
+            goto fail;
         }
         if (!bottom->drv) {
             error_setg(errp, "Bottom node '%s' not opened", o->bottom);
-            return -EINVAL;
+            goto fail;
         }
         if (bottom->drv->is_filter) {
             error_setg(errp, "Bottom node '%s' is a filter", o->bottom);
-            return -EINVAL;
+            goto fail;
         }
         bdrv_ref(bottom);
         s->bottom = bottom;
@@ -130,6 +132,11 @@ static int coroutine_fn cor_open(BlockDriverState *bs,
     s->cluster_size = cs;
     cor_hold_chain(bs);
     return 0;
+
+fail:
+    /* The core does not close a node whose open failed. */
+    cor_close(bs);
+    return ret;
 }
 
 static void cor_close(BlockDriverState *bs)
