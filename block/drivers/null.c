@@ -118,6 +118,14 @@ static int64_t coroutine_fn null_allocated_size(BlockDriverState *bs)
 
 static const char *const null_strong_opts[] = {"size", "read-zeroes", NULL};
 
+/* blockdev-reopen: nothing of its own changes (QEMU's null driver accepts
+ * a reopen whose options are all as they were). */
+static int coroutine_fn null_reopen_prepare(BDRVReopenState *state,
+                                            GError **errp)
+{
+    return 0;
+}
+
 const BlockDriver bdrv_null_co = {
     .version = BLOCK_DRIVER_VERSION,
     .format_name = "null-co",
@@ -132,6 +140,7 @@ const BlockDriver bdrv_null_co = {
     .bdrv_co_block_status = null_block_status,
     .bdrv_co_get_allocated_file_size = null_allocated_size,
     .strong_opts = null_strong_opts,
+    .bdrv_reopen_prepare = null_reopen_prepare,
 };
 
 const BlockDriver bdrv_null_aio = {
@@ -148,4 +157,5 @@ const BlockDriver bdrv_null_aio = {
     .bdrv_co_block_status = null_block_status,
     .bdrv_co_get_allocated_file_size = null_allocated_size,
     .strong_opts = null_strong_opts,
+    .bdrv_reopen_prepare = null_reopen_prepare,
 };
