@@ -147,6 +147,10 @@ int coroutine_fn bdrv_co_blockdev_del(BlockDriverState *bs, GError **errp);
 void bdrv_close_all(void);
 
 bool bdrv_is_read_only(const BlockDriverState *bs);
+/* QEMU's bdrv_reopen_set_read_only(): blockdev-reopen bs with its own
+ * options but `read-only` as given (block/reopen.c). */
+int coroutine_fn bdrv_co_reopen_set_read_only(BlockDriverState *bs,
+                                              bool read_only, GError **errp);
 int64_t bdrv_getlength(BlockDriverState *bs);
 int64_t coroutine_fn bdrv_co_get_allocated_file_size(BlockDriverState *bs);
 

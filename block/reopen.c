@@ -965,3 +965,67 @@ void qmp_blockdev_reopen(q_obj_blockdev_reopen_arg *arg, GError **errp)
     g_ptr_array_free(q, TRUE);
     bdrv_drain_all_end();
 }
+
+/*
+ * QEMU's bdrv_reopen_set_read_only() (block-stream and block-commit make a
+ * read-only node writable for the job and read-only again afterwards): a
+ * blockdev-reopen of bs with the options it has, read-only as asked, and
+ * its children as they are now (backing by node name; inline children
+ * reopen with it and inherit).  Same logic as block-commit's own helper.
+ */
+int coroutine_fn bdrv_co_reopen_set_read_only(BlockDriverState *bs,
+                                              bool read_only, GError **errp)
+{
+    if (!bs->options || !bs->node_name[0]) {
+        error_setg(errp, "Node '%s' cannot be reopened", bs->node_name);
+        return -ENOTSUP;
+    }
+    if (!bs->options->has_node_name) {
+        /* A node opened from a header got a generated name: its options
+         * record it now, so the reopen (which must name the node) does
+         * not take it for a change of name. */
+        bs->options->has_node_name = true;
+        g_free(bs->options->node_name);
+        bs->options->node_name = g_strdup(bs->node_name);
+    }
+    JsonNode *n = qapi_BlockdevOptions_to_json(bs->options);
+    if (!n || !JSON_NODE_HOLDS_OBJECT(n)) {
+        if (n) {
+            json_node_unref(n);
+        }
+        error_setg(errp, "Node '%s' cannot be reopened", bs->node_name);
+        return -ENOTSUP;
+    }
+    JsonObject *o = json_node_get_object(n);
+    json_object_set_boolean_member(o, "read-only", read_only);
+    json_object_set_string_member(o, "node-name", bs->node_name);
+    BdrvChild *c;
+    LIST_FOREACH (c, &bs->children, next) {
+        JsonNode *m = json_object_has_member(o, c->name)
+                          ? json_object_get_member(o, c->name)
+                          : NULL;
+        if (c == bs->backing || !m || !JSON_NODE_HOLDS_OBJECT(m)) {
+            json_object_set_string_member(o, c->name,
+                                          bdrv_get_node_name(c->bs));
+        }
+    }
+    if (!bs->backing && json_object_has_member(o, "backing")) {
+        /* the backing node the options name may be gone (block-stream
+         * without base): none, as now */
+        json_object_set_null_member(o, "backing");
+    }
+    GError *err = NULL;
+    BlockdevOptions *opts = qapi_BlockdevOptions_from_json(n, false, &err);
+    json_node_unref(n);
+    if (opts) {
+        BlockdevOptionsList l = {.next = NULL, .value = opts};
+        q_obj_blockdev_reopen_arg arg = {.options = &l};
+        qmp_blockdev_reopen(&arg, &err);
+        qapi_free_BlockdevOptions(opts);
+    }
+    if (err) {
+        error_propagate(errp, err);
+        return -EINVAL;
+    }
+    return 0;
+}

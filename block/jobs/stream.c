@@ -40,6 +40,7 @@ typedef struct StreamJob {
     BlockDriverState *above_base;   /* the node base hangs below */
     char *backing_file;             /* backing-file argument, or NULL */
     BlockdevOnError on_error;
+    bool target_read_only; /* reopened read-write for the job */
 } StreamJob;
 
 /* ---- the copy ---- */
@@ -212,6 +213,34 @@ static int stream_prepare(Job *job, GError **errp)
     return f.ret;
 }
 
+typedef struct StreamReopen {
+    BlockDriverState *bs;
+    bool read_only;
+    int ret;
+    GError *err;
+} StreamReopen;
+
+static void coroutine_fn stream_reopen_co(void *opaque)
+{
+    StreamReopen *r = opaque;
+    r->ret = bdrv_co_reopen_set_read_only(r->bs, r->read_only, &r->err);
+}
+
+/* Make bs read-only or writable again, in or outside coroutine context. */
+static int stream_reopen(BlockDriverState *bs, bool read_only, GError **errp)
+{
+    StreamReopen r = {.bs = bs, .read_only = read_only};
+    if (in_coroutine()) {
+        stream_reopen_co(&r);
+    } else {
+        coroutine_run_sync(stream_reopen_co, &r);
+    }
+    if (r.err) {
+        error_propagate(errp, r.err);
+    }
+    return r.ret;
+}
+
 static void stream_clean(Job *job)
 {
     StreamJob *s = (StreamJob *)job;
@@ -220,6 +249,15 @@ static void stream_clean(Job *job)
         BlockDriverState *cor = s->cor;
         s->cor = NULL;
         bdrv_cor_filter_drop(cor);
+    }
+    if (s->target_read_only) {
+        /* As QEMU: give up our write permission, then read-only again. */
+        g_autoptr(GError) err = NULL;
+        blk_set_perm(s->common.blk, 0, BLK_PERM_ALL, NULL);
+        if (stream_reopen(s->target, true, &err) < 0) {
+            warn_report("block-stream: %s", err ? err->message : "");
+        }
+        s->target_read_only = false;
     }
 }
 
@@ -372,12 +410,6 @@ static void stream_start(const char *job_id, BlockDriverState *bs,
     }
 
     BlockDriverState *top = bdrv_skip_filters(bs);
-    if (bdrv_is_read_only(bs) || bdrv_is_read_only(top)) {
-        /* QEMU reopens the node read-write for the job; without a reopen
-         * here the job cannot write it. */
-        error_setg(errp, "Block node is read-only");
-        return;
-    }
     if (top->backing && top->drv && !top->drv->bdrv_co_change_backing_file) {
         /* found out now, not after the data was copied */
         error_setg(errp, "Driver '%s' of node '%s' cannot change its backing "
@@ -385,11 +417,20 @@ static void stream_start(const char *job_id, BlockDriverState *bs,
                    top->drv->format_name, top->node_name);
         return;
     }
+    /* The job writes bs: a read-only node is reopened read-write for the
+     * job's lifetime (and read-only again at the end), as QEMU does. */
+    bool bs_read_only = bdrv_is_read_only(bs);
+    if (bs_read_only && stream_reopen(bs, false, errp) < 0) {
+        return;
+    }
 
     BlockDriverState *cor = bdrv_cor_filter_append(bs, base_overlay,
                                                    filter_node_name, "stream",
                                                    errp);
     if (!cor) {
+        if (bs_read_only) {
+            stream_reopen(bs, true, NULL);
+        }
         return;
     }
     StreamJob *s = block_job_create(job_id, &stream_job_driver, NULL, cor,
@@ -399,6 +440,9 @@ static void stream_start(const char *job_id, BlockDriverState *bs,
                                     errp);
     if (!s) {
         bdrv_cor_filter_drop(cor);
+        if (bs_read_only) {
+            stream_reopen(bs, true, NULL);
+        }
         return;
     }
     if (speed < 0) {
@@ -435,12 +479,16 @@ static void stream_start(const char *job_id, BlockDriverState *bs,
     s->above_base = above_base;
     s->backing_file = g_strdup(backing_file);
     s->on_error = on_error;
+    s->target_read_only = bs_read_only;
     job_start(&s->common.job);
     return;
 
 fail:
     job_early_fail(&s->common.job);
     bdrv_cor_filter_drop(cor);
+    if (bs_read_only) {
+        stream_reopen(bs, true, NULL);
+    }
 }
 
 void qmp_block_stream(q_obj_block_stream_arg *arg, GError **errp)
