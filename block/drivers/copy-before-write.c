@@ -263,6 +263,15 @@ static void cbw_child_perm(BlockDriverState *bs, BdrvChild *c,
     }
 }
 
+/* QEMU names the filter after the node it filters (whatever its
+ * options). */
+static void cbw_own_filename(BlockDriverState *bs)
+{
+    if (bs->file) {
+        g_strlcpy(bs->filename, bs->file->bs->filename, sizeof(bs->filename));
+    }
+}
+
 static const char *const cbw_strong_opts[] = {"target", "bitmap", NULL};
 
 const BlockDriver bdrv_cbw = {
@@ -279,6 +288,7 @@ const BlockDriver bdrv_cbw = {
     .bdrv_co_pdiscard = cbw_co_pdiscard,
     .bdrv_child_perm = cbw_child_perm,
     .strong_opts = cbw_strong_opts,
+    .bdrv_own_filename = cbw_own_filename,
 };
 
 BlockCopyState *bdrv_cbw_get_block_copy_state(BlockDriverState *bs)

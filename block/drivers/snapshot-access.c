@@ -89,6 +89,14 @@ static void snapshot_access_child_perm(BlockDriverState *bs, BdrvChild *c,
     *nshared = BLK_PERM_ALL;
 }
 
+/* QEMU names the node after the cbw node it reads through. */
+static void snapshot_access_own_filename(BlockDriverState *bs)
+{
+    if (bs->file) {
+        g_strlcpy(bs->filename, bs->file->bs->filename, sizeof(bs->filename));
+    }
+}
+
 const BlockDriver bdrv_snapshot_access = {
     .version = BLOCK_DRIVER_VERSION,
     .format_name = "snapshot-access",
@@ -102,4 +110,5 @@ const BlockDriver bdrv_snapshot_access = {
     .bdrv_co_block_status = snapshot_access_block_status,
     .bdrv_co_flush_to_os = snapshot_access_flush,
     .bdrv_child_perm = snapshot_access_child_perm,
+    .bdrv_own_filename = snapshot_access_own_filename,
 };
