@@ -131,7 +131,7 @@ static void commit_top_remove(BlockDriverState *f)
     }
 }
 
-/* ---- read-only base or overlay ---- */
+/* ---- coroutine context from the main loop ---- */
 
 /* Run fn in coroutine context, from the main loop or a coroutine. */
 static void commit_run_co(CoroutineEntry *fn, void *opaque)
@@ -143,66 +143,8 @@ static void commit_run_co(CoroutineEntry *fn, void *opaque)
     }
 }
 
-
-/*
- * QEMU's bdrv_reopen_set_read_only(): a blockdev-reopen of bs with the
- * options it has, read-only as asked, and its children as they are now
- * (a backing node by name; inline children reopen with it and inherit).
- * Coroutine context.
- */
-static int coroutine_fn commit_reopen_read_only(BlockDriverState *bs,
-                                                bool read_only,
-                                                GError **errp)
-{
-    if (!bs->options || !bs->node_name[0]) {
-        error_setg(errp, "Node '%s' cannot be reopened", bs->node_name);
-        return -ENOTSUP;
-    }
-    if (!bs->options->has_node_name) {
-        /* A node opened from a header got a generated name: its options
-         * record it now, so the reopen (which must name the node) does
-         * not take it for a change of name. */
-        bs->options->has_node_name = true;
-        g_free(bs->options->node_name);
-        bs->options->node_name = g_strdup(bs->node_name);
-    }
-    JsonNode *n = qapi_BlockdevOptions_to_json(bs->options);
-    if (!n || !JSON_NODE_HOLDS_OBJECT(n)) {
-        if (n) {
-            json_node_unref(n);
-        }
-        error_setg(errp, "Node '%s' cannot be reopened", bs->node_name);
-        return -ENOTSUP;
-    }
-    JsonObject *o = json_node_get_object(n);
-    json_object_set_boolean_member(o, "read-only", read_only);
-    json_object_set_string_member(o, "node-name", bs->node_name);
-    BdrvChild *c;
-    LIST_FOREACH (c, &bs->children, next) {
-        JsonNode *m = json_object_has_member(o, c->name)
-                          ? json_object_get_member(o, c->name)
-                          : NULL;
-        if (c == bs->backing || !m || !JSON_NODE_HOLDS_OBJECT(m)) {
-            json_object_set_string_member(o, c->name,
-                                          bdrv_get_node_name(c->bs));
-        }
-    }
-    GError *err = NULL;
-    BlockdevOptions *opts = qapi_BlockdevOptions_from_json(n, false, &err);
-    json_node_unref(n);
-    if (opts) {
-        BlockdevOptionsList l = {.next = NULL, .value = opts};
-        q_obj_blockdev_reopen_arg arg = {.options = &l};
-        qmp_blockdev_reopen(&arg, &err);
-        qapi_free_BlockdevOptions(opts);
-    }
-    if (err) {
-        error_propagate(errp, err);
-        return -EINVAL;
-    }
-    return 0;
-}
-
+/* A read-only base (or overlay) is made writable for the job, and
+ * read-only again after, with bdrv_co_reopen_set_read_only(). */
 typedef struct ReopenWork {
     BlockDriverState *bs;
     bool read_only;
@@ -213,7 +155,7 @@ typedef struct ReopenWork {
 static void coroutine_fn commit_reopen_co(void *opaque)
 {
     ReopenWork *w = opaque;
-    w->ret = commit_reopen_read_only(w->bs, w->read_only, &w->err);
+    w->ret = bdrv_co_reopen_set_read_only(w->bs, w->read_only, &w->err);
 }
 
 /* ---- the job ---- */
@@ -351,7 +293,7 @@ static void coroutine_fn commit_update_backing_co(void *opaque)
          * update_filename). */
         bool ro = bdrv_is_read_only(p);
         g_autoptr(GError) err = NULL;
-        if (ro && commit_reopen_read_only(p, false, &err) < 0) {
+        if (ro && bdrv_co_reopen_set_read_only(p, false, &err) < 0) {
             warn_report("commit: %s", err->message);
             u->ret = -EACCES;
         } else if (!p->drv || !p->drv->bdrv_co_change_backing_file) {
@@ -361,7 +303,7 @@ static void coroutine_fn commit_update_backing_co(void *opaque)
         }
         if (ro && !bdrv_is_read_only(p)) {
             g_clear_error(&err);
-            if (commit_reopen_read_only(p, true, &err) < 0) {
+            if (bdrv_co_reopen_set_read_only(p, true, &err) < 0) {
                 warn_report("commit: %s", err->message);
             }
         }
