@@ -415,7 +415,7 @@ static MirrorOp *coroutine_fn active_write_prepare(MirrorJob *s,
     int64_t end = ALIGN_UP(offset + bytes, s->granularity);
     wait_on_conflicts(s, start, end - start);
     MirrorOp *op = op_new(s, start, end - start, MIRROR_METHOD_COPY, true);
-    s->active_bytes_in_flight += bytes;
+    s->active_bytes_in_flight += op->bytes;
     return op;
 }
 
@@ -425,9 +425,6 @@ static void active_write_settle(MirrorOp *op)
     /* The job may be gone (ts->job NULL), never while we are in flight:
      * its exit drains the source first. */
     s->active_bytes_in_flight -= op->bytes;
-    if (s->active_bytes_in_flight < 0) {
-        s->active_bytes_in_flight = 0;
-    }
     op_free(op);
 }
 
@@ -512,6 +509,7 @@ static void coroutine_fn mirror_iteration(MirrorJob *s)
             return;
         }
     }
+    int64_t dirty_off = off;
     off = ALIGN_DOWN(off, s->copy_align);
 
     MirrorOp *busy = find_conflict(s, off, s->granularity);
@@ -546,7 +544,7 @@ static void coroutine_fn mirror_iteration(MirrorJob *s)
                                         NULL);
     /* the graph or the bitmap may have moved while we asked */
     if (find_conflict(s, off, MIN(bytes, s->granularity)) ||
-        !bdrv_dirty_bitmap_get(s->dirty_bitmap, off)) {
+        !bdrv_dirty_bitmap_get(s->dirty_bitmap, dirty_off)) {
         return;
     }
     /* Whole copy units, except at the end of the image.  A zero run
@@ -1156,6 +1154,8 @@ static MirrorJob *coroutine_fn mirror_start_job(const MirrorParams *p,
     }
     s->buf_size = MAX(s->buf_size, s->max_io_bytes);
     s->buf_free = s->buf_size;
+    /* run() asks again; the filter may need it before run() starts */
+    s->len = bdrv_getlength(bs);
     LIST_INIT(&s->ops);
 
     s->dirty_bitmap =
@@ -1441,9 +1441,13 @@ BlockJob *coroutine_fn mirror_start_active_commit(
     if (!auto_dismiss) {
         flags |= JOB_MANUAL_DISMISS;
     }
-    /* QEMU reopens a read-only base read-write for the job; blockd cannot
-     * reopen a node yet, so such a base fails when the job asks to write
-     * it ("Block node is read-only"), as intermediate commit does. */
+    /* As QEMU: a read-only base (a backing file opened from the header)
+     * is reopened read-write for the job, and stays so (it becomes the
+     * active layer, or already holds copies of the layers above). */
+    bool base_ro = bdrv_is_read_only(base);
+    if (base_ro && bdrv_co_reopen_set_read_only(base, false, errp) < 0) {
+        return NULL;
+    }
     MirrorParams p = {
         .job_id = job_id,
         .bs = bs,
@@ -1460,6 +1464,10 @@ BlockJob *coroutine_fn mirror_start_active_commit(
     /* Runs in a QMP coroutine (block-commit). */
     MirrorJob *s = mirror_start_job(&p, errp);
     if (!s) {
+        if (base_ro) {
+            /* the original error is the one to report */
+            bdrv_co_reopen_set_read_only(base, true, NULL);
+        }
         return NULL;
     }
     mirror_let_job_start();
