@@ -1275,14 +1275,16 @@ static BlockDriverState *check_to_replace_node(BlockDriverState *bs,
         error_setg(errp, "Failed to find node with node-name='%s'", name);
         return NULL;
     }
+    /* QEMU names the newest blocker first: a job's comes after the
+     * backing link's */
+    if (node_in_use_by_job(to_replace, errp)) {
+        return NULL;
+    }
     const char *user = bdrv_backing_user(to_replace);
     if (user) {
         error_setg(errp, "Node '%s' is busy: node is used as backing hd of "
                          "'%s'",
                    name, user);
-        return NULL;
-    }
-    if (node_in_use_by_job(to_replace, errp)) {
         return NULL;
     }
     if (!mirror_can_replace(bs, to_replace)) {
@@ -1331,14 +1333,14 @@ void qmp_blockdev_mirror(q_obj_blockdev_mirror_arg *arg, GError **errp)
     if (node_in_use_by_job(bs, errp)) {
         return;
     }
+    if (node_in_use_by_job(target, errp)) {
+        return;
+    }
     const char *user = bdrv_backing_user(target);
     if (user) {
         error_setg(errp, "Node '%s' is busy: node is used as backing hd of "
                          "'%s'",
                    target->node_name, user);
-        return;
-    }
-    if (node_in_use_by_job(target, errp)) {
         return;
     }
 
