@@ -9,6 +9,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "block/block_int.h"
+#include "block/dirty-bitmap.h"
 #include "block/drivers/qcow2-bitmap.h"
 #include "block/drivers/qcow2.h"
 #include "daemon/img.h"
@@ -130,6 +132,23 @@ static int coroutine_fn repair_bitmaps(const char *filename, bool force_share,
 {
     ImgImage img;
     GError *err = NULL;
+    /* A writable open rewrites every stored bitmap on close: only when
+     * there is something to repair (a read-only open loads the bitmaps
+     * left in use as inconsistent, and writes nothing). */
+    if (!img_open(&img, filename, "qcow2", BLK_PERM_CONSISTENT_READ,
+                  force_share, &err)) {
+        img_error("Could not repair bitmaps: %s", err->message);
+        g_error_free(err);
+        return -1;
+    }
+    bool any = false;
+    for (GList *l = img.bs->dirty_bitmaps; l; l = l->next) {
+        any |= bdrv_dirty_bitmap_inconsistent(l->data);
+    }
+    img_close(&img);
+    if (!any) {
+        return 0;
+    }
     if (!img_open(&img, filename, "qcow2",
                   BLK_PERM_CONSISTENT_READ | BLK_PERM_WRITE, force_share,
                   &err)) {
