@@ -216,6 +216,10 @@ static ReopenEntry *find_entry(GPtrArray *q, BlockDriverState *bs)
 static void entry_free(gpointer p)
 {
     ReopenEntry *e = p;
+    for (int i = 0; i < e->nchanges; i++) {
+        bdrv_unref(e->changes[i].new_bs);
+    }
+    bdrv_unref(e->state.bs);
     qapi_free_BlockdevOptions(e->options);
     if (e->json) {
         json_node_unref(e->json);
@@ -262,6 +266,9 @@ static void queue_node(GPtrArray *q, BlockDriverState *bs,
     } else {
         e = g_new0(ReopenEntry, 1);
         e->state.bs = bs;
+        /* held until the command ends: it yields (flushes, the drivers'
+         * I/O), and another monitor may try to delete nodes meanwhile */
+        bdrv_ref(bs);
         g_ptr_array_add(q, e);
     }
     e->options = opts;
@@ -447,6 +454,9 @@ static int parse_child_option(GPtrArray *q, ReopenEntry *e, const char *name,
     ch->name = is_backing ? "backing" : "file";
     ch->old = old;
     ch->new_bs = new_bs;
+    if (new_bs) {
+        bdrv_ref(new_bs); /* dropped with the entry */
+    }
     if (old) {
         ch->role = old->role;
     } else if (bs->drv->is_filter) {
@@ -567,6 +577,9 @@ static int coroutine_fn prepare_entry(GPtrArray *q, ReopenEntry *e,
 
 fail:
     json_object_unref(old);
+    for (int i = 0; i < e->nchanges; i++) {
+        bdrv_unref(e->changes[i].new_bs);
+    }
     e->nchanges = 0;
     if (drv->bdrv_reopen_abort) {
         drv->bdrv_reopen_abort(&e->state);
@@ -936,8 +949,18 @@ static int coroutine_fn reopen_multiple(GPtrArray *q, GError **errp)
     return ret;
 }
 
+/* One reopen at a time: each runs in its monitor's coroutine and yields
+ * for I/O, and two transactions over the same nodes must not interleave. */
+static CoMutex reopen_lock;
+static bool reopen_lock_ready;
+
 void qmp_blockdev_reopen(q_obj_blockdev_reopen_arg *arg, GError **errp)
 {
+    if (!reopen_lock_ready) {
+        co_mutex_init(&reopen_lock);
+        reopen_lock_ready = true;
+    }
+    co_mutex_lock(&reopen_lock);
     /* Nothing may change the graph or issue requests meanwhile. */
     bdrv_drain_all_begin();
     GPtrArray *q = g_ptr_array_new_with_free_func(entry_free);
@@ -964,6 +987,7 @@ void qmp_blockdev_reopen(q_obj_blockdev_reopen_arg *arg, GError **errp)
     }
     g_ptr_array_free(q, TRUE);
     bdrv_drain_all_end();
+    co_mutex_unlock(&reopen_lock);
 }
 
 /*
