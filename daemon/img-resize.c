@@ -113,17 +113,7 @@ int img_cmd_resize(int argc, char **argv)
     }
 
     if (!fmt && !image_opts && !strcmp(img.format, "raw")) {
-        /* qemu-img's warning for a probed raw image opened for writing. */
-        fflush(stdout);
-        fprintf(stderr,
-                "WARNING: Image format was not specified for '%s' and "
-                "probing guessed raw.\n"
-                "         Automatically detecting the format is dangerous "
-                "for raw images, write operations on block 0 will be "
-                "restricted.\n"
-                "         Specify the 'raw' format explicitly to remove the "
-                "restrictions.\n",
-                filename);
+        img_warn_probed_raw(filename);
     }
 
     int ret = -1;
