@@ -880,6 +880,15 @@ static void coroutine_fn commit_all(GPtrArray *q, GPtrArray *order)
                 bs->file = ch->new_edge;
             }
             ch->old = NULL;
+            /* A node whose size follows its file's (raw) takes the new
+             * file's, as QEMU's, which asks the file each time. */
+            if (ch->new_edge && bs->drv->bdrv_child_resized) {
+                int64_t before = bs->total_bytes;
+                bs->drv->bdrv_child_resized(bs, ch->new_edge);
+                if (bs->total_bytes != before) {
+                    bdrv_parent_cb_resize(bs);
+                }
+            }
         }
         if (e->nchanges) {
             if (!LIST_EMPTY(&bs->children)) {
