@@ -509,7 +509,6 @@ static void coroutine_fn mirror_iteration(MirrorJob *s)
             return;
         }
     }
-    int64_t dirty_off = off;
     off = ALIGN_DOWN(off, s->copy_align);
 
     MirrorOp *busy = find_conflict(s, off, s->granularity);
@@ -535,16 +534,20 @@ static void coroutine_fn mirror_iteration(MirrorJob *s)
         }
     }
 
-    /* What the source reads there decides between copying and zeroing.
-     * The status is asked after the bits are cleared (below, before any
-     * yield): a write meanwhile sets them again. */
+    /* The bits are cleared before the source's status is asked (which may
+     * yield): a guest write meanwhile sets them again, so a decision made
+     * on what the source read before that write is made good later. */
+    int64_t cand_end = MIN(off + ALIGN_UP(bytes, s->granularity), s->len);
+    bdrv_reset_dirty_bitmap(s->dirty_bitmap, off, cand_end - off);
+
+    /* What the source reads there decides between copying and zeroing. */
     int64_t pnum = 0;
     BlockDriverState *src = s->mirror_top->file->bs;
     int st = bdrv_co_block_status_above(src, NULL, off, bytes, &pnum, NULL,
                                         NULL);
-    /* the graph or the bitmap may have moved while we asked */
-    if (find_conflict(s, off, MIN(bytes, s->granularity)) ||
-        !bdrv_dirty_bitmap_get(s->dirty_bitmap, dirty_off)) {
+    /* An active write may have taken the start meanwhile: later. */
+    if (find_conflict(s, off, MIN(bytes, s->granularity))) {
+        bdrv_set_dirty_bitmap(s->dirty_bitmap, off, cand_end - off);
         return;
     }
     /* Whole copy units, except at the end of the image.  A zero run
@@ -573,25 +576,32 @@ static void coroutine_fn mirror_iteration(MirrorJob *s)
         }
     }
     bytes = MIN(bytes, s->len - off);
-    /* recheck what is in flight after the cut (a yield happened) */
+    /* not into an active write that started while we asked */
     LIST_FOREACH (op, &s->ops, next) {
         if (op->offset > off && op->offset < off + bytes) {
             bytes = op->offset - off;
         }
     }
-    int64_t own = MIN(ALIGN_UP(bytes, s->granularity), ALIGN_UP(s->len - off,
-                                                              s->granularity));
-
-    if (method == MIRROR_METHOD_COPY && s->buf_free < own) {
-        /* wait for buffer space (something is in flight: the buffer is
-         * at least one operation large) */
-        if (s->in_flight > 0) {
-            mirror_wait_for_any(s);
-            return;
-        }
+    int64_t own = MIN(ALIGN_UP(bytes, s->granularity), s->len - off);
+    if (off + own > cand_end) {
+        /* widened past the dirty run (a copy unit): those bits too */
+        bdrv_reset_dirty_bitmap(s->dirty_bitmap, cand_end,
+                                off + own - cand_end);
+    } else if (off + own < cand_end) {
+        /* what this operation does not take stays dirty */
+        bdrv_set_dirty_bitmap(s->dirty_bitmap, off + own,
+                              cand_end - (off + own));
     }
 
-    bdrv_reset_dirty_bitmap(s->dirty_bitmap, off, MIN(own, s->len - off));
+    if (method == MIRROR_METHOD_COPY && s->buf_free < own &&
+        s->in_flight > 0) {
+        /* wait for buffer space (the buffer holds at least one
+         * operation, so something is in flight) */
+        bdrv_set_dirty_bitmap(s->dirty_bitmap, off, own);
+        mirror_wait_for_any(s);
+        return;
+    }
+
     op = op_new(s, off, own, method, false);
     if (method == MIRROR_METHOD_COPY) {
         op->buf = blk_memalign(4096, (size_t)own);
