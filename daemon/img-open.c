@@ -109,6 +109,18 @@ static BlockDriverState *coroutine_fn open_options(JsonNode *node,
         error_setg(errp, "Unknown driver '%s'", driver);
         return NULL;
     }
+    if (drv && drv->is_format && !json_object_has_member(o, "file")) {
+        /* qemu-img opens option dicts with bdrv_open(), whose wording
+         * this is (QMP's schema check says "Parameter 'file' is
+         * missing") */
+        error_setg(errp, "A block device must be specified for \"file\"");
+        return NULL;
+    }
+    if (drv && !strcmp(drv->format_name, "file") &&
+        !json_object_has_member(o, "filename")) {
+        error_setg(errp, "The 'file' block driver requires a file name");
+        return NULL;
+    }
     if (keyval) {
         json_object_set_string_member(o, "read-only", read_only ? "on" : "off");
         if (force_share) {
