@@ -93,6 +93,7 @@ struct MirrorJob {
     int64_t bytes_in_flight;
     int64_t active_bytes_in_flight;
     LIST_HEAD(, MirrorOp) ops;
+    CoQueue op_done; /* the job waiting for any background operation */
     int64_t last_yield_ns;
 };
 
@@ -385,18 +386,16 @@ static void coroutine_fn mirror_op_co(void *opaque)
     s->in_flight--;
     s->bytes_in_flight -= op->bytes;
     op_free(op);
+    co_queue_restart_all(&s->op_done);
     bdrv_wakeup(); /* a drain may wait for the last operation */
 }
 
-/* Wait until some background operation has finished. */
+/* Wait until some background operation has finished (whichever is
+ * first, not a particular one). */
 static void coroutine_fn mirror_wait_for_any(MirrorJob *s)
 {
-    MirrorOp *op;
-    LIST_FOREACH (op, &s->ops, next) {
-        if (!op->is_active_write) {
-            co_queue_wait(&op->waiters, NULL);
-            return;
-        }
+    if (s->in_flight > 0) {
+        co_queue_wait(&s->op_done, NULL);
     }
 }
 
@@ -1167,6 +1166,7 @@ static MirrorJob *coroutine_fn mirror_start_job(const MirrorParams *p,
     /* run() asks again; the filter may need it before run() starts */
     s->len = bdrv_getlength(bs);
     LIST_INIT(&s->ops);
+    co_queue_init(&s->op_done);
 
     s->dirty_bitmap =
         bdrv_create_dirty_bitmap(bs, (uint32_t)granularity, NULL, errp);
