@@ -80,6 +80,7 @@ struct NBDClient {
                             and (on exit) for in-flight requests */
     /* replies waiting to be sent, in order (nbd-requests.c batches them) */
     NBDSendEntry *sendq_head, *sendq_tail;
+    unsigned sendq_len;
     NBDSendEntry *send_leader; /* queued first; flushes next iteration */
     bool sending;              /* a flush is writing (maybe waiting) */
 

@@ -185,6 +185,7 @@ static void coroutine_fn nbd_flush(NBDClient *client)
         do {
             memcpy(&iov[n], e->iov, e->niov * sizeof(iov[0]));
             n += e->niov;
+            client->sendq_len--;
             e = e->next;
         } while (e && n + e->niov <= NBD_SEND_BATCH_IOV);
         client->sendq_head = e;
@@ -245,6 +246,7 @@ static void nbd_sendq_push(NBDClient *client, NBDSendEntry *e)
         client->sendq_head = e;
     }
     client->sendq_tail = e;
+    client->sendq_len++;
 }
 
 /*
@@ -254,8 +256,10 @@ static void nbd_sendq_push(NBDClient *client, NBDSendEntry *e)
  * iteration and then sends whatever was queued meanwhile, so all the
  * replies completed in one iteration (a batch of reads served from one
  * read() of requests, or one round of io_uring completions) share one
- * sendmsg instead of one each.  The reader may flush earlier
- * (nbd_flush_kick).
+ * sendmsg instead of one each.  When no other reply can come (every
+ * request in flight has queued one, and the reader holds no further
+ * request), the reply goes out at once; and the reader flushes before it
+ * waits (nbd_flush_kick).
  */
 static int coroutine_fn nbd_send_iov(NBDRequest *req, struct iovec *iov,
                                      int niov)
@@ -265,7 +269,14 @@ static int coroutine_fn nbd_send_iov(NBDRequest *req, struct iovec *iov,
 
     *e = (NBDSendEntry){ .iov = iov, .niov = niov, .co = coroutine_self() };
     nbd_sendq_push(client, e);
-    if (!client->sending && !client->send_leader) {
+    if (!client->sending && client->sendq_len == client->nb_inflight &&
+        client->rbuf_len - client->rbuf_pos < NBD_REQUEST_SIZE) {
+        /* Every request in flight has queued its reply and no other
+         * request is buffered: nothing can join the batch, so waiting
+         * would only cost a loop iteration (queue depth 1 paid it on
+         * every request). */
+        nbd_flush(client);
+    } else if (!client->sending && !client->send_leader) {
         /* Only our own scheduled wake enters us here (e->wake is false). */
         client->send_leader = e;
         coroutine_wake(e->co);
