@@ -863,7 +863,9 @@ static int mirror_exit_common(Job *job)
     block_job_remove_all_bdrv(&s->common);
     /* The job's own user of the filter would follow the filter's parents
      * onto the node below; it has no business there. */
-    blk_remove_bs(s->common.blk);
+    if (s->common.blk) {
+        blk_remove_bs(s->common.blk);
+    }
 
     if (s->should_complete && !abort) {
         BlockDriverState *to_replace = s->to_replace ? s->to_replace : src;
@@ -971,6 +973,10 @@ static void mirror_free(Job *job)
     MirrorJob *s = (MirrorJob *)job;
     g_free(s->replaces);
     s->replaces = NULL;
+    if (s->to_replace) {
+        bdrv_unref(s->to_replace);
+        s->to_replace = NULL;
+    }
 }
 
 static const BlockJobDriver mirror_job_driver = {
