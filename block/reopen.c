@@ -66,6 +66,13 @@ typedef struct ReopenEntry {
     JsonNode *json;           /* options as given (not flattened) */
     JsonObject *flat;         /* flattened, inherited children removed */
     bool auto_read_only, direct, no_flush, unmap;
+    /* a child named again by its node-name: reopened with the options it
+     * has (QEMU's keep_old_opts: no "backing is missing" check) */
+    bool keep_old;
+    /* children named by node-name that go with this node: their entry in
+     * its options stays as it was (inline or from the image header), so
+     * they still go with it next time, as QEMU's inherits_from */
+    GPtrArray *kept_children; /* of const char * (edge names) */
     bool prepared; /* the driver's prepare succeeded */
     ChildChange changes[2];
     int nchanges;
@@ -220,6 +227,9 @@ static void entry_free(gpointer p)
         bdrv_unref(e->changes[i].new_bs);
     }
     bdrv_unref(e->state.bs);
+    if (e->kept_children) {
+        g_ptr_array_free(e->kept_children, TRUE);
+    }
     qapi_free_BlockdevOptions(e->options);
     if (e->json) {
         json_node_unref(e->json);
@@ -254,7 +264,7 @@ static bool child_inherits(BlockDriverState *bs, BdrvChild *c)
  */
 static void queue_node(GPtrArray *q, BlockDriverState *bs,
                        BlockdevOptions *opts, ReopenEntry *parent,
-                       BdrvChild *edge)
+                       BdrvChild *edge, bool keep_old)
 {
     ReopenEntry *e = find_entry(q, bs);
     if (e) {
@@ -263,6 +273,9 @@ static void queue_node(GPtrArray *q, BlockDriverState *bs,
         qapi_free_BlockdevOptions(e->options);
         json_node_unref(e->json);
         json_object_unref(e->flat);
+        if (e->kept_children) {
+            g_ptr_array_set_size(e->kept_children, 0);
+        }
     } else {
         e = g_new0(ReopenEntry, 1);
         e->state.bs = bs;
@@ -273,6 +286,7 @@ static void queue_node(GPtrArray *q, BlockDriverState *bs,
     }
     e->options = opts;
     e->state.options = opts;
+    e->keep_old = keep_old;
     e->json = qapi_BlockdevOptions_to_json(opts);
     e->flat = flatten(e->json);
 
@@ -326,6 +340,7 @@ static void queue_node(GPtrArray *q, BlockDriverState *bs,
         }
         JsonNode *m = json_object_get_member(given, c->name);
         BlockdevOptions *copts = NULL;
+        bool child_keep_old = false;
         if (!m || JSON_NODE_HOLDS_NULL(m)) {
             continue; /* detached, or "backing is missing" for bs */
         } else if (JSON_NODE_HOLDS_VALUE(m)) {
@@ -333,12 +348,17 @@ static void queue_node(GPtrArray *q, BlockDriverState *bs,
                 continue; /* replaced by another node */
             }
             copts = qapi_BlockdevOptions_clone(c->bs->options);
+            child_keep_old = true;
+            if (!e->kept_children) {
+                e->kept_children = g_ptr_array_new();
+            }
+            g_ptr_array_add(e->kept_children, c->name);
         } else {
             copts = qapi_BlockdevOptions_from_json(m, false, NULL);
             drop_child_keys(e->flat, c->name);
         }
         if (copts) {
-            queue_node(q, c->bs, copts, e, c);
+            queue_node(q, c->bs, copts, e, c, child_keep_old);
         }
     }
 }
@@ -535,7 +555,7 @@ static int coroutine_fn prepare_entry(GPtrArray *q, ReopenEntry *e,
     e->prepared = true;
 
     /* A node with a backing file must say what becomes of it. */
-    if (drv->supports_backing &&
+    if (drv->supports_backing && !e->keep_old &&
         !json_object_has_member(json_node_get_object(e->json), "backing") &&
         (bs->backing || bs->backing_file[0])) {
         error_setg(errp, "backing is missing for '%s'", bs->node_name);
@@ -847,6 +867,51 @@ static int perm_stage(GPtrArray *q, GPtrArray *order, GError **errp)
 
 /* ---- commit ---- */
 
+/* The new options keep the old entries of the children named by
+ * node-name that went with the node (see kept_children). */
+static void keep_child_entries(ReopenEntry *e)
+{
+    BlockDriverState *bs = e->state.bs;
+    if (!e->kept_children || !e->kept_children->len || !bs->options) {
+        return;
+    }
+    JsonNode *nj = qapi_BlockdevOptions_to_json(e->options);
+    JsonNode *oj = qapi_BlockdevOptions_to_json(bs->options);
+    JsonObject *no = json_node_get_object(nj);
+    JsonObject *oo = json_node_get_object(oj);
+    for (guint i = 0; i < e->kept_children->len; i++) {
+        const char *name = e->kept_children->pdata[i];
+        JsonNode *m = json_object_get_member(oo, name);
+        if (m) {
+            json_object_set_member(no, name, json_node_copy(m));
+        } else {
+            json_object_remove_member(no, name);
+        }
+    }
+    BlockdevOptions *kept = qapi_BlockdevOptions_from_json(nj, false, NULL);
+    if (kept) {
+        qapi_free_BlockdevOptions(e->options);
+        e->options = kept;
+        e->state.options = kept;
+    }
+    json_node_unref(nj);
+    json_node_unref(oj);
+}
+
+static void refresh_filenames_up(BlockDriverState *bs, int depth)
+{
+    if (!LIST_EMPTY(&bs->children)) {
+        bs->filename[0] = 0;
+        bdrv_refresh_filename(bs);
+    }
+    BdrvChild *c;
+    LIST_FOREACH (c, &bs->parents, next_parent) {
+        if (c->klass->parent_is_bds && depth < 64) {
+            refresh_filenames_up(c->opaque, depth + 1);
+        }
+    }
+}
+
 static void coroutine_fn commit_all(GPtrArray *q, GPtrArray *order)
 {
     /* Children before parents, as QEMU (qcow2 writes to its file). */
@@ -862,6 +927,7 @@ static void coroutine_fn commit_all(GPtrArray *q, GPtrArray *order)
         bs->read_only = e->state.read_only;
         bs->open_flags = e->state.open_flags;
         bs->detect_zeroes = e->state.detect_zeroes;
+        keep_child_entries(e);
         qapi_free_BlockdevOptions(bs->options);
         bs->options = e->options;
         e->options = NULL;
@@ -890,12 +956,13 @@ static void coroutine_fn commit_all(GPtrArray *q, GPtrArray *order)
                 }
             }
         }
-        if (e->nchanges) {
-            if (!LIST_EMPTY(&bs->children)) {
-                bs->filename[0] = 0;
-            }
-            bdrv_refresh_filename(bs);
-        }
+    }
+    /* Names follow options and children (json:{...}); QEMU computes them
+     * when asked, ours are kept: recompute the reopened nodes' and every
+     * node's above them, children first. */
+    for (guint i = order->len; i-- > 0;) {
+        ReopenEntry *e = order->pdata[i];
+        refresh_filenames_up(e->state.bs, 0);
     }
     /* Limits may follow a new descriptor or child: children first. */
     for (guint i = order->len; i-- > 0;) {
@@ -988,7 +1055,7 @@ void qmp_blockdev_reopen(q_obj_blockdev_reopen_arg *arg, GError **errp)
             ok = false;
             break;
         }
-        queue_node(q, bs, qapi_BlockdevOptions_clone(o), NULL, NULL);
+        queue_node(q, bs, qapi_BlockdevOptions_clone(o), NULL, NULL, false);
     }
     /* (qemu-storage-daemon 7.2 asserts on an empty list; nothing to do) */
     if (ok && q->len > 0) {
