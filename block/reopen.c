@@ -209,6 +209,46 @@ static JsonObject *old_flat_options(BlockDriverState *bs)
 
 /* ---- the queue ---- */
 
+/* Members of `from` that `into` lacks, one level down for objects. */
+static void join_members(JsonObject *into, JsonObject *from, int depth)
+{
+    GList *members = json_object_get_members(from);
+    for (GList *l = members; l; l = l->next) {
+        const char *k = l->data;
+        JsonNode *v = json_object_get_member(from, k);
+        JsonNode *mine = json_object_get_member(into, k);
+        if (!mine) {
+            json_object_set_member(into, k, json_node_copy(v));
+        } else if (depth == 0 && JSON_NODE_HOLDS_OBJECT(mine) &&
+                   JSON_NODE_HOLDS_OBJECT(v)) {
+            join_members(json_node_get_object(mine),
+                         json_node_get_object(v), depth + 1);
+        }
+    }
+    g_list_free(members);
+}
+
+/* opts with what `earlier` gave and opts does not; NULL if that does
+ * not parse (then opts alone counts). */
+static BlockdevOptions *join_options(const BlockdevOptions *opts,
+                                     JsonNode *earlier)
+{
+    JsonNode *j = qapi_BlockdevOptions_to_json(opts);
+    /* deep: the join must not write into opts' own members */
+    g_autofree char *text = json_to_string(j, FALSE);
+    JsonNode *deep = json_from_string(text, NULL);
+    json_node_unref(j);
+    if (!deep) {
+        return NULL;
+    }
+    join_members(json_node_get_object(deep), json_node_get_object(earlier),
+                 0);
+    BlockdevOptions *joined = qapi_BlockdevOptions_from_json(deep, false,
+                                                             NULL);
+    json_node_unref(deep);
+    return joined;
+}
+
 static ReopenEntry *find_entry(GPtrArray *q, BlockDriverState *bs)
 {
     for (guint i = 0; i < q->len; i++) {
@@ -269,7 +309,13 @@ static void queue_node(GPtrArray *q, BlockDriverState *bs,
     ReopenEntry *e = find_entry(q, bs);
     if (e) {
         /* named again (or named after being queued as a child): the
-         * latest options win */
+         * latest options win, and what only the earlier entry gave
+         * stays (QEMU joins the explicit options) */
+        BlockdevOptions *joined = join_options(opts, e->json);
+        if (joined) {
+            qapi_free_BlockdevOptions(opts);
+            opts = joined;
+        }
         qapi_free_BlockdevOptions(e->options);
         json_node_unref(e->json);
         json_object_unref(e->flat);
