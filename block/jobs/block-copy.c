@@ -5,8 +5,10 @@
  * same cluster twice, and a failure sets the bits again.
  */
 #include <errno.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "block/block_int.h"
 #include "block/jobs/block-copy.h"
@@ -45,6 +47,14 @@ struct BlockCopyState {
      * allocation per chunk costs an mmap and its page faults. */
     GSList *free_bufs;
     size_t buf_size;
+    /* Where buffers of buf_size come from first: one region for
+     * max_workers of them, 2 MiB aligned and marked for transparent huge
+     * pages (see buf_get); carved from arena_next on, never freed before
+     * the state.  NULL until the first buffer is needed. */
+    uint8_t *arena;
+    size_t arena_size, arena_map_size, arena_next;
+    size_t arena_slot; /* buf_size when the arena was made */
+    void *arena_map;
 
     /* block_copy_run */
     int workers;          /* worker coroutines alive */
@@ -53,6 +63,8 @@ struct BlockCopyState {
     int run_ret;
     bool run_err_read;
 };
+
+static void buf_free_one(BlockCopyState *s, uint8_t *buf);
 
 #define BLOCK_COPY_MIN_CLUSTER (64 * 1024)
 #define BLOCK_COPY_MEM_ALIGN 4096
@@ -116,7 +128,13 @@ void block_copy_state_free(BlockCopyState *s)
         return;
     }
     bdrv_release_dirty_bitmap(s->dirty);
-    g_slist_free_full(s->free_bufs, free);
+    for (GSList *l = s->free_bufs; l; l = l->next) {
+        buf_free_one(s, l->data);
+    }
+    g_slist_free(s->free_bufs);
+    if (s->arena_map) {
+        munmap(s->arena_map, s->arena_map_size);
+    }
     g_free(s);
 }
 
@@ -184,9 +202,14 @@ void block_copy_set_perf(BlockCopyState *s, int max_workers,
     s->max_chunk = MAX(s->cluster_size, max_chunk & ~(s->cluster_size - 1));
     s->use_copy_range = use_copy_range;
     if ((size_t)s->max_chunk != s->buf_size) {
-        g_slist_free_full(s->free_bufs, free);
+        for (GSList *l = s->free_bufs; l; l = l->next) {
+            buf_free_one(s, l->data);
+        }
+        g_slist_free(s->free_bufs);
         s->free_bufs = NULL;
         s->buf_size = (size_t)s->max_chunk;
+        /* the arena's slots have the old size: carve no more of it */
+        s->arena_next = s->arena_size;
     }
 }
 
@@ -288,6 +311,51 @@ static int64_t status_clusters(BlockCopyState *s, int64_t pnum,
     return aligned > 0 ? aligned : MIN(s->cluster_size, bytes);
 }
 
+#define BLOCK_COPY_HUGE_PAGE (2 * 1024 * 1024)
+
+/*
+ * The arena: O_DIRECT I/O pins the buffer's pages for every request, at a
+ * cost per page (256 pages for a 1 MiB chunk with 4 KiB pages; with a
+ * transparent huge page one for 2 MiB), and a fresh buffer faults in page
+ * by page.  With THP off or unavailable the arena is plain memory.  Only
+ * as much as max_workers buffers: what the free list keeps anyway.
+ */
+static void arena_init(BlockCopyState *s)
+{
+    size_t size = ROUND_UP((size_t)s->max_workers * s->buf_size,
+                           (size_t)BLOCK_COPY_HUGE_PAGE);
+    size_t map_size = size + BLOCK_COPY_HUGE_PAGE;
+    void *map = mmap(NULL, map_size, PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (map == MAP_FAILED) {
+        s->arena_next = s->arena_size = 0;
+        s->arena = NULL;
+        return; /* buffers come from the heap */
+    }
+    uintptr_t start = ROUND_UP((uintptr_t)map, (uintptr_t)BLOCK_COPY_HUGE_PAGE);
+    s->arena_map = map;
+    s->arena_map_size = map_size;
+    s->arena = (uint8_t *)start;
+    s->arena_size = size;
+    s->arena_next = 0;
+    s->arena_slot = s->buf_size;
+#ifdef MADV_HUGEPAGE
+    madvise(s->arena, size, MADV_HUGEPAGE); /* a hint: failure is fine */
+#endif
+}
+
+static bool in_arena(const BlockCopyState *s, const uint8_t *buf)
+{
+    return s->arena && buf >= s->arena && buf < s->arena + s->arena_size;
+}
+
+static void buf_free_one(BlockCopyState *s, uint8_t *buf)
+{
+    if (!in_arena(s, buf)) {
+        free(buf);
+    }
+}
+
 static uint8_t *buf_get(BlockCopyState *s, size_t n)
 {
     size_t want = MAX(s->buf_size, (size_t)ROUND_UP(n, BLOCK_COPY_MEM_ALIGN));
@@ -295,6 +363,16 @@ static uint8_t *buf_get(BlockCopyState *s, size_t n)
         uint8_t *buf = s->free_bufs->data;
         s->free_bufs = g_slist_delete_link(s->free_bufs, s->free_bufs);
         return buf;
+    }
+    if (want == s->buf_size) {
+        if (!s->arena_map) {
+            arena_init(s);
+        }
+        if (s->arena && s->arena_next + want <= s->arena_size) {
+            uint8_t *buf = s->arena + s->arena_next;
+            s->arena_next += want;
+            return buf;
+        }
     }
     uint8_t *buf = NULL;
     if (posix_memalign((void **)&buf, BLOCK_COPY_MEM_ALIGN, want)) {
@@ -306,8 +384,14 @@ static uint8_t *buf_get(BlockCopyState *s, size_t n)
 static void buf_put(BlockCopyState *s, uint8_t *buf, size_t n)
 {
     size_t size = MAX(s->buf_size, (size_t)ROUND_UP(n, BLOCK_COPY_MEM_ALIGN));
-    if (size == s->buf_size &&
-        g_slist_length(s->free_bufs) < (guint)s->max_workers) {
+    if (in_arena(s, buf)) {
+        /* a slot of another size (max-chunk changed meanwhile) stays
+         * unused until the arena goes */
+        if (s->arena_slot == s->buf_size) {
+            s->free_bufs = g_slist_prepend(s->free_bufs, buf);
+        }
+    } else if (size == s->buf_size &&
+               g_slist_length(s->free_bufs) < (guint)s->max_workers) {
         s->free_bufs = g_slist_prepend(s->free_bufs, buf);
     } else {
         free(buf);
