@@ -94,6 +94,9 @@ struct MirrorJob {
     int64_t active_bytes_in_flight;
     LIST_HEAD(, MirrorOp) ops;
     CoQueue op_done; /* the job waiting for any background operation */
+    /* Copy buffers (max_io_bytes each) kept for reuse: a fresh buffer per
+     * operation costs a mapping and its page faults every time. */
+    GPtrArray *buf_pool;
     int64_t last_yield_ns;
 };
 
@@ -380,7 +383,7 @@ static void coroutine_fn mirror_op_co(void *opaque)
         job_progress_update(&s->common.job, (uint64_t)n);
     }
     if (op->buf) {
-        blk_vfree(op->buf);
+        g_ptr_array_add(s->buf_pool, op->buf);
         s->buf_free += op->bytes;
     }
     s->in_flight--;
@@ -582,6 +585,9 @@ static void coroutine_fn mirror_iteration(MirrorJob *s)
         }
     }
     int64_t own = MIN(ALIGN_UP(bytes, s->granularity), s->len - off);
+    if (method == MIRROR_METHOD_COPY && own > s->max_io_bytes) {
+        own = bytes = s->max_io_bytes; /* one pooled buffer */
+    }
     if (off + own > cand_end) {
         /* widened past the dirty run (a copy unit): those bits too */
         bdrv_reset_dirty_bitmap(s->dirty_bitmap, cand_end,
@@ -603,7 +609,10 @@ static void coroutine_fn mirror_iteration(MirrorJob *s)
 
     op = op_new(s, off, own, method, false);
     if (method == MIRROR_METHOD_COPY) {
-        op->buf = blk_memalign(4096, (size_t)own);
+        op->buf = s->buf_pool->len
+                      ? g_ptr_array_steal_index_fast(s->buf_pool,
+                                                     s->buf_pool->len - 1)
+                      : blk_memalign(4096, (size_t)s->max_io_bytes);
         s->buf_free -= own;
         block_job_ratelimit_processed_bytes(&s->common, (uint64_t)bytes);
     }
@@ -796,6 +805,7 @@ static int coroutine_fn mirror_run(Job *job, GError **errp)
 
 out:
     mirror_wait_for_all_io(s);
+    g_ptr_array_set_size(s->buf_pool, 0); /* frees them */
     if (!s->in_drain) {
         mirror_enter_drain(s);
     }
@@ -971,6 +981,10 @@ static bool mirror_drained_poll(Job *job)
 static void mirror_free(Job *job)
 {
     MirrorJob *s = (MirrorJob *)job;
+    if (s->buf_pool) {
+        g_ptr_array_unref(s->buf_pool);
+        s->buf_pool = NULL;
+    }
     g_free(s->replaces);
     s->replaces = NULL;
     if (s->to_replace) {
@@ -1173,6 +1187,7 @@ static MirrorJob *coroutine_fn mirror_start_job(const MirrorParams *p,
     s->len = bdrv_getlength(bs);
     LIST_INIT(&s->ops);
     co_queue_init(&s->op_done);
+    s->buf_pool = g_ptr_array_new_with_free_func(blk_vfree);
 
     s->dirty_bitmap =
         bdrv_create_dirty_bitmap(bs, (uint32_t)granularity, NULL, errp);
