@@ -156,8 +156,13 @@ static int coroutine_fn mirror_top_do_write(BlockDriverState *bs,
     /* the job may have let go while we waited */
     s = ts->job;
     if (s && (!copy_to_target || ret < 0)) {
-        /* Also on failure: part of the range may have changed. */
-        bdrv_set_dirty_bitmap(s->dirty_bitmap, offset, bytes);
+        /* In background mode the bitmap records every write to the
+         * source by itself; in write-blocking mode it does not (what
+         * went to the target is not dirty), so what did not go there is
+         * marked here.  Also on failure: part of it may have changed. */
+        if (!bdrv_dirty_bitmap_enabled(s->dirty_bitmap)) {
+            bdrv_set_dirty_bitmap(s->dirty_bitmap, offset, bytes);
+        }
     } else if (s && copy_to_target) {
         do_sync_target_write(s, method, offset, bytes, qiov, flags);
     }
@@ -1194,9 +1199,12 @@ static MirrorJob *coroutine_fn mirror_start_job(const MirrorParams *p,
     if (!s->dirty_bitmap) {
         goto fail;
     }
-    /* The filter marks what guest writes touch (not the bitmap itself:
-     * in write-blocking mode what went to the target is not dirty). */
-    bdrv_disable_dirty_bitmap(s->dirty_bitmap);
+    /* As QEMU: in write-blocking mode the filter marks what it did not
+     * send to the target; otherwise the bitmap records every write to
+     * the source (also one that bypasses the filter). */
+    if (p->copy_mode == MIRROR_COPY_MODE_WRITE_BLOCKING) {
+        bdrv_disable_dirty_bitmap(s->dirty_bitmap);
+    }
 
     if (block_job_add_bdrv(&s->common, "source", bs, 0,
                            BLK_PERM_WRITE_UNCHANGED | BLK_PERM_WRITE |
