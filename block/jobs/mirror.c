@@ -833,6 +833,31 @@ static bool mirror_can_replace(BlockDriverState *bs, BlockDriverState *to)
     return false;
 }
 
+typedef struct ReopenRo {
+    BlockDriverState *bs;
+    bool read_only;
+} ReopenRo;
+
+static void coroutine_fn reopen_ro_co(void *opaque)
+{
+    ReopenRo *r = opaque;
+    g_autoptr(GError) err = NULL;
+    if (bdrv_co_reopen_set_read_only(r->bs, r->read_only, &err) < 0) {
+        warn_report("mirror: %s", err->message);
+    }
+}
+
+/* The exit runs in the loop or in a QMP coroutine (job-finalize). */
+static void reopen_read_only(BlockDriverState *bs, bool read_only)
+{
+    ReopenRo r = {.bs = bs, .read_only = read_only};
+    if (in_coroutine()) {
+        reopen_ro_co(&r);
+    } else {
+        coroutine_run_sync(reopen_ro_co, &r);
+    }
+}
+
 /* The end, success or not (prepare or abort): switch the graph if the job
  * was completed, take the filter out, end the drain run() began. */
 static int mirror_exit_common(Job *job)
@@ -884,6 +909,11 @@ static int mirror_exit_common(Job *job)
 
     if (s->should_complete && !abort) {
         BlockDriverState *to_replace = s->to_replace ? s->to_replace : src;
+        /* The target takes the replaced node's place as it was: a
+         * read-only source gives a read-only target (as QEMU). */
+        if (bdrv_is_read_only(to_replace) != bdrv_is_read_only(target_bs)) {
+            reopen_read_only(target_bs, bdrv_is_read_only(to_replace));
+        }
         bdrv_drained_begin(target_bs);
         if (mirror_can_replace(src, to_replace)) {
             bdrv_replace_node(to_replace, target_bs, &err);
