@@ -22,6 +22,18 @@
 #include "util/coroutine.h"
 
 typedef struct NBDClient NBDClient;
+
+/*
+ * A range of an export known to hold data (block status said neither zero
+ * nor an error), so a structured read inside it needs no block-status
+ * query: one per 64 MiB chunk of the export, direct-mapped (nbd-requests.c).
+ */
+#define NBD_DATA_CHUNK_SHIFT 26
+#define NBD_DATA_SLOTS 64
+typedef struct NBDDataExtent {
+    uint64_t chunk;      /* offset >> NBD_DATA_CHUNK_SHIFT of `start` */
+    uint64_t start, end; /* empty when start == end */
+} NBDDataExtent;
 typedef struct NBDSendEntry NBDSendEntry; /* nbd-requests.c */
 
 struct BlockExport {
@@ -44,6 +56,7 @@ struct BlockExport {
     char **bitmap_ctx;
     unsigned nr_bitmaps;
     int quiesced;                   /* drained_begin nesting */
+    NBDDataExtent data_known[NBD_DATA_SLOTS];
     LIST_HEAD(, NBDClient) clients; /* attached (transmission phase) */
     LIST_ENTRY(BlockExport) next;
 };

@@ -391,6 +391,72 @@ static int coroutine_fn nbd_send_data_chunk(NBDRequest *req, bool last,
                           NBD_REPLY_TYPE_OFFSET_DATA, off, 8, data, len);
 }
 
+/*
+ * Known data: a structured read asks the node which parts of the range are
+ * zero (sent as holes).  On a file that is two lseek() calls per read,
+ * synchronous, and a third of the time of a 4 KiB read.  So each query
+ * asks about the rest of the read's 64 MiB chunk, not just the read, and
+ * a data answer is remembered per chunk; reads inside it skip the query.
+ * A stale entry only makes a later read send zeroes as data instead of a
+ * hole, which the client reads the same, so writes elsewhere need not
+ * invalidate it; writes, zeroing and trims through this export do, so
+ * that holes they make show as holes again.  (qcow2 answers from its
+ * cached L2 table, at most one table's worth of entries per query.)
+ */
+static NBDDataExtent *nbd_data_slot(BlockExport *exp, uint64_t off)
+{
+    return &exp->data_known[(off >> NBD_DATA_CHUNK_SHIFT) % NBD_DATA_SLOTS];
+}
+
+/* Bytes from off known to be data (0 if unknown). */
+static uint64_t nbd_data_known(BlockExport *exp, uint64_t off)
+{
+    NBDDataExtent *d = nbd_data_slot(exp, off);
+
+    if (d->chunk == off >> NBD_DATA_CHUNK_SHIFT && d->start <= off &&
+        off < d->end) {
+        return d->end - off;
+    }
+    return 0;
+}
+
+static void nbd_data_learn(BlockExport *exp, uint64_t off, uint64_t len)
+{
+    NBDDataExtent *d = nbd_data_slot(exp, off);
+    uint64_t chunk = off >> NBD_DATA_CHUNK_SHIFT;
+
+    if (d->chunk == chunk && d->start < d->end && off <= d->end &&
+        d->start <= off + len) {
+        /* Overlapping or adjacent: keep the union. */
+        d->start = MIN(d->start, off);
+        d->end = MAX(d->end, off + len);
+        return;
+    }
+    *d = (NBDDataExtent){ .chunk = chunk, .start = off, .end = off + len };
+}
+
+static void nbd_data_forget(BlockExport *exp, uint64_t off, uint64_t len)
+{
+    if (!len) {
+        return;
+    }
+    uint64_t first = off >> NBD_DATA_CHUNK_SHIFT;
+    uint64_t last = (off + len - 1) >> NBD_DATA_CHUNK_SHIFT;
+
+    /* An extent may reach past its chunk (a read longer than a chunk):
+     * also drop the entry of the chunk before. */
+    if (first > 0) {
+        first--;
+    }
+    for (uint64_t c = first; c <= last && c - first < NBD_DATA_SLOTS; c++) {
+        NBDDataExtent *d = &exp->data_known[c % NBD_DATA_SLOTS];
+
+        if (d->start < off + len && off < d->end) {
+            d->start = d->end = 0;
+        }
+    }
+}
+
 static int coroutine_fn nbd_co_read(NBDRequest *req)
 {
     NBDClient *client = req->client;
@@ -432,9 +498,21 @@ static int coroutine_fn nbd_co_read(NBDRequest *req)
     uint64_t off = req->offset, end = req->offset + req->len;
     ret = 0;
     while (off < end && ret >= 0) {
-        int64_t pnum = 0;
-        int st = blk_co_block_status(blk, off, end - off, &pnum);
+        int64_t pnum = (int64_t)nbd_data_known(client->exp, off);
+        int st = 0;
 
+        if (!pnum) {
+            /* Ask about the rest of the chunk too (see nbd_data_known). */
+            uint64_t chunk_end = ((off >> NBD_DATA_CHUNK_SHIFT) + 1)
+                                 << NBD_DATA_CHUNK_SHIFT;
+            uint64_t want = MIN(MAX(end, chunk_end),
+                                (uint64_t)client->exp_size) - off;
+
+            st = blk_co_block_status(blk, off, (int64_t)want, &pnum);
+            if (st >= 0 && pnum > 0 && !(st & BDRV_BLOCK_ZERO)) {
+                nbd_data_learn(client->exp, off, (uint64_t)pnum);
+            }
+        }
         if (st < 0 || pnum <= 0) {
             /* No status: read the rest as data. */
             st = 0;
@@ -485,8 +563,10 @@ static int coroutine_fn nbd_co_write_zeroes(NBDRequest *req)
     if (req->flags & NBD_CMD_FLAG_FAST_ZERO) {
         flags |= BDRV_REQ_NO_FALLBACK;
     }
+    nbd_data_forget(req->client->exp, req->offset, req->len);
     ret = blk_co_pwrite_zeroes(req->client->exp->blk, req->offset, req->len,
                                flags);
+    nbd_data_forget(req->client->exp, req->offset, req->len);
     if (ret == -ENOTSUP && (req->flags & NBD_CMD_FLAG_FAST_ZERO)) {
         return nbd_send_error(req, NBD_ENOTSUP, "fast zeroing not possible",
                               false, 0);
@@ -501,7 +581,9 @@ static int coroutine_fn nbd_co_write_zeroes(NBDRequest *req)
 static int coroutine_fn nbd_co_trim(NBDRequest *req)
 {
     BlockBackend *blk = req->client->exp->blk;
+    nbd_data_forget(req->client->exp, req->offset, req->len);
     int ret = blk_co_pdiscard(blk, req->offset, req->len);
+    nbd_data_forget(req->client->exp, req->offset, req->len);
 
     if (ret == 0 && nbd_write_flags(req)) {
         ret = blk_co_flush(blk);
@@ -693,8 +775,11 @@ static int coroutine_fn nbd_handle_request(NBDRequest *req)
     case NBD_CMD_READ:
         return nbd_co_read(req);
     case NBD_CMD_WRITE:
+        /* detect-zeroes=unmap may turn it into a hole */
+        nbd_data_forget(req->client->exp, req->offset, req->len);
         ret = blk_co_pwrite(blk, req->offset, req->len, req->buf,
                             nbd_write_flags(req));
+        nbd_data_forget(req->client->exp, req->offset, req->len);
         return ret < 0 ? nbd_send_errno(req, ret) : nbd_send_ok(req);
     case NBD_CMD_FLUSH:
         ret = blk_co_flush(blk);
