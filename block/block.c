@@ -1039,6 +1039,37 @@ BlockDriverState *bdrv_new_open_driver(const BlockDriver *drv,
     return bs;
 }
 
+BlockDriverState *bdrv_insert_filter(BlockDriverState *filter,
+                                     BlockDriverState *bs,
+                                     const char *child_name, GError **errp)
+{
+    if (child_name) {
+        if (!bdrv_attach_child(filter, bs, child_name,
+                               BDRV_CHILD_FILTERED | BDRV_CHILD_PRIMARY,
+                               errp)) {
+            bdrv_unref(filter);
+            return NULL;
+        }
+        bdrv_refresh_limits(filter, NULL);
+        bdrv_refresh_filename(filter);
+    }
+    if (bdrv_replace_node(bs, filter, errp) < 0) {
+        bdrv_unref(filter);
+        return NULL;
+    }
+    return filter;
+}
+
+void bdrv_remove_filter(BlockDriverState *filter, const char *who)
+{
+    BdrvChild *c = bdrv_filter_or_cow_child(filter);
+    g_autoptr(GError) err = NULL;
+    if (c && bdrv_replace_node(filter, c->bs, &err) < 0) {
+        warn_report("%s: cannot remove filter '%s': %s", who,
+                    filter->node_name, err->message);
+    }
+}
+
 BlockDriverState *coroutine_fn bdrv_co_open(const BlockdevOptions *opts,
                                             GError **errp)
 {

@@ -408,6 +408,23 @@ int bdrv_set_backing_hd(BlockDriverState *bs, BlockDriverState *backing_bs,
 /* Move every parent of `from` (except those in `except`) to `to`. */
 int bdrv_replace_node(BlockDriverState *from, BlockDriverState *to,
                       GError **errp);
+/*
+ * Put `filter` in bs's place: every parent of bs moves to it.  child_name
+ * non-NULL ("file", "backing"): bs is first attached as the filter's
+ * primary filtered child of that name and the filter's limits and name
+ * are refreshed (a filter from bdrv_new_open_driver); NULL: the filter
+ * was opened over bs already.  Takes over the caller's reference to
+ * filter: returns it, or NULL after dropping it.
+ */
+BlockDriverState *bdrv_insert_filter(BlockDriverState *filter,
+                                     BlockDriverState *bs,
+                                     const char *child_name, GError **errp);
+/*
+ * Take `filter` out again: its parents go back to the node it filters
+ * (bdrv_filter_or_cow_child).  A failure is only warned about, prefixed
+ * with `who`: the callers are tearing down and can do no better.
+ */
+void bdrv_remove_filter(BlockDriverState *filter, const char *who);
 
 /* Recompute permissions of bs's subtree from its parents: a transaction. */
 int bdrv_refresh_perms(BlockDriverState *bs, GError **errp);

@@ -331,17 +331,12 @@ BlockDriverState *coroutine_fn bdrv_cbw_append(BlockDriverState *source,
         return NULL;
     }
     cbw->implicit = !filter_node_name;
-    if (bdrv_replace_node(source, cbw, errp) < 0) {
-        bdrv_unref(cbw);
-        return NULL;
-    }
-    return cbw;
+    return bdrv_insert_filter(cbw, source, NULL, errp);
 }
 
 void bdrv_cbw_drop(BlockDriverState *cbw)
 {
     BDRVCbwState *s = cbw->opaque;
-    BlockDriverState *source = cbw->file->bs;
     g_autoptr(GError) err = NULL;
 
     bdrv_ref(cbw);
@@ -353,10 +348,7 @@ void bdrv_cbw_drop(BlockDriverState *cbw)
         warn_report("copy-before-write: %s", err->message);
         g_clear_error(&err);
     }
-    if (bdrv_replace_node(cbw, source, &err) < 0) {
-        warn_report("copy-before-write: cannot remove filter '%s': %s",
-                    cbw->node_name, err->message);
-    }
+    bdrv_remove_filter(cbw, "copy-before-write");
     /* The copier's bitmaps go now, not when the node is finally closed:
      * queries right after the job must not list them any more. */
     if (LIST_EMPTY(&cbw->parents)) {

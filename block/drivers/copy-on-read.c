@@ -467,26 +467,16 @@ BlockDriverState *coroutine_fn bdrv_cor_filter_append(
         s->holder = g_strdup(holder);
         cor_hold_chain(cor);
     }
-    if (bdrv_replace_node(top, cor, errp) < 0) {
-        bdrv_unref(cor);
-        return NULL;
-    }
-    return cor;
+    return bdrv_insert_filter(cor, top, NULL, errp);
 }
 
 void bdrv_cor_filter_drop(BlockDriverState *cor)
 {
-    BlockDriverState *top = cor->file->bs;
-    g_autoptr(GError) err = NULL;
-
     bdrv_ref(cor);
     bdrv_drained_begin(cor);
     /* The chain is free again before anything moves. */
     cor_release_chain(cor);
-    if (bdrv_replace_node(cor, top, &err) < 0) {
-        warn_report("copy-on-read: cannot remove filter '%s': %s",
-                    cor->node_name, err->message);
-    }
+    bdrv_remove_filter(cor, "copy-on-read");
     bdrv_drained_end(cor);
     bdrv_unref(cor);
     bdrv_unref(cor);

@@ -106,28 +106,14 @@ static BlockDriverState *commit_top_insert(BlockDriverState *top,
     }
     f->implicit = !filter_node_name;
     f->total_bytes = top->total_bytes;
-    if (!bdrv_attach_child(f, top, "backing",
-                           BDRV_CHILD_FILTERED | BDRV_CHILD_PRIMARY, errp)) {
-        bdrv_unref(f);
-        return NULL;
-    }
-    bdrv_refresh_limits(f, NULL);
-    bdrv_refresh_filename(f);
-    if (bdrv_replace_node(top, f, errp) < 0) {
-        bdrv_unref(f);
-        return NULL;
-    }
-    return f;
+    return bdrv_insert_filter(f, top, "backing", errp);
 }
 
 /* Take the filter out again: its parents go back to what it filters. */
 static void commit_top_remove(BlockDriverState *f)
 {
-    g_autoptr(GError) err = NULL;
-    if (f->backing && !LIST_EMPTY(&f->parents) &&
-        bdrv_replace_node(f, f->backing->bs, &err) < 0) {
-        warn_report("commit: cannot remove filter '%s': %s", f->node_name,
-                    err->message);
+    if (!LIST_EMPTY(&f->parents)) {
+        bdrv_remove_filter(f, "commit");
     }
 }
 

@@ -261,18 +261,7 @@ static BlockDriverState *mirror_top_insert(BlockDriverState *bs,
         BDRV_REQ_WRITE_UNCHANGED |
         ((BDRV_REQ_FUA | BDRV_REQ_MAY_UNMAP | BDRV_REQ_NO_FALLBACK) &
          bs->supported_zero_flags);
-    if (!bdrv_attach_child(top, bs, "file",
-                           BDRV_CHILD_FILTERED | BDRV_CHILD_PRIMARY, errp)) {
-        bdrv_unref(top);
-        return NULL;
-    }
-    bdrv_refresh_limits(top, NULL);
-    bdrv_refresh_filename(top);
-    if (bdrv_replace_node(bs, top, errp) < 0) {
-        bdrv_unref(top);
-        return NULL;
-    }
-    return top;
+    return bdrv_insert_filter(top, bs, "file", errp);
 }
 
 /* Take the filter out again: its parents go to whatever is below it. */
@@ -289,10 +278,7 @@ static void mirror_top_remove(BlockDriverState *top)
         warn_report("mirror: %s", err->message);
         g_clear_error(&err);
     }
-    if (top->file && bdrv_replace_node(top, top->file->bs, &err) < 0) {
-        warn_report("mirror: cannot remove filter '%s': %s", top->node_name,
-                    err->message);
-    }
+    bdrv_remove_filter(top, "mirror");
     bdrv_drained_end(top);
     bdrv_unref(top);
 }
@@ -938,11 +924,7 @@ static int mirror_exit_common(Job *job)
 
     /* The filter's parents go to what is below it now (the target after a
      * switch). */
-    if (bdrv_replace_node(top, top->file->bs, &err) < 0) {
-        warn_report("mirror: cannot remove filter '%s': %s", top->node_name,
-                    err->message);
-        g_clear_error(&err);
-    }
+    bdrv_remove_filter(top, "mirror");
 
     if (s->drained_bs) {
         bdrv_drained_end(s->drained_bs);
