@@ -58,6 +58,7 @@ typedef struct BDRVAddCowState {
     bool *dirty;
     CoMutex load_lock;
     CoMutex wb_lock;
+    CoMutex hdr_lock; /* one backing file change at a time */
     LIST_HEAD(, AddCowAlloc) allocs;
 } BDRVAddCowState;
 
@@ -322,6 +323,7 @@ static int coroutine_fn addcow_open(BlockDriverState *bs,
 
     co_mutex_init(&s->load_lock);
     co_mutex_init(&s->wb_lock);
+    co_mutex_init(&s->hdr_lock);
     LIST_INIT(&s->allocs);
     bs->file = bdrv_open_child(bs, o->file, "file",
                                BDRV_CHILD_METADATA | BDRV_CHILD_PRIMARY, false,
@@ -857,6 +859,212 @@ io_err:
     return ret;
 }
 
+/* ---- backing file change (block-stream, block-commit) ---- */
+
+/* Does [a, a+alen) overlap [b, b+blen)? */
+static bool ranges_overlap(uint64_t a, uint64_t alen, uint64_t b,
+                           uint64_t blen)
+{
+    return alen && blen && a < b + blen && b < a + alen;
+}
+
+/* A place for a name of `len` bytes in the header that overlaps neither
+ * name the header names now (0: none).  The starts of the free gaps are
+ * 76 and the end of each live name. */
+static uint32_t free_name_slot(const AddCowHeader *h, uint32_t len)
+{
+    uint32_t cand[3] = {
+        ADD_COW_HEADER_STRUCT,
+        h->image_name_off + h->image_name_len,
+        h->backing_name_off ? h->backing_name_off + h->backing_name_len : 0,
+    };
+    for (int i = 0; i < 3; i++) {
+        uint64_t off = cand[i];
+        if (off < ADD_COW_HEADER_STRUCT || off > (uint64_t)h->header_size - 2 ||
+            off + len > h->header_size) {
+            continue;
+        }
+        if (ranges_overlap(off, len, h->image_name_off, h->image_name_len) ||
+            (h->backing_name_off &&
+             ranges_overlap(off, len, h->backing_name_off,
+                            h->backing_name_len))) {
+            continue;
+        }
+        return (uint32_t)off;
+    }
+    return 0;
+}
+
+/* Without a backing file a clear bit reads zeroes: make those clusters
+ * valid with zeroes in the image file (the allocating write path), so
+ * every bit is 1 and the image file alone is the disk (standalone).  The
+ * guest sees the same zeroes before and after. */
+static int coroutine_fn fill_invalid_with_zeroes(BlockDriverState *bs)
+{
+    BDRVAddCowState *s = bs->opaque;
+    if (s->all_allocated || bs->backing || !s->nclusters) {
+        return 0;
+    }
+    int ret = load_range(bs, 0, s->nclusters - 1);
+    int64_t pos = 0;
+    while (ret == 0 && pos < bs->total_bytes) {
+        bool valid;
+        int64_t n = run_length(s, pos, bs->total_bytes, &valid);
+        if (!valid) {
+            ret = addcow_write(bs, pos, n, NULL, 0);
+        }
+        pos += n;
+    }
+    return ret;
+}
+
+/*
+ * Record a new backing file (NULL: none) in the header, crash-safely
+ * (docs/specs/add-cow.md, "Changing the backing file"): the new name goes
+ * to bytes of the header no field names yet, is flushed, and only then
+ * the 76-byte fixed part (inside the first sector, written in one
+ * request) switches to it and is flushed; the old name's bytes are zeroed
+ * last.  A crash leaves the old or the new header, at worst with stray
+ * bytes outside the names (a `check` warning).
+ */
+static int coroutine_fn addcow_change_backing_file(BlockDriverState *bs,
+                                                   const char *backing_file,
+                                                   const char *backing_fmt)
+{
+    BDRVAddCowState *s = bs->opaque;
+    if (backing_file && !*backing_file) {
+        backing_file = NULL;
+    }
+    if (!backing_file) {
+        if (backing_fmt) {
+            return -EINVAL; /* a format without a file means nothing */
+        }
+    } else {
+        if (!backing_fmt || !*backing_fmt) {
+            /* the header needs one (never probed at open) */
+            if (!bs->backing || !bs->backing->bs->drv) {
+                return -EINVAL;
+            }
+            backing_fmt = bs->backing->bs->drv->format_name;
+        }
+        if (strlen(backing_file) > ADD_COW_MAX_NAME ||
+            strlen(backing_fmt) >= ADD_COW_FMT_LEN ||
+            !usable_format(backing_fmt)) {
+            /* includes add-cow: open would refuse a header naming it */
+            return -ENOTSUP;
+        }
+        g_autofree char *path =
+            add_cow_resolve(bs->file->bs->filename, backing_file);
+        if (same_path(path, s->image_path) ||
+            same_path(path, bs->file->bs->filename)) {
+            return -EINVAL;
+        }
+    }
+    if (!bdrv_is_writable(bs)) {
+        return -EACCES;
+    }
+    int ret = 0;
+    if (!backing_file) {
+        ret = fill_invalid_with_zeroes(bs);
+        if (ret < 0) {
+            return ret;
+        }
+    }
+
+    g_autofree uint8_t *buf = NULL;
+    co_mutex_lock(&s->hdr_lock);
+    AddCowHeader nh = s->h; /* names borrowed from s->h */
+    uint32_t blen = backing_file ? (uint32_t)strlen(backing_file) : 0;
+    uint32_t boff = 0;
+    memset(nh.backing_fmt, 0, sizeof(nh.backing_fmt));
+    if (backing_file) {
+        boff = free_name_slot(&s->h, blen);
+        if (!boff) {
+            ret = -ENOSPC; /* no room next to the names in use */
+            goto out;
+        }
+        g_strlcpy(nh.backing_fmt, backing_fmt, sizeof(nh.backing_fmt));
+        ret = bdrv_co_pwrite(bs->file, boff, blen, backing_file, 0);
+        if (ret == 0) {
+            ret = bdrv_co_flush(bs->file->bs);
+        }
+        if (ret < 0) {
+            goto out;
+        }
+    }
+    nh.backing_name_off = boff;
+    nh.backing_name_len = blen;
+    nh.backing_name = (char *)backing_file;
+    buf = add_cow_header_encode(&nh);
+    ret = bdrv_co_pwrite(bs->file, 0, ADD_COW_HEADER_STRUCT, buf, 0);
+    if (ret == 0) {
+        ret = bdrv_co_flush(bs->file->bs);
+    }
+    if (ret < 0) {
+        /* the fixed part may or may not have reached the disk: either
+         * header is valid, and the node keeps the old state */
+        goto out;
+    }
+    if (s->h.backing_name_off) {
+        /* unreferenced now; a failure only leaves stray bytes */
+        g_autofree uint8_t *z = g_malloc0(s->h.backing_name_len);
+        bdrv_co_pwrite(bs->file, s->h.backing_name_off,
+                       s->h.backing_name_len, z, 0);
+    }
+    g_free(s->h.backing_name);
+    s->h.backing_name = backing_file ? g_strdup(backing_file) : NULL;
+    s->h.backing_name_off = boff;
+    s->h.backing_name_len = blen;
+    memcpy(s->h.backing_fmt, nh.backing_fmt, sizeof(s->h.backing_fmt));
+    g_strlcpy(bs->backing_file, backing_file ? backing_file : "",
+              sizeof(bs->backing_file));
+    g_strlcpy(bs->backing_format, backing_file ? s->h.backing_fmt : "",
+              sizeof(bs->backing_format));
+out:
+    co_mutex_unlock(&s->hdr_lock);
+    return ret;
+}
+
+/* ---- reopen ---- */
+
+/*
+ * Nothing of add-cow's own can change: its options are the children
+ * (`file`, `image`, `backing`), which the generic layer reopens or
+ * replaces.  Going read-only, the generic flush has already written the
+ * dirty bitmap blocks; prepare writes them once more so nothing is left
+ * that only a writable node could write.  Going read-write needs nothing:
+ * blocks dirtied while read-only (stray bits masked on load) are written
+ * with the next write-back.
+ */
+static int coroutine_fn addcow_reopen_prepare(BDRVReopenState *state,
+                                              GError **errp)
+{
+    BlockDriverState *bs = state->bs;
+    BDRVAddCowState *s = bs->opaque;
+    if (state->read_only && bdrv_is_writable(bs) && s->nblocks &&
+        !s->all_allocated) {
+        int ret = write_back(bs, 0, s->nblocks - 1);
+        if (ret == 0) {
+            ret = bdrv_co_flush(bs->file->bs);
+        }
+        if (ret < 0) {
+            error_setg_errno(errp, -ret, "Could not write the add-cow bitmap");
+            return ret;
+        }
+    }
+    return 0;
+}
+
+static void addcow_reopen_commit(BDRVReopenState *state)
+{
+    (void)state;
+}
+
+static void addcow_reopen_abort(BDRVReopenState *state)
+{
+    (void)state;
+}
+
 /* ---- info ---- */
 
 static int coroutine_fn addcow_get_info(BlockDriverState *bs, ImageInfo *info,
@@ -954,4 +1162,8 @@ const BlockDriver bdrv_add_cow = {
     .bdrv_co_create = add_cow_co_create,
     .bdrv_child_perm = addcow_child_perm,
     .bdrv_own_filename = addcow_own_filename,
+    .bdrv_co_change_backing_file = addcow_change_backing_file,
+    .bdrv_reopen_prepare = addcow_reopen_prepare,
+    .bdrv_reopen_commit = addcow_reopen_commit,
+    .bdrv_reopen_abort = addcow_reopen_abort,
 };
