@@ -333,12 +333,7 @@ BlockJob *coroutine_fn backup_job_create_qmp(const BlockdevBackup *arg,
         return NULL;
     }
     /* QEMU's op blocker: a job's target is not another backup's */
-    BlockJob *busy = block_job_find_by_node(target);
-    if (busy) {
-        error_setg(errp,
-                   "Node '%s' is busy: block device is in use by block job: "
-                   "%s",
-                   bdrv_get_node_name(target), job_type_str(&busy->job));
+    if (block_job_node_busy(target, errp)) {
         return NULL;
     }
     if (compress && !(target->supported_write_flags &

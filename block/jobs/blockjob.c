@@ -67,6 +67,19 @@ BlockJob *block_job_find_by_node(BlockDriverState *bs)
     return NULL;
 }
 
+bool block_job_node_busy(BlockDriverState *bs, GError **errp)
+{
+    BlockJob *job = block_job_find_by_node(bs);
+    if (job) {
+        error_setg(errp,
+                   "Node '%s' is busy: block device is in use by block job: "
+                   "%s",
+                   bdrv_get_node_name(bs), job_type_str(&job->job));
+        return true;
+    }
+    return false;
+}
+
 /* ---- the job's edges: a drain of any of its nodes pauses the job ---- */
 
 static char *child_job_get_parent_desc(BdrvChild *c)

@@ -80,6 +80,10 @@ BlockJob *block_job_from_job(Job *job);
 /* The first block job that involves bs (for blockdev-del etc. to refuse
  * naming it), or NULL. */
 BlockJob *block_job_find_by_node(BlockDriverState *bs);
+/* QEMU's op blocker for the graph-changing commands (commit, mirror,
+ * backup): true with "Node '...' is busy: block device is in use by block
+ * job: TYPE" when a block job uses bs. */
+bool block_job_node_busy(BlockDriverState *bs, GError **errp);
 bool block_job_is_internal(BlockJob *job);
 
 /* block-job-set-speed: verb check, "Parameter 'speed' expects a

@@ -695,21 +695,6 @@ static BlockDriverState *find_overlay(BlockDriverState *active,
     return NULL;
 }
 
-/* QEMU's op blockers: a node a block job uses cannot be committed from
- * or into. */
-static bool commit_node_blocked(BlockDriverState *bs, GError **errp)
-{
-    BlockJob *job = block_job_find_by_node(bs);
-    if (job) {
-        error_setg(errp,
-                   "Node '%s' is busy: block device is in use by block job: "
-                   "%s",
-                   bdrv_get_node_name(bs), job_type_str(&job->job));
-        return true;
-    }
-    return false;
-}
-
 void qmp_block_commit(q_obj_block_commit_arg *arg, GError **errp)
 {
     int64_t speed = arg->has_speed ? arg->speed : 0;
@@ -739,7 +724,7 @@ void qmp_block_commit(q_obj_block_commit_arg *arg, GError **errp)
         error_setg(errp, "Need a root block node");
         return;
     }
-    if (commit_node_blocked(bs, errp)) {
+    if (block_job_node_busy(bs, errp)) {
         return;
     }
 
@@ -800,7 +785,7 @@ void qmp_block_commit(q_obj_block_commit_arg *arg, GError **errp)
 
     for (BlockDriverState *it = top; it && it != base;
          it = bdrv_child_bs(bdrv_filter_or_cow_child(it))) {
-        if (commit_node_blocked(it, errp)) {
+        if (block_job_node_busy(it, errp)) {
             return;
         }
     }
@@ -836,7 +821,7 @@ void qmp_block_commit(q_obj_block_commit_arg *arg, GError **errp)
                    bdrv_get_node_name(top));
         return;
     }
-    if (commit_node_blocked(overlay, errp)) {
+    if (block_job_node_busy(overlay, errp)) {
         return;
     }
     commit_start(arg->has_job_id ? arg->job_id : "", bs, base, top, overlay,

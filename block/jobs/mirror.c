@@ -264,20 +264,26 @@ static BlockDriverState *mirror_top_insert(BlockDriverState *bs,
     return bdrv_insert_filter(top, bs, "file", errp);
 }
 
-/* Take the filter out again: its parents go to whatever is below it. */
-static void mirror_top_remove(BlockDriverState *top)
+/* Nothing goes through the filter any more: it forwards no permissions
+ * and no writes to the job (the caller has it drained). */
+static void mirror_top_stop(BlockDriverState *top)
 {
     MirrorTopState *ts = top->opaque;
     g_autoptr(GError) err = NULL;
 
-    bdrv_ref(top);
-    bdrv_drained_begin(top);
     ts->stop = true;
     ts->job = NULL;
     if (bdrv_refresh_perms(top, &err) < 0) {
         warn_report("mirror: %s", err->message);
-        g_clear_error(&err);
     }
+}
+
+/* Take the filter out again: its parents go to whatever is below it. */
+static void mirror_top_remove(BlockDriverState *top)
+{
+    bdrv_ref(top);
+    bdrv_drained_begin(top);
+    mirror_top_stop(top);
     bdrv_remove_filter(top, "mirror");
     bdrv_drained_end(top);
     bdrv_unref(top);
@@ -855,7 +861,6 @@ static int mirror_exit_common(Job *job)
     s->prepared = true;
 
     BlockDriverState *top = s->mirror_top;
-    MirrorTopState *ts = top->opaque;
     BlockDriverState *src = top->file->bs;
     BlockDriverState *target_bs = s->target_bs;
     bool abort = job->ret < 0;
@@ -877,12 +882,7 @@ static int mirror_exit_common(Job *job)
 
     /* Nothing goes through the filter any more (drained until the end). */
     bdrv_drained_begin(top);
-    ts->stop = true;
-    ts->job = NULL;
-    if (bdrv_refresh_perms(top, &err) < 0) {
-        warn_report("mirror: %s", err->message);
-        g_clear_error(&err);
-    }
+    mirror_top_stop(top);
 
     /* The graph changes now: the job's hold on the chain and its edges
      * (which carry its blocker) go first. */
@@ -1301,21 +1301,6 @@ static bool is_root_node(BlockDriverState *bs)
     return true;
 }
 
-/* A job's blocker on the node (QEMU's op blockers): its edges carry the
- * job's type. */
-static bool node_in_use_by_job(BlockDriverState *bs, GError **errp)
-{
-    BlockJob *job = block_job_find_by_node(bs);
-    if (job) {
-        error_setg(errp,
-                   "Node '%s' is busy: block device is in use by block job: "
-                   "%s",
-                   bdrv_get_node_name(bs), job_type_str(&job->job));
-        return true;
-    }
-    return false;
-}
-
 /* QEMU's check_to_replace_node. */
 static BlockDriverState *check_to_replace_node(BlockDriverState *bs,
                                                const char *name,
@@ -1328,7 +1313,7 @@ static BlockDriverState *check_to_replace_node(BlockDriverState *bs,
     }
     /* QEMU names the newest blocker first: a job's comes after the
      * backing link's */
-    if (node_in_use_by_job(to_replace, errp)) {
+    if (block_job_node_busy(to_replace, errp)) {
         return NULL;
     }
     const char *user = bdrv_backing_user(to_replace);
@@ -1381,10 +1366,10 @@ void qmp_blockdev_mirror(q_obj_blockdev_mirror_arg *arg, GError **errp)
     }
     /* QEMU's op blockers: a node a job uses is neither source nor target
      * of another mirror; a backing file is no target. */
-    if (node_in_use_by_job(bs, errp)) {
+    if (block_job_node_busy(bs, errp)) {
         return;
     }
-    if (node_in_use_by_job(target, errp)) {
+    if (block_job_node_busy(target, errp)) {
         return;
     }
     const char *user = bdrv_backing_user(target);
