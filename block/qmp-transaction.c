@@ -111,47 +111,19 @@ static void snapshot_clean(void *opaque)
 
 /*
  * The old node is a backing file now: QEMU reopens it read-only when the
- * snapshot commits (and ignores a failure, leaving it as it was).  Here a
- * blockdev-reopen of the node with its options as they are, but
- * read-only, and its children as they are now (a backing node set at run
- * time is kept; inline children are reopened with it and inherit
- * read-only, as in QEMU).
+ * snapshot commits (and ignores a failure, leaving it as it was).  Here
+ * bdrv_co_reopen_set_read_only(): a blockdev-reopen of the node with its
+ * options as they are, but read-only, and its children as they are now (a
+ * backing node set at run time is kept; inline children are reopened with
+ * it and inherit read-only, as in QEMU).
  */
 static void coroutine_fn snapshot_make_read_only(BlockDriverState *bs)
 {
     if (bdrv_is_read_only(bs) || !bs->options || !bs->node_name[0]) {
         return;
     }
-    JsonNode *n = qapi_BlockdevOptions_to_json(bs->options);
-    if (!n || !JSON_NODE_HOLDS_OBJECT(n)) {
-        if (n) {
-            json_node_unref(n);
-        }
-        return;
-    }
-    JsonObject *o = json_node_get_object(n);
-    json_object_set_boolean_member(o, "read-only", true);
-    json_object_set_string_member(o, "node-name", bs->node_name);
-    BdrvChild *c;
-    LIST_FOREACH (c, &bs->children, next) {
-        JsonNode *m = json_object_has_member(o, c->name)
-                          ? json_object_get_member(o, c->name)
-                          : NULL;
-        if (c == bs->backing || !m || !JSON_NODE_HOLDS_OBJECT(m)) {
-            json_object_set_string_member(o, c->name,
-                                          bdrv_get_node_name(c->bs));
-        }
-    }
     g_autoptr(GError) err = NULL;
-    BlockdevOptions *opts = qapi_BlockdevOptions_from_json(n, false, &err);
-    json_node_unref(n);
-    if (opts) {
-        BlockdevOptionsList l = {.next = NULL, .value = opts};
-        q_obj_blockdev_reopen_arg arg = {.options = &l};
-        qmp_blockdev_reopen(&arg, &err);
-        qapi_free_BlockdevOptions(opts);
-    }
-    if (err) {
+    if (bdrv_co_reopen_set_read_only(bs, true, &err) < 0) {
         warn_report("blockdev-snapshot: '%s' stays writable: %s",
                     bs->node_name, err->message);
     }
