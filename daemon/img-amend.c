@@ -831,16 +831,7 @@ int img_cmd_amend(int argc, char **argv)
 
     int ret = -1;
     if (!fmt && !image_opts && !strcmp(img.format, "raw")) {
-        fflush(stdout);
-        fprintf(stderr,
-                "WARNING: Image format was not specified for '%s' and "
-                "probing guessed raw.\n"
-                "         Automatically detecting the format is dangerous "
-                "for raw images, write operations on block 0 will be "
-                "restricted.\n"
-                "         Specify the 'raw' format explicitly to remove the "
-                "restrictions.\n",
-                filename);
+        img_warn_probed_raw(filename);
     }
     if (strcmp(img.format, "qcow2")) {
         img_error("Format driver '%s' does not support option amendment",
