@@ -518,6 +518,49 @@ static int coroutine_fn replace_dir(BlockDriverState *bs, const Dir *old,
     return 0;
 }
 
+/*
+ * Switch the image to directory `dir` (nb entries) in place of d.  From
+ * then on the clusters allocated for it (fresh; NULL: none) are the
+ * image's, and those only the old directory named (old) are given back.
+ * Before the switch an error leaves both lists to dir_change_end().
+ */
+static int coroutine_fn switch_dir(BlockDriverState *bs, const Dir *d,
+                                   GByteArray *dir, uint32_t nb,
+                                   FreeList *fresh, FreeList *old,
+                                   GError **errp)
+{
+    BDRVQcow2State *s = bs->opaque;
+    int ret = replace_dir(bs, d, dir, nb, old, errp);
+    if (ret < 0) {
+        return ret;
+    }
+    if (fresh && fresh->r) { /* the image owns them now */
+        g_array_free(fresh->r, TRUE);
+        fresh->r = NULL;
+    }
+    free_run(bs, old);
+    ret = qcow2_cache_flush(bs, s->rc_cache);
+    if (ret < 0) {
+        error_setg_errno(errp, -ret, "Could not flush refcounts");
+    }
+    return ret;
+}
+
+/* What a directory change leaves, switched or not: clusters allocated for
+ * a directory that never was go back; the old ones are still referenced
+ * and stay. */
+static void coroutine_fn dir_change_end(BlockDriverState *bs,
+                                        FreeList *fresh, FreeList *old)
+{
+    if (fresh && fresh->r) {
+        free_run(bs, fresh); /* never referenced: give them back */
+    }
+    if (old->r) {
+        g_array_free(old->r, TRUE); /* still referenced: keep */
+        old->r = NULL;
+    }
+}
+
 /* ---- loading ---- */
 
 int coroutine_fn qcow2_bitmaps_load(BlockDriverState *bs, GError **errp)
@@ -711,26 +754,9 @@ int coroutine_fn qcow2_bitmaps_store(BlockDriverState *bs, GError **errp)
         error_setg_errno(errp, -ret, "Could not flush bitmap data");
         goto out;
     }
-    ret = replace_dir(bs, &d, dir, nb, &old, errp);
-    if (ret < 0) {
-        goto out;
-    }
-    if (fresh.r) { /* the image owns them now */
-        g_array_free(fresh.r, TRUE);
-        fresh.r = NULL;
-    }
-    free_run(bs, &old);
-    ret = qcow2_cache_flush(bs, s->rc_cache);
-    if (ret < 0) {
-        error_setg_errno(errp, -ret, "Could not flush refcounts");
-    }
+    ret = switch_dir(bs, &d, dir, nb, &fresh, &old, errp);
 out:
-    if (fresh.r) {
-        free_run(bs, &fresh); /* never referenced: give them back */
-    }
-    if (old.r) {
-        g_array_free(old.r, TRUE); /* still referenced: keep */
-    }
+    dir_change_end(bs, &fresh, &old);
     g_byte_array_unref(dir);
     dir_free(&d);
     co_mutex_unlock(&s->lock);
@@ -846,18 +872,9 @@ int coroutine_fn qcow2_co_remove_persistent_dirty_bitmap(BlockDriverState *bs,
             }
         }
         free_add_bitmap(bs, &d.e[idx], &old);
-        ret = replace_dir(bs, &d, dir, nb, &old, errp);
-        if (ret == 0) {
-            free_run(bs, &old);
-            ret = qcow2_cache_flush(bs, s->rc_cache);
-            if (ret < 0) {
-                error_setg_errno(errp, -ret, "Could not flush refcounts");
-            }
-        }
+        ret = switch_dir(bs, &d, dir, nb, NULL, &old, errp);
     }
-    if (old.r) {
-        g_array_free(old.r, TRUE);
-    }
+    dir_change_end(bs, NULL, &old);
     g_byte_array_unref(dir);
     dir_free(&d);
     co_mutex_unlock(&s->lock);
@@ -1018,26 +1035,9 @@ int coroutine_fn qcow2_bitmaps_repair_in_use(BlockDriverState *bs,
         error_setg_errno(errp, -ret, "Could not flush bitmap tables");
         goto out;
     }
-    ret = replace_dir(bs, &d, dir, d.ext.nb_bitmaps, &old, errp);
-    if (ret < 0) {
-        goto out;
-    }
-    if (fresh.r) { /* the image owns them now */
-        g_array_free(fresh.r, TRUE);
-        fresh.r = NULL;
-    }
-    free_run(bs, &old);
-    ret = qcow2_cache_flush(bs, s->rc_cache);
-    if (ret < 0) {
-        error_setg_errno(errp, -ret, "Could not flush refcounts");
-    }
+    ret = switch_dir(bs, &d, dir, d.ext.nb_bitmaps, &fresh, &old, errp);
 out:
-    if (fresh.r) {
-        free_run(bs, &fresh); /* never referenced: give them back */
-    }
-    if (old.r) {
-        g_array_free(old.r, TRUE); /* still referenced: keep */
-    }
+    dir_change_end(bs, &fresh, &old);
     g_byte_array_unref(dir);
     dir_free(&d);
     co_mutex_unlock(&s->lock);
