@@ -911,7 +911,9 @@ static int coroutine_fn fill_invalid_with_zeroes(BlockDriverState *bs)
         bool valid;
         int64_t n = run_length(s, pos, bs->total_bytes, &valid);
         if (!valid) {
-            ret = addcow_write(bs, pos, n, NULL, 0);
+            /* may unmap: still reads zeroes, and a sparse image file
+             * stays sparse */
+            ret = addcow_write(bs, pos, n, NULL, BDRV_REQ_MAY_UNMAP);
         }
         pos += n;
     }
