@@ -95,24 +95,6 @@ static const AmendOptDesc *find_desc(const char *name)
     return NULL;
 }
 
-/* A value up to the next single comma; ",," is a literal comma. */
-static const char *get_value(const char *p, char **out)
-{
-    GString *v = g_string_new(NULL);
-
-    while (*p) {
-        if (*p == ',') {
-            if (p[1] != ',') {
-                break;
-            }
-            p++;
-        }
-        g_string_append_c(v, *p++);
-    }
-    *out = g_string_free(v, FALSE);
-    return p;
-}
-
 static bool check_value(const AmendOptDesc *d, const char *value,
                         GError **errp)
 {
@@ -158,20 +140,9 @@ static GHashTable *parse_amend_opts(const char *params, GError **errp)
     const char *p = params;
 
     while (*p) {
-        size_t len = strcspn(p, "=,");
         char *name, *value;
 
-        if (p[len] != '=') {
-            name = g_strndup(p, len);
-            value = g_strdup("on");
-            p += len;
-        } else {
-            name = g_strndup(p, len);
-            p = get_value(p + len + 1, &value);
-        }
-        if (*p == ',') {
-            p++;
-        }
+        img_opt_next(&p, false, &name, &value);
         const AmendOptDesc *d = find_desc(name);
         if (!d) {
             bool create_only = false;

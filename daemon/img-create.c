@@ -96,24 +96,6 @@ static int print_option_help(const char *filename, const char *fmt)
     return EXIT_SUCCESS;
 }
 
-/* A value up to an unescaped ',' (",," is a literal comma). */
-static const char *get_value(const char *p, char **out)
-{
-    GString *s = g_string_new(NULL);
-
-    while (*p) {
-        if (*p == ',') {
-            if (p[1] != ',') {
-                break;
-            }
-            p++;
-        }
-        g_string_append_c(s, *p++);
-    }
-    *out = g_string_free(s, FALSE);
-    return p;
-}
-
 static bool validate(const ImgCreateOpt *o, const char *v, GError **errp)
 {
     uint64_t n;
@@ -171,25 +153,9 @@ static bool parse_create_opts(const ImgFormat *f, const char *params,
     const char *p = params;
 
     while (*p) {
-        size_t len = strcspn(p, "=,");
         char *name, *value;
 
-        if (p[len] != '=') {
-            if (len >= 2 && !strncmp(p, "no", 2)) {
-                name = g_strndup(p + 2, len - 2);
-                value = g_strdup("off");
-            } else {
-                name = g_strndup(p, len);
-                value = g_strdup("on");
-            }
-            p += len;
-        } else {
-            name = g_strndup(p, len);
-            p = get_value(p + len + 1, &value);
-        }
-        if (*p == ',') {
-            p++;
-        }
+        img_opt_next(&p, true, &name, &value);
         if (!strcmp(name, "id")) {
             g_free(name);
             g_free(value);

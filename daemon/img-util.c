@@ -209,3 +209,47 @@ void img_warn_probed_raw(const char *filename)
             "restrictions.\n",
             filename);
 }
+
+/* ---- -o option lists ---- */
+
+/* A value up to an unescaped ',' (",," is a literal comma). */
+static const char *get_value(const char *p, char **out)
+{
+    GString *s = g_string_new(NULL);
+
+    while (*p) {
+        if (*p == ',') {
+            if (p[1] != ',') {
+                break;
+            }
+            p++;
+        }
+        g_string_append_c(s, *p++);
+    }
+    *out = g_string_free(s, FALSE);
+    return p;
+}
+
+void img_opt_next(const char **pp, bool no_prefix, char **name, char **value)
+{
+    const char *p = *pp;
+    size_t len = strcspn(p, "=,");
+
+    if (p[len] != '=') {
+        if (no_prefix && len >= 2 && !strncmp(p, "no", 2)) {
+            *name = g_strndup(p + 2, len - 2);
+            *value = g_strdup("off");
+        } else {
+            *name = g_strndup(p, len);
+            *value = g_strdup("on");
+        }
+        p += len;
+    } else {
+        *name = g_strndup(p, len);
+        p = get_value(p + len + 1, value);
+    }
+    if (*p == ',') {
+        p++;
+    }
+    *pp = p;
+}

@@ -41,6 +41,15 @@ void img_warn_probed_raw(const char *filename);
 /* QEMU's pretty JSON (4-space indent, QDict member order). */
 char *img_json_pretty(JsonNode *node);
 
+/*
+ * The next entry of an -o list at *p, moving *p past it and its comma:
+ * "name=value" (",," in a value is a literal comma) or a bare "name",
+ * which is name=on, or with no_prefix "noNAME" is NAME=off (create's
+ * QemuOpts).  The caller frees name and value.
+ */
+void img_opt_next(const char **p, bool no_prefix, char **name,
+                  char **value);
+
 /* ---- formats ---- */
 
 typedef enum ImgOptType {
