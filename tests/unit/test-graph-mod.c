@@ -27,6 +27,7 @@
 #include "block/block_int.h"
 #include "qapi/qapi-commands.h"
 #include "tests/unit/test-helpers.h"
+#include "tests/unit/test-memfmt.h"
 
 /* ---- a recording leaf (the null-co slot) ---- */
 
@@ -129,19 +130,10 @@ static const BlockDriver leafdrv = {
 static int coroutine_fn fmt_open(BlockDriverState *bs,
                                  const BlockdevOptions *opts, GError **errp)
 {
-    const BlockdevOptionsQcow2 *o = &opts->u.qcow2;
-    if (!bdrv_open_child(bs, o->file, "file",
-                         BDRV_CHILD_IMAGE | BDRV_CHILD_PRIMARY, false, errp)) {
-        return -EINVAL;
-    }
     /* backing: a node-name (or null) is all these tests use */
-    if (o->has_backing && o->backing->type == QTYPE_QSTRING) {
-        BlockDriverState *b =
-            bdrv_lookup_bs(NULL, o->backing->u.reference, errp);
-        if (!b || !bdrv_attach_child(bs, b, "backing", BDRV_CHILD_COW,
-                                     errp)) {
-            return -EINVAL;
-        }
+    int ret = test_fmt_open_children(bs, opts, errp);
+    if (ret < 0) {
+        return ret;
     }
     bs->total_bytes = bs->file->bs->total_bytes;
     return 0;

@@ -8,9 +8,8 @@
  * leaves them; active commit moves the top's users to base, which then
  * holds the whole chain's data.
  *
- * An in-memory test format in the qcow2 slot stands in for the images:
- * 64 KiB clusters with an allocation flag each, an optional backing
- * child, and a gate that holds writes of a node until the test opens it.
+ * The in-memory test format of test-memfmt.h stands in for the images;
+ * its gate holds writes of a node until the test opens it.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -26,200 +25,16 @@
 #include "block/jobs/mirror.h"
 #include "qapi/qapi-commands.h"
 #include "tests/unit/test-helpers.h"
+#include "tests/unit/test-memfmt.h"
 #include "util/aio.h"
 
-#define CS (64 * 1024)
-#define NCL 16
-#define SZ ((int64_t)CS * NCL)
-
-/* ---- the test format ---- */
-
-typedef struct MemFmt {
-    uint8_t mem[SZ];
-    bool alloc[NCL];
-    bool gate_writes; /* hold writes before they land */
-} MemFmt;
-
-static CoQueue gate;
-static bool gate_closed;
-static int gate_waiting;
-
-static void coroutine_fn gate_pass(void)
-{
-    while (gate_closed) {
-        gate_waiting++;
-        co_queue_wait(&gate, NULL);
-        gate_waiting--;
-    }
-}
-
-static void gate_open(void)
-{
-    gate_closed = false;
-    co_queue_restart_all(&gate);
-}
-
-static int coroutine_fn fmt_open(BlockDriverState *bs,
-                                 const BlockdevOptions *opts, GError **errp)
-{
-    const BlockdevOptionsQcow2 *o = &opts->u.qcow2;
-    if (!bdrv_open_child(bs, o->file, "file",
-                         BDRV_CHILD_IMAGE | BDRV_CHILD_PRIMARY, false, errp)) {
-        return -EINVAL;
-    }
-    if (o->has_backing && o->backing->type == QTYPE_QSTRING) {
-        BlockDriverState *b =
-            bdrv_lookup_bs(NULL, o->backing->u.reference, errp);
-        if (!b ||
-            !bdrv_attach_child(bs, b, "backing", BDRV_CHILD_COW, errp)) {
-            return -EINVAL;
-        }
-    }
-    bs->total_bytes = SZ;
-    bs->supported_zero_flags = BDRV_REQ_MAY_UNMAP;
-    return 0;
-}
-
-static int64_t run_len(MemFmt *s, int64_t offset, int64_t bytes, bool *a)
-{
-    *a = s->alloc[offset / CS];
-    int64_t end = offset;
-    while (end < offset + bytes && s->alloc[end / CS] == *a) {
-        end = (end / CS + 1) * CS;
-    }
-    return MIN(end, offset + bytes) - offset;
-}
-
-static int coroutine_fn fmt_preadv(BlockDriverState *bs, int64_t offset,
-                                   int64_t bytes, IOVector *qiov,
-                                   BdrvRequestFlags flags)
-{
-    MemFmt *s = bs->opaque;
-    size_t qoff = 0;
-    while (bytes > 0) {
-        bool a;
-        int64_t n = run_len(s, offset, bytes, &a);
-        if (a) {
-            qiov_from_buf(qiov, qoff, s->mem + offset, (size_t)n);
-        } else if (bs->backing) {
-            IOVector part;
-            qiov_init(&part, qiov->niov);
-            qiov_concat(&part, qiov, qoff, (size_t)n);
-            int ret = bdrv_co_preadv(bs->backing, offset, n, &part, 0);
-            qiov_destroy(&part);
-            if (ret < 0) {
-                return ret;
-            }
-        } else {
-            qiov_memset(qiov, qoff, 0, (size_t)n);
-        }
-        offset += n;
-        qoff += (size_t)n;
-        bytes -= n;
-    }
-    return 0;
-}
-
-static void mark_alloc(MemFmt *s, int64_t offset, int64_t bytes)
-{
-    for (int64_t c = offset / CS; c * CS < offset + bytes; c++) {
-        s->alloc[c] = true;
-    }
-}
-
-static int coroutine_fn fmt_pwritev(BlockDriverState *bs, int64_t offset,
-                                    int64_t bytes, IOVector *qiov,
-                                    BdrvRequestFlags flags)
-{
-    MemFmt *s = bs->opaque;
-    /* the data is taken before the gate: a copy in flight has it */
-    uint8_t *tmp = g_malloc((size_t)bytes);
-    qiov_to_buf(qiov, 0, tmp, (size_t)bytes);
-    if (s->gate_writes) {
-        gate_pass();
-    }
-    memcpy(s->mem + offset, tmp, (size_t)bytes);
-    g_free(tmp);
-    mark_alloc(s, offset, bytes);
-    return 0;
-}
-
-static int coroutine_fn fmt_pwrite_zeroes(BlockDriverState *bs, int64_t offset,
-                                          int64_t bytes,
-                                          BdrvRequestFlags flags)
-{
-    MemFmt *s = bs->opaque;
-    if (s->gate_writes) {
-        gate_pass();
-    }
-    memset(s->mem + offset, 0, (size_t)bytes);
-    mark_alloc(s, offset, bytes);
-    return 0;
-}
-
-static int coroutine_fn fmt_block_status(BlockDriverState *bs, bool want_zero,
-                                         int64_t offset, int64_t bytes,
-                                         int64_t *pnum, int64_t *map,
-                                         BlockDriverState **file)
-{
-    bool a;
-    *pnum = run_len(bs->opaque, offset, bytes, &a);
-    return a ? BDRV_BLOCK_DATA | BDRV_BLOCK_ALLOCATED : 0;
-}
-
-static int coroutine_fn fmt_get_info(BlockDriverState *bs, ImageInfo *info,
-                                     GError **errp)
-{
-    info->has_cluster_size = true;
-    info->cluster_size = CS;
-    return 0;
-}
-
-static const BlockDriver memfmt = {
-    .version = BLOCK_DRIVER_VERSION,
-    .format_name = "qcow2",
-    .driver = BLOCKDEV_DRIVER_QCOW2,
-    .instance_size = sizeof(MemFmt),
-    .is_format = true,
-    .supports_backing = true,
-    .bdrv_open = fmt_open,
-    .bdrv_co_preadv = fmt_preadv,
-    .bdrv_co_pwritev = fmt_pwritev,
-    .bdrv_co_pwrite_zeroes = fmt_pwrite_zeroes,
-    .bdrv_co_block_status = fmt_block_status,
-    .bdrv_co_get_info = fmt_get_info,
-};
-
-/* ---- helpers ---- */
-
-#define FILE_OPTS "file.driver=null-co,file.size=1048576"
-
-static BlockDriverState *open_fmt(const char *name, const char *backing)
-{
-    g_autofree char *opts =
-        backing ? g_strdup_printf("driver=qcow2,node-name=%s,backing=%s,"
-                                  FILE_OPTS, name, backing)
-                : g_strdup_printf("driver=qcow2,node-name=%s," FILE_OPTS,
-                                  name);
-    return test_open_owned(opts);
-}
-
-static MemFmt *st(BlockDriverState *bs)
-{
-    return bs->opaque;
-}
-
-static void fill(BlockDriverState *bs, int first, int n, uint8_t v)
-{
-    memset(st(bs)->mem + (int64_t)first * CS, v, (size_t)n * CS);
-    for (int c = first; c < first + n; c++) {
-        st(bs)->alloc[c] = true;
-    }
-}
+#define CS TEST_MEM_CS
+#define NCL TEST_MEM_NCL
+#define SZ TEST_MEM_SIZE
 
 static void assert_cluster(BlockDriverState *bs, int c, uint8_t v)
 {
-    const uint8_t *p = st(bs)->mem + (int64_t)c * CS;
+    const uint8_t *p = test_memfmt(bs)->mem + (int64_t)c * CS;
     for (size_t i = 0; i < CS; i++) {
         if (p[i] != v) {
             fail_msg("%s cluster %d byte %zu is 0x%02x, not 0x%02x",
@@ -252,7 +67,7 @@ static bool job_gone(void *opaque)
 static bool gate_has_waiters(void *opaque)
 {
     (void)opaque;
-    return gate_waiting > 0;
+    return test_gate_waiting() > 0;
 }
 
 static bool req_done(void *opaque)
@@ -313,9 +128,7 @@ static void req_free(TestReq *r)
 
 static int setup(void **state)
 {
-    co_queue_init(&gate);
-    gate_closed = false;
-    gate_waiting = 0;
+    test_gate_reset();
     return 0;
 }
 
@@ -336,13 +149,13 @@ static int teardown(void **state)
  * target ends with the new data. */
 static void test_background_recopies(void **state)
 {
-    BlockDriverState *src = open_fmt("src", NULL);
-    BlockDriverState *tgt = open_fmt("tgt", NULL);
-    fill(src, 0, NCL, 0x11);
+    BlockDriverState *src = test_memfmt_open("src", NULL);
+    BlockDriverState *tgt = test_memfmt_open("tgt", NULL);
+    test_memfmt_fill(src, 0, NCL, 0x11);
     BlockBackend *blk = test_rw_blk(src);
 
-    st(tgt)->gate_writes = true;
-    gate_closed = true;
+    test_memfmt(tgt)->gate_writes = true;
+    test_gate_close();
     start_mirror(MIRROR_COPY_MODE_BACKGROUND);
     poll_until(gate_has_waiters, NULL);
 
@@ -352,10 +165,10 @@ static void test_background_recopies(void **state)
     assert_cluster(src, 0, 0x22);
     assert_cluster(tgt, 0, 0x00); /* the old copy is still held */
 
-    gate_open();
+    test_gate_open();
     wait_status(JOB_STATUS_READY);
     assert_cluster(tgt, 0, 0x22);
-    assert_memory_equal(st(src)->mem, st(tgt)->mem, SZ);
+    assert_memory_equal(test_memfmt(src)->mem, test_memfmt(tgt)->mem, SZ);
 
     GError *err = NULL;
     job_complete(job_get("m"), &err);
@@ -372,13 +185,13 @@ static void test_background_recopies(void **state)
  * right after it keeps it there. */
 static void test_write_blocking_waits(void **state)
 {
-    BlockDriverState *src = open_fmt("src", NULL);
-    BlockDriverState *tgt = open_fmt("tgt", NULL);
-    fill(src, 0, NCL, 0x11);
+    BlockDriverState *src = test_memfmt_open("src", NULL);
+    BlockDriverState *tgt = test_memfmt_open("tgt", NULL);
+    test_memfmt_fill(src, 0, NCL, 0x11);
     BlockBackend *blk = test_rw_blk(src);
 
-    st(tgt)->gate_writes = true;
-    gate_closed = true;
+    test_memfmt(tgt)->gate_writes = true;
+    test_gate_close();
     start_mirror(MIRROR_COPY_MODE_WRITE_BLOCKING);
     poll_until(gate_has_waiters, NULL);
 
@@ -389,7 +202,7 @@ static void test_write_blocking_waits(void **state)
     assert_false(w->done);
     assert_cluster(src, 0, 0x11);
 
-    gate_open();
+    test_gate_open();
     poll_until(req_done, w);
     assert_int_equal(w->ret, 0);
     assert_cluster(src, 0, 0x33);
@@ -407,9 +220,9 @@ static void test_write_blocking_waits(void **state)
  * user stays on the source, the filter is gone, the target is a copy. */
 static void test_soft_cancel_keeps_graph(void **state)
 {
-    BlockDriverState *src = open_fmt("src", NULL);
-    BlockDriverState *tgt = open_fmt("tgt", NULL);
-    fill(src, 2, 5, 0x44);
+    BlockDriverState *src = test_memfmt_open("src", NULL);
+    BlockDriverState *tgt = test_memfmt_open("tgt", NULL);
+    test_memfmt_fill(src, 2, 5, 0x44);
     BlockBackend *blk = test_rw_blk(src);
 
     start_mirror(MIRROR_COPY_MODE_BACKGROUND);
@@ -423,7 +236,7 @@ static void test_soft_cancel_keeps_graph(void **state)
     assert_null(err);
     poll_until(job_gone, NULL);
     assert_ptr_equal(blk_bs(blk), src);
-    assert_memory_equal(st(src)->mem, st(tgt)->mem, SZ);
+    assert_memory_equal(test_memfmt(src)->mem, test_memfmt(tgt)->mem, SZ);
     assert_cluster(tgt, 9, 0x55);
     /* nothing but the user above the source any more */
     int parents = 0;
@@ -448,10 +261,10 @@ static void coroutine_fn commit_co(void *opaque)
  * base on job-complete. */
 static void test_active_commit(void **state)
 {
-    BlockDriverState *base = open_fmt("base", NULL);
-    BlockDriverState *top = open_fmt("top", "base");
-    fill(base, 0, 8, 0x11);
-    fill(top, 4, 8, 0x22);
+    BlockDriverState *base = test_memfmt_open("base", NULL);
+    BlockDriverState *top = test_memfmt_open("top", "base");
+    test_memfmt_fill(base, 0, 8, 0x11);
+    test_memfmt_fill(top, 4, 8, 0x22);
     BlockBackend *blk = test_rw_blk(top);
 
     void *a[4] = {top, base, NULL, NULL};
@@ -483,7 +296,7 @@ static void test_active_commit(void **state)
 int main(void)
 {
     test_aio_init();
-    bdrv_register_test_driver(&memfmt);
+    bdrv_register_test_driver(&test_memfmt_driver);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_background_recopies, setup,
                                         teardown),
@@ -494,6 +307,6 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_active_commit, setup, teardown),
     };
     int ret = cmocka_run_group_tests(tests, NULL, NULL);
-    bdrv_unregister_test_driver(&memfmt);
+    bdrv_unregister_test_driver(&test_memfmt_driver);
     return ret;
 }
