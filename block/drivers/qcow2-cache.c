@@ -115,6 +115,15 @@ static int coroutine_fn entry_write(BlockDriverState *bs, Qcow2Cache *c,
     if (ret < 0) {
         return ret;
     }
+    {
+        /* QEMU names the write-back of a cached table after its kind. */
+        BDRVQcow2State *s = bs->opaque;
+        if (c == s->rc_cache) {
+            BLKDBG_EVENT(bs->file, BLKDBG_REFBLOCK_UPDATE_PART);
+        } else if (c == s->l2_cache) {
+            BLKDBG_EVENT(bs->file, BLKDBG_L2_UPDATE);
+        }
+    }
     ret = bdrv_co_pwrite(bs->file, (int64_t)e->offset,
                          (int64_t)c->table_size, slot_table(c, i), 0);
     if (ret < 0) {
@@ -258,6 +267,9 @@ static int coroutine_fn cache_do_get(BlockDriverState *bs, Qcow2Cache *c,
         Qcow2CacheEntry *e = &c->entries[i];
         e->ref = 1;
         if (read_from_disk) {
+            if (c == ((BDRVQcow2State *)bs->opaque)->l2_cache) {
+                BLKDBG_EVENT(bs->file, BLKDBG_L2_LOAD);
+            }
             int ret = bdrv_co_pread(bs->file, (int64_t)offset,
                                     (int64_t)c->table_size, slot_table(c, i),
                                     0);

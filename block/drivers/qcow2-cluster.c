@@ -319,6 +319,7 @@ int coroutine_fn qcow2_get_l2_for_write(BlockDriverState *bs, uint64_t offset,
     int ret;
     if (old) {
         uint64_t *o;
+        BLKDBG_EVENT(bs->file, BLKDBG_L2_ALLOC_COW_READ);
         ret = l2_load(bs, l1_index, old, &o);
         if (ret < 0) {
             goto fail_free;
@@ -384,6 +385,7 @@ int coroutine_fn qcow2_grow_l1_table(BlockDriverState *bs, uint64_t min_size)
     }
     uint64_t bytes = ROUND_UP(min_size * 8, s->cluster_size);
     uint64_t new_size = min_size;
+    BLKDBG_EVENT(bs->file, BLKDBG_L1_GROW_ALLOC_TABLE);
     int64_t new = qcow2_alloc_clusters(bs, bytes);
     if (new < 0) {
         return (int)new;

@@ -24,6 +24,7 @@ int coroutine_fn qcow2_refcount_init(BlockDriverState *bs, GError **errp)
         return -ENOMEM;
     }
     if (bytes) {
+        BLKDBG_EVENT(bs->file, BLKDBG_REFTABLE_LOAD);
         int ret = bdrv_co_pread(bs->file, (int64_t)s->reftable_offset,
                                 (int64_t)bytes, s->reftable, 0);
         if (ret < 0) {
@@ -154,6 +155,7 @@ static int coroutine_fn create_refblock(BlockDriverState *bs, uint64_t b,
     memset(block, 0, s->cluster_size);
     qcow2_refcount_set(block, s->refcount_order,
                        cluster_index & ((1ULL << s->refblock_bits) - 1), 1);
+    BLKDBG_EVENT(bs->file, BLKDBG_REFBLOCK_ALLOC_WRITE);
     ret = bdrv_co_pwrite(bs->file, (int64_t)host, (int64_t)s->cluster_size,
                          block, 0);
     qcow2_cache_put(s->rc_cache, &block);
@@ -164,6 +166,7 @@ static int coroutine_fn create_refblock(BlockDriverState *bs, uint64_t b,
     note_allocated(s, host, s->cluster_size);
     s->reftable[b] = host;
     s->reftable_used = MAX(s->reftable_used, b + 1);
+    BLKDBG_EVENT(bs->file, BLKDBG_REFBLOCK_ALLOC_HOOKUP);
     ret = write_reftable_entry(bs, b);
     if (ret < 0) {
         s->reftable[b] = 0;
@@ -207,6 +210,7 @@ static int coroutine_fn grow_reftable(BlockDriverState *bs, uint64_t start)
         return -EFBIG;
     }
 
+    BLKDBG_EVENT(bs->file, BLKDBG_REFTABLE_GROW);
     uint64_t *new_table = g_try_malloc0(table_bytes);
     uint8_t *blk = blk_memalign(4096, s->cluster_size);
     if (!new_table) {
@@ -218,6 +222,7 @@ static int coroutine_fn grow_reftable(BlockDriverState *bs, uint64_t start)
         new_table[i] = s->reftable[i];
     }
     /* The new blocks, each counting the metadata clusters in its range. */
+    BLKDBG_EVENT(bs->file, BLKDBG_REFBLOCK_ALLOC_WRITE_BLOCKS);
     for (uint64_t k = 0; k < nblocks; k++) {
         uint64_t bidx = first_block + k;
         uint64_t host = (start + k) << s->cluster_bits;
@@ -249,6 +254,7 @@ static int coroutine_fn grow_reftable(BlockDriverState *bs, uint64_t start)
         ret = qcow2_pre_write_overlap_check(bs, 0, (int64_t)host,
                                             (int64_t)table_bytes);
         if (ret == 0) {
+            BLKDBG_EVENT(bs->file, BLKDBG_REFBLOCK_ALLOC_WRITE_TABLE);
             ret = bdrv_co_pwrite(bs->file, (int64_t)host, (int64_t)table_bytes,
                                  be, 0);
         }
@@ -271,6 +277,7 @@ static int coroutine_fn grow_reftable(BlockDriverState *bs, uint64_t start)
         uint64_t host = table_index << s->cluster_bits;
         qcow2_put_be64(hdr, host);
         qcow2_put_be32(hdr + 8, (uint32_t)tclusters);
+        BLKDBG_EVENT(bs->file, BLKDBG_REFBLOCK_ALLOC_SWITCH_TABLE);
         ret = bdrv_co_pwrite(bs->file, 48, sizeof(hdr), hdr, 0);
         if (ret < 0) {
             goto out;
@@ -303,12 +310,14 @@ static int coroutine_fn ensure_covered(BlockDriverState *bs, uint64_t index)
     BDRVQcow2State *s = bs->opaque;
     uint64_t b = index >> s->refblock_bits;
     if (b >= s->reftable_size) {
+        BLKDBG_EVENT(bs->file, BLKDBG_REFBLOCK_ALLOC);
         int ret = grow_reftable(bs, index);
         return ret < 0 ? ret : 1;
     }
     if (s->reftable[b] & REFT_OFFSET_MASK) {
         return 0;
     }
+    BLKDBG_EVENT(bs->file, BLKDBG_REFBLOCK_ALLOC);
     int ret = create_refblock(bs, b, index);
     return ret < 0 ? ret : 1;
 }
@@ -318,6 +327,7 @@ static int coroutine_fn update_one(BlockDriverState *bs, uint64_t index,
 {
     BDRVQcow2State *s = bs->opaque;
     void *block;
+    BLKDBG_EVENT(bs->file, BLKDBG_REFBLOCK_LOAD);
     int ret = get_refblock(bs, index >> s->refblock_bits, &block);
     if (ret < 0) {
         return ret;
@@ -491,6 +501,7 @@ int64_t coroutine_fn qcow2_alloc_bytes(BlockDriverState *bs, int size)
 {
     BDRVQcow2State *s = bs->opaque;
     g_assert(size > 0 && (uint64_t)size <= s->cluster_size);
+    BLKDBG_EVENT(bs->file, BLKDBG_CLUSTER_ALLOC_BYTES);
     uint64_t off = s->free_byte_offset;
     if (off && qcow2_offset_into_cluster(s, off) &&
         qcow2_offset_into_cluster(s, off) + (uint64_t)size <= s->cluster_size) {
@@ -525,6 +536,7 @@ int64_t coroutine_fn qcow2_alloc_bytes(BlockDriverState *bs, int size)
 void coroutine_fn qcow2_free_clusters(BlockDriverState *bs, uint64_t offset,
                                       uint64_t size)
 {
+    BLKDBG_EVENT(bs->file, BLKDBG_CLUSTER_FREE);
     int ret = qcow2_update_refcount(bs, offset, size, -1);
     if (ret < 0) {
         /* The cluster leaks; never fatal. */
@@ -795,6 +807,7 @@ int coroutine_fn qcow2_rebuild_refcounts(BlockDriverState *bs, GError **errp)
         ret = qcow2_cache_flush(bs, s->rc_cache);
         for (uint64_t b = 0; ret == 0 && b < s->reftable_size; b++) {
             if ((b & 63) == 0) {
+                BLKDBG_EVENT(bs->file, BLKDBG_REFTABLE_UPDATE);
                 ret = write_reftable_entry(bs, b);
             }
         }
