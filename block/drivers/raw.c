@@ -46,6 +46,24 @@ static int raw_apply_window(BlockDriverState *bs, GError **errp)
     return 0;
 }
 
+/* The window's own checks (open and reopen), as QEMU words them. */
+static bool raw_check_window(const BlockdevOptionsRaw *o, GError **errp)
+{
+    if ((o->has_offset && o->offset < 0) || (o->has_size && o->size < 0)) {
+        error_setg(errp,
+                   "Parameter '%s' expects a non-negative number "
+                   "below 2^64",
+                   (o->has_offset && o->offset < 0) ? "offset" : "size");
+        return false;
+    }
+    if (o->has_size && (o->size % BDRV_SECTOR_SIZE)) {
+        error_setg(errp, "Specified size is not multiple of %llu",
+                   (unsigned long long)BDRV_SECTOR_SIZE);
+        return false;
+    }
+    return true;
+}
+
 static int coroutine_fn raw_open(BlockDriverState *bs,
                                  const BlockdevOptions *opts, GError **errp)
 {
@@ -63,16 +81,7 @@ static int coroutine_fn raw_open(BlockDriverState *bs,
     if (!bdrv_open_child(bs, o->file, "file", role, false, errp)) {
         return -EINVAL;
     }
-    if ((o->has_offset && o->offset < 0) || (o->has_size && o->size < 0)) {
-        error_setg(errp,
-                   "Parameter '%s' expects a non-negative number "
-                   "below 2^64",
-                   (o->has_offset && o->offset < 0) ? "offset" : "size");
-        return -EINVAL;
-    }
-    if (s->has_size && (s->size % BDRV_SECTOR_SIZE)) {
-        error_setg(errp, "Specified size is not multiple of %llu",
-                   (unsigned long long)BDRV_SECTOR_SIZE);
+    if (!raw_check_window(o, errp)) {
         return -EINVAL;
     }
     int ret = raw_apply_window(bs, errp);
@@ -287,16 +296,7 @@ static int coroutine_fn raw_reopen_prepare(BDRVReopenState *state,
     RawState *s = bs->opaque;
     const BlockdevOptionsRaw *o = &state->options->u.raw;
 
-    if ((o->has_offset && o->offset < 0) || (o->has_size && o->size < 0)) {
-        error_setg(errp,
-                   "Parameter '%s' expects a non-negative number "
-                   "below 2^64",
-                   (o->has_offset && o->offset < 0) ? "offset" : "size");
-        return -EINVAL;
-    }
-    if (o->has_size && (o->size % BDRV_SECTOR_SIZE)) {
-        error_setg(errp, "Specified size is not multiple of %llu",
-                   (unsigned long long)BDRV_SECTOR_SIZE);
+    if (!raw_check_window(o, errp)) {
         return -EINVAL;
     }
     RawReopenState *rs = g_new0(RawReopenState, 1);
