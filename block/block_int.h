@@ -473,6 +473,10 @@ void bdrv_wakeup(void);
 /* Set bs->filename from its children and options (filename.c), for a
  * node whose driver left it empty. */
 void bdrv_refresh_filename(BlockDriverState *bs);
+/* A node's name depends on its children: after a graph change, compute it
+ * again for bs (unless it has no children: a protocol names itself) and
+ * for every node above it. */
+void bdrv_refresh_filenames_up(BlockDriverState *bs);
 
 /*
  * The image of bs's backing chain that `name` (a file name, as the

@@ -373,3 +373,29 @@ BlockDriverState *bdrv_find_backing_image(BlockDriverState *bs,
     }
     return NULL;
 }
+
+/*
+ * QEMU computes names when asked; ours are kept, so after the graph
+ * changed they are computed again: an overlay's is json:{...} while its
+ * options say "backing": null and it has none, the plain file name once
+ * its backing node is the one its header names; a raw node's follows what
+ * its file is now; the names above follow theirs.
+ */
+static void refresh_filenames_up(BlockDriverState *bs, int depth)
+{
+    if (!LIST_EMPTY(&bs->children)) {
+        bs->filename[0] = 0;
+        bdrv_refresh_filename(bs);
+    }
+    BdrvChild *c;
+    LIST_FOREACH (c, &bs->parents, next_parent) {
+        if (c->klass->parent_is_bds && depth < 64) {
+            refresh_filenames_up(c->opaque, depth + 1);
+        }
+    }
+}
+
+void bdrv_refresh_filenames_up(BlockDriverState *bs)
+{
+    refresh_filenames_up(bs, 0);
+}

@@ -65,28 +65,6 @@ typedef struct SnapshotUndo {
     BlockDriverState *old_bs, *new_bs;
 } SnapshotUndo;
 
-/*
- * A node's name depends on its children (the overlay's on its backing
- * child: json:{...} while its options say "backing": null and it has
- * none, the plain file name once the backing node is the one its header
- * names; a raw node's on what its file is now).  QEMU computes names when
- * asked; ours are kept, so after the graph changed they are computed
- * again, for bs and every node above it.
- */
-static void refresh_filenames_up(BlockDriverState *bs, int depth)
-{
-    if (!LIST_EMPTY(&bs->children)) {
-        bs->filename[0] = 0;
-        bdrv_refresh_filename(bs);
-    }
-    BdrvChild *c;
-    LIST_FOREACH (c, &bs->parents, next_parent) {
-        if (c->klass->parent_is_bds && depth < 64) {
-            refresh_filenames_up(c->opaque, depth + 1);
-        }
-    }
-}
-
 static void snapshot_abort(void *opaque)
 {
     SnapshotUndo *u = opaque;
@@ -95,8 +73,8 @@ static void snapshot_abort(void *opaque)
         bdrv_set_backing_hd(u->new_bs, NULL, &err) < 0) {
         warn_report("blockdev-snapshot: undo failed: %s", err->message);
     }
-    refresh_filenames_up(u->new_bs, 0);
-    refresh_filenames_up(u->old_bs, 0);
+    bdrv_refresh_filenames_up(u->new_bs);
+    bdrv_refresh_filenames_up(u->old_bs);
 }
 
 static void snapshot_clean(void *opaque)
@@ -219,7 +197,7 @@ static int snapshot_insert(BlockDriverState *old_bs, BlockDriverState *new_bs,
         bdrv_set_backing_hd(new_bs, NULL, NULL);
         return -EPERM;
     }
-    refresh_filenames_up(new_bs, 0);
+    bdrv_refresh_filenames_up(new_bs);
     SnapshotUndo *u = g_new0(SnapshotUndo, 1);
     u->old_bs = old_bs;
     u->new_bs = new_bs;

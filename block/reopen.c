@@ -944,20 +944,6 @@ static void keep_child_entries(ReopenEntry *e)
     json_node_unref(oj);
 }
 
-static void refresh_filenames_up(BlockDriverState *bs, int depth)
-{
-    if (!LIST_EMPTY(&bs->children)) {
-        bs->filename[0] = 0;
-        bdrv_refresh_filename(bs);
-    }
-    BdrvChild *c;
-    LIST_FOREACH (c, &bs->parents, next_parent) {
-        if (c->klass->parent_is_bds && depth < 64) {
-            refresh_filenames_up(c->opaque, depth + 1);
-        }
-    }
-}
-
 static void coroutine_fn commit_all(GPtrArray *q, GPtrArray *order)
 {
     /* Children before parents, as QEMU (qcow2 writes to its file). */
@@ -1008,7 +994,7 @@ static void coroutine_fn commit_all(GPtrArray *q, GPtrArray *order)
      * node's above them, children first. */
     for (guint i = order->len; i-- > 0;) {
         ReopenEntry *e = order->pdata[i];
-        refresh_filenames_up(e->state.bs, 0);
+        bdrv_refresh_filenames_up(e->state.bs);
     }
     /* Limits may follow a new descriptor or child: children first. */
     for (guint i = order->len; i-- > 0;) {

@@ -299,22 +299,6 @@ static void coroutine_fn commit_update_backing_co(void *opaque)
     }
 }
 
-/* A node's filename derives from its children's (json:{...}) and from
- * its header's backing file name: redo it for bs and everything above. */
-static void commit_refresh_filenames(BlockDriverState *bs, int depth)
-{
-    if (depth > 64 || LIST_EMPTY(&bs->children)) {
-        return;
-    }
-    bs->filename[0] = 0;
-    bdrv_refresh_filename(bs);
-    BdrvChild *c;
-    LIST_FOREACH (c, &bs->parents, next_parent) {
-        if (c->klass->parent_is_bds) {
-            commit_refresh_filenames(c->opaque, depth + 1);
-        }
-    }
-}
 
 typedef struct DiscardWork {
     CommitJob *s;
@@ -410,7 +394,7 @@ static int commit_prepare(Job *job, GError **errp)
             g_clear_error(errp);
         }
         for (guint i = 0; i < u.parents->len; i++) {
-            commit_refresh_filenames(u.parents->pdata[i], 0);
+            bdrv_refresh_filenames_up(u.parents->pdata[i]);
         }
     }
     g_ptr_array_free(u.parents, TRUE);
