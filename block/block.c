@@ -893,6 +893,24 @@ static void open_failed(BlockDriverState *bs, bool drv_opened)
     bdrv_free(bs);
 }
 
+/* A node of drv with its state allocated and nothing attached: no
+ * permissions taken, all shared, byte-aligned until its limits say more. */
+static BlockDriverState *node_alloc(const BlockDriver *drv)
+{
+    BlockDriverState *bs = g_new0(BlockDriverState, 1);
+    bs->drv = drv;
+    bs->opaque = g_malloc0(drv->instance_size ? drv->instance_size : 1);
+    bs->refcnt = 1;
+    LIST_INIT(&bs->children);
+    LIST_INIT(&bs->parents);
+    LIST_INIT(&bs->tracked_requests);
+    co_queue_init(&bs->flush_queue);
+    bs->perm = 0;
+    bs->shared_perm = BLK_PERM_ALL;
+    bs->bl.request_alignment = 1;
+    return bs;
+}
+
 static BlockDriverState *coroutine_fn
 bdrv_open_inherit(const BlockdevOptions *opts, BlockDriverState *parent,
                   BdrvChildRole role, GError **errp)
@@ -926,9 +944,7 @@ bdrv_open_inherit(const BlockdevOptions *opts, BlockDriverState *parent,
                                          ? opts->detect_zeroes
                                          : BLOCKDEV_DETECT_ZEROES_OPTIONS_OFF;
 
-    BlockDriverState *bs = g_new0(BlockDriverState, 1);
-    bs->drv = drv;
-    bs->opaque = g_malloc0(drv->instance_size ? drv->instance_size : 1);
+    BlockDriverState *bs = node_alloc(drv);
     bs->options = qapi_BlockdevOptions_clone(opts);
     bs->read_only = read_only;
     bs->open_flags =
@@ -937,14 +953,6 @@ bdrv_open_inherit(const BlockdevOptions *opts, BlockDriverState *parent,
         (auto_ro ? BDRV_O_AUTO_RDONLY : 0) |
         (force_share ? BDRV_O_FORCE_SHARE : 0);
     bs->detect_zeroes = dz;
-    bs->refcnt = 1;
-    LIST_INIT(&bs->children);
-    LIST_INIT(&bs->parents);
-    LIST_INIT(&bs->tracked_requests);
-    co_queue_init(&bs->flush_queue);
-    bs->perm = 0;
-    bs->shared_perm = BLK_PERM_ALL;
-    bs->bl.request_alignment = 1;
 
     /*
      * QEMU opens a node's `file` before it checks the node's own generic
@@ -1019,19 +1027,9 @@ BlockDriverState *bdrv_new_open_driver(const BlockDriver *drv,
                                        GError **errp)
 {
     registry_init();
-    BlockDriverState *bs = g_new0(BlockDriverState, 1);
-    bs->drv = drv;
-    bs->opaque = g_malloc0(drv->instance_size ? drv->instance_size : 1);
+    BlockDriverState *bs = node_alloc(drv);
     bs->open_flags = flags;
     bs->read_only = !(flags & BDRV_O_RDWR);
-    bs->refcnt = 1;
-    LIST_INIT(&bs->children);
-    LIST_INIT(&bs->parents);
-    LIST_INIT(&bs->tracked_requests);
-    co_queue_init(&bs->flush_queue);
-    bs->perm = 0;
-    bs->shared_perm = BLK_PERM_ALL;
-    bs->bl.request_alignment = 1;
     if (!node_setup(bs, node_name, errp)) {
         bdrv_free(bs);
         return NULL;
