@@ -37,6 +37,8 @@ typedef struct BDRVCorState {
     GSList *held;             /* BdrvChild *: edges whose counter we raised */
     int64_t cluster_size;     /* of the top: copy granularity (0: none) */
     GQueue reqs;              /* CorReq *, oldest first */
+    BdrvCorReadHook *read_hook; /* see bdrv_cor_filter_set_read_hook() */
+    void *read_hook_opaque;
 } BDRVCorState;
 
 /* ---- chain holding: the layers down to bottom must stay put ---- */
@@ -263,6 +265,9 @@ static int coroutine_fn cor_copy(BlockDriverState *bs, int64_t offset,
                                                         (int64_t)COR_MAX_BOUNCE));
             }
             ret = bdrv_co_pread(file, pos, pnum, bounce, 0);
+            if (ret == 0 && prefetch && s->read_hook) {
+                s->read_hook(s->read_hook_opaque, pos, pnum);
+            }
             if (ret == 0) {
                 BLKDBG_EVENT(file, BLKDBG_COR_WRITE);
                 if (top->drv->bdrv_co_pwrite_zeroes &&
@@ -352,6 +357,14 @@ static int coroutine_fn cor_co_preadv(BlockDriverState *bs, int64_t offset,
         bytes -= n;
     }
     return 0;
+}
+
+void bdrv_cor_filter_set_read_hook(BlockDriverState *cor, BdrvCorReadHook *fn,
+                                   void *opaque)
+{
+    BDRVCorState *s = cor->opaque;
+    s->read_hook = fn;
+    s->read_hook_opaque = fn ? opaque : NULL;
 }
 
 /* ---- writes: pass through, in order with the copies ---- */

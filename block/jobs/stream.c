@@ -31,6 +31,10 @@
 
 /* How much one step looks at (and copies at most), as QEMU. */
 #define STREAM_CHUNK (512 * 1024)
+/* Copies in flight at most when the speed is unlimited. */
+#define STREAM_MAX_IN_FLIGHT 4
+
+typedef struct StreamOp StreamOp;
 
 typedef struct StreamJob {
     BlockJob common;
@@ -41,9 +45,185 @@ typedef struct StreamJob {
     char *backing_file;             /* backing-file argument, or NULL */
     BlockdevOnError on_error;
     bool target_read_only; /* reopened read-write for the job */
+
+    /* the copy loop (stream_run) */
+    GQueue ops;      /* StreamOp *, in the order they were started */
+    GQueue retry;    /* StreamRange *: stopped by an error, to redo */
+    GPtrArray *bufs; /* STREAM_CHUNK buffers kept for reuse */
+    int in_flight;
+    CoQueue wake; /* the loop waiting for an operation */
 } StreamJob;
 
+/*
+ * One copy in flight: a prefetch read through the filter, which writes
+ * what it read into the top.  Copies overlap only in their writes: the
+ * next one starts once this one's reads are done (the filter's read
+ * hook), so a read error leaves the top as copies one at a time would.
+ */
+struct StreamOp {
+    StreamJob *s;
+    int64_t offset, bytes;
+    void *buf;
+    int ret;
+    bool read_done; /* the filter read its whole range */
+    bool done;
+};
+
+typedef struct StreamRange {
+    int64_t offset, end;
+} StreamRange;
+
 /* ---- the copy ---- */
+
+static void stream_read_hook(void *opaque, int64_t offset, int64_t bytes)
+{
+    StreamJob *s = opaque;
+    for (GList *l = s->ops.head; l; l = l->next) {
+        StreamOp *op = l->data;
+        /* the read reaching the end of the operation's range (the
+         * filter widens it to whole clusters) */
+        if (!op->done && offset < op->offset + op->bytes &&
+            offset + bytes >= op->offset + op->bytes) {
+            op->read_done = true;
+            co_queue_restart_all(&s->wake);
+        }
+    }
+}
+
+static void coroutine_fn stream_op_co(void *opaque)
+{
+    StreamOp *op = opaque;
+    StreamJob *s = op->s;
+    IOVector q;
+    qiov_init_buf(&q, op->buf, (size_t)op->bytes);
+    op->ret = blk_co_preadv(s->common.blk, op->offset, op->bytes, &q,
+                            BDRV_REQ_PREFETCH);
+    op->done = true;
+    s->in_flight--;
+    co_queue_restart_all(&s->wake);
+    bdrv_wakeup(); /* a drain may wait for the last operation */
+}
+
+typedef enum {
+    STREAM_NEXT,  /* the range is done with */
+    STREAM_RETRY, /* stopped (paused): the range again after resume */
+    STREAM_BREAK, /* reported: the job fails */
+} StreamSettle;
+
+/* What a step's result means, as one step after another in QEMU. */
+static StreamSettle stream_settle(StreamJob *s, int64_t n, bool copy, int ret,
+                                  int *error, int64_t *delay_ns)
+{
+    Job *job = &s->common.job;
+    if (ret < 0) {
+        BlockErrorAction action =
+            block_job_error_action(&s->common, s->on_error, true, -ret);
+        if (action == BLOCK_ERROR_ACTION_STOP) {
+            return STREAM_RETRY;
+        }
+        if (*error == 0) {
+            *error = ret;
+        }
+        if (action == BLOCK_ERROR_ACTION_REPORT) {
+            return STREAM_BREAK;
+        }
+        /* ignore: go on, but the job fails at the end */
+    }
+    job_progress_update(job, (uint64_t)n);
+    if (copy) {
+        block_job_ratelimit_processed_bytes(&s->common, (uint64_t)n);
+        *delay_ns = ratelimit_delay(&s->common.limit, clock_ns());
+    }
+    return STREAM_NEXT;
+}
+
+static void stream_add_retry(StreamJob *s, int64_t offset, int64_t end)
+{
+    StreamRange *r = g_new(StreamRange, 1);
+    r->offset = offset;
+    r->end = end;
+    g_queue_push_tail(&s->retry, r);
+}
+
+/* Settle the finished operations at the head of the queue, oldest first;
+ * false if the job fails now. */
+static bool stream_settle_done(StreamJob *s, int *error, int64_t *delay_ns)
+{
+    StreamOp *op;
+    while ((op = g_queue_peek_head(&s->ops)) && op->done) {
+        g_queue_pop_head(&s->ops);
+        StreamSettle r =
+            stream_settle(s, op->bytes, true, op->ret, error, delay_ns);
+        if (r == STREAM_RETRY) {
+            stream_add_retry(s, op->offset, op->offset + op->bytes);
+        }
+        g_ptr_array_add(s->bufs, op->buf);
+        g_free(op);
+        if (r == STREAM_BREAK) {
+            return false;
+        }
+    }
+    return true;
+}
+
+static bool stream_any_failed(StreamJob *s)
+{
+    for (GList *l = s->ops.head; l; l = l->next) {
+        StreamOp *op = l->data;
+        if (op->done && op->ret < 0) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/* The next copy may start: room, and the previous one read everything. */
+static bool stream_may_start(StreamJob *s)
+{
+    StreamOp *last = g_queue_peek_tail(&s->ops);
+    return s->in_flight < STREAM_MAX_IN_FLIGHT &&
+           (!last || last->done || last->read_done);
+}
+
+/*
+ * Look at [offset, end): sets *n to how much of it the answer covers and
+ * *copy if a layer above base has it and the top does not.  Returns
+ * < 0 if the status could not be read.
+ */
+static int coroutine_fn stream_examine(BlockDriverState *top,
+                                       BlockDriverState *limit, int64_t len,
+                                       int64_t offset, int64_t end, int64_t *n,
+                                       bool *copy)
+{
+    int ret =
+        bdrv_co_is_allocated(top, offset, MIN(STREAM_CHUNK, end - offset), n);
+    *copy = false;
+    if (ret == 1) {
+        /* the top has it already */
+    } else if (ret >= 0) {
+        /* Copy if a layer above base has it; only within the range the
+         * top does not hold. */
+        BlockDriverState *below = bdrv_child_bs(bdrv_filter_or_cow_child(top));
+        int64_t m = 0;
+        ret = below ? bdrv_co_block_status_above(below, limit, offset, *n, &m,
+                                                 NULL, NULL)
+                    : 0;
+        if (ret >= 0) {
+            if (m <= 0) {
+                /* past the end of the backing chain: nothing more */
+                m = len - offset;
+                ret = 0;
+            }
+            *n = MIN(m, end - offset);
+            *copy = ret & BDRV_BLOCK_ALLOCATED;
+            ret = 0;
+        }
+    }
+    if (ret >= 0) {
+        *n = MIN(*n, end - offset);
+    }
+    return ret;
+}
 
 static int coroutine_fn stream_run(Job *job, GError **errp)
 {
@@ -64,74 +244,117 @@ static int coroutine_fn stream_run(Job *job, GError **errp)
     /* Where the copied layers end: below base_overlay. */
     BlockDriverState *limit =
         bdrv_child_bs(bdrv_filter_or_cow_child(s->base_overlay));
-    void *buf = blk_memalign(4096, STREAM_CHUNK);
+    g_queue_init(&s->ops);
+    g_queue_init(&s->retry);
+    co_queue_init(&s->wake);
+    s->bufs = g_ptr_array_new_with_free_func(blk_vfree);
+    s->in_flight = 0;
+    if (s->cor) {
+        bdrv_cor_filter_set_read_hook(s->cor, stream_read_hook, s);
+    }
 
+    /*
+     * Step by step as QEMU 7.2's stream (one sleep per step, which is a
+     * pause point: a pause or a speed change that interrupts it lets the
+     * next step go), except that without a speed limit a step does not
+     * wait for its copy to finish: up to STREAM_MAX_IN_FLIGHT copies run
+     * at once, their results settled in the order they started.  With a
+     * speed, each step waits for its copy, exactly one after another.
+     */
+    int64_t pos = 0; /* what is not looked at yet starts here */
     int64_t delay_ns = 0;
-    for (int64_t offset = 0, n = 0; offset < len; offset += n) {
-        bool copy = false;
-        int ret;
-
-        /* Even unlimited, yield here with nothing in flight so drains
-         * and pauses get their turn.  As QEMU 7.2's stream, one sleep per
-         * step: a pause or a speed change that interrupts it lets the
-         * next step go. */
+    for (;;) {
+        if (!stream_settle_done(s, &error, &delay_ns)) {
+            break;
+        }
+        /* Even unlimited, yield here so drains and pauses get their
+         * turn. */
         job_sleep_ns(job, delay_ns);
         delay_ns = 0;
         if (job_is_cancelled(job)) {
             break;
         }
-
-        ret = bdrv_co_is_allocated(top, offset, STREAM_CHUNK, &n);
-        if (ret == 1) {
-            /* the top has it already */
-        } else if (ret >= 0) {
-            /* Copy if a layer above base has it; only within the range
-             * the top does not hold. */
-            BlockDriverState *below =
-                bdrv_child_bs(bdrv_filter_or_cow_child(top));
-            int64_t m = 0;
-            ret = below ? bdrv_co_block_status_above(below, limit, offset, n,
-                                                     &m, NULL, NULL)
-                        : 0;
-            if (ret >= 0) {
-                if (m <= 0) {
-                    /* past the end of the backing chain: nothing more */
-                    m = len - offset;
-                    ret = 0;
-                }
-                n = m;
-                copy = ret & BDRV_BLOCK_ALLOCATED;
-                ret = 0;
+        StreamRange *r = g_queue_peek_head(&s->retry);
+        if (!r && pos >= len) {
+            if (s->ops.length == 0) {
+                break; /* all done */
             }
+            while (!((StreamOp *)g_queue_peek_head(&s->ops))->done) {
+                co_queue_wait(&s->wake, NULL);
+            }
+            continue;
         }
-        if (copy) {
-            IOVector q;
-            qiov_init_buf(&q, buf, (size_t)n);
-            ret = blk_co_preadv(s->common.blk, offset, n, &q,
-                                BDRV_REQ_PREFETCH);
-        }
-        if (ret < 0) {
-            BlockErrorAction action =
-                block_job_error_action(&s->common, s->on_error, true, -ret);
-            if (action == BLOCK_ERROR_ACTION_STOP) {
-                n = 0; /* paused now; this chunk again after resume */
+        int64_t offset = r ? r->offset : pos;
+        int64_t end = r ? r->end : len;
+        int64_t n = 0;
+        bool copy = false;
+        int ret = stream_examine(top, limit, len, offset, end, &n, &copy);
+
+        if (ret >= 0 && copy) {
+            while (!stream_may_start(s)) {
+                co_queue_wait(&s->wake, NULL);
+            }
+            if (stream_any_failed(s)) {
+                /* the failure first: this range is looked at again */
+                while (!((StreamOp *)g_queue_peek_head(&s->ops))->done) {
+                    co_queue_wait(&s->wake, NULL);
+                }
                 continue;
             }
-            if (error == 0) {
-                error = ret;
+            StreamOp *op = g_new0(StreamOp, 1);
+            op->s = s;
+            op->offset = offset;
+            op->bytes = n;
+            op->buf =
+                s->bufs->len
+                    ? g_ptr_array_steal_index_fast(s->bufs, s->bufs->len - 1)
+                    : blk_memalign(4096, STREAM_CHUNK);
+            g_queue_push_tail(&s->ops, op);
+            s->in_flight++;
+            coroutine_enter(coroutine_create(stream_op_co, op));
+            if (s->common.speed) {
+                /* one after another: settled before the next sleep */
+                while (!op->done) {
+                    co_queue_wait(&s->wake, NULL);
+                }
             }
-            if (action == BLOCK_ERROR_ACTION_REPORT) {
+        } else {
+            StreamSettle st =
+                stream_settle(s, n, false, ret, &error, &delay_ns);
+            if (st == STREAM_BREAK) {
                 break;
             }
-            /* ignore: go on, but the job fails at the end */
+            if (st == STREAM_RETRY) {
+                continue; /* paused now; this range again after resume */
+            }
         }
-        job_progress_update(job, (uint64_t)n);
-        if (copy) {
-            block_job_ratelimit_processed_bytes(&s->common, (uint64_t)n);
-            delay_ns = ratelimit_delay(&s->common.limit, clock_ns());
+        /* the range is taken care of */
+        if (r) {
+            r->offset += n;
+            if (r->offset >= r->end) {
+                g_free(g_queue_pop_head(&s->retry));
+            }
+        } else {
+            pos += n;
         }
     }
-    blk_vfree(buf);
+
+    /* Nothing may be left in flight; what finishes now is not counted
+     * (the job stops here). */
+    while (s->in_flight > 0) {
+        co_queue_wait(&s->wake, NULL);
+    }
+    StreamOp *op;
+    while ((op = g_queue_pop_head(&s->ops))) {
+        g_ptr_array_add(s->bufs, op->buf);
+        g_free(op);
+    }
+    g_queue_clear_full(&s->retry, g_free);
+    g_ptr_array_free(s->bufs, true);
+    s->bufs = NULL;
+    if (s->cor) {
+        bdrv_cor_filter_set_read_hook(s->cor, NULL, NULL);
+    }
     /* An ignored error keeps the chain as it is. */
     return error;
 }
