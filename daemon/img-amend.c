@@ -164,18 +164,6 @@ static GHashTable *parse_amend_opts(const char *params, GError **errp)
     return t;
 }
 
-static bool has_help_option(const char *opts)
-{
-    g_auto(GStrv) parts = g_strsplit(opts, ",", -1);
-
-    for (size_t i = 0; parts[i]; i++) {
-        if (!strcmp(parts[i], "help") || !strcmp(parts[i], "?")) {
-            return true;
-        }
-    }
-    return false;
-}
-
 static void print_amend_help(void)
 {
     static const char *const type_names[] = {
@@ -755,7 +743,7 @@ int img_cmd_amend(int argc, char **argv)
     if (quiet) {
         progress = false;
     }
-    bool help = has_help_option(options);
+    bool help = img_opts_want_help(options);
     if (fmt && help) {
         /* An explicit format needs no image for the help. */
         if (strcmp(fmt, "qcow2")) {

@@ -25,18 +25,6 @@ static const ImgCreateOpt *find_opt(const ImgFormat *f, const char *name)
     return NULL;
 }
 
-/* Whether a -o list asks for help ("help" or "?" as an element). */
-static bool has_help_option(const char *opts)
-{
-    g_auto(GStrv) parts = g_strsplit(opts, ",", -1);
-    for (int i = 0; parts[i]; i++) {
-        if (!strcmp(parts[i], "help") || !strcmp(parts[i], "?")) {
-            return true;
-        }
-    }
-    return false;
-}
-
 static const char *type_name(ImgOptType t)
 {
     switch (t) {
@@ -434,7 +422,7 @@ int img_cmd_create(int argc, char **argv)
     }
 
     c.filename = optind < argc ? argv[optind] : NULL;
-    if (options && has_help_option(options)) {
+    if (options && img_opts_want_help(options)) {
         return print_option_help(c.filename, c.fmt);
     }
     if (optind >= argc) {

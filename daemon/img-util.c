@@ -253,3 +253,14 @@ void img_opt_next(const char **pp, bool no_prefix, char **name, char **value)
     }
     *pp = p;
 }
+
+bool img_opts_want_help(const char *opts)
+{
+    g_auto(GStrv) parts = g_strsplit(opts, ",", -1);
+    for (int i = 0; parts[i]; i++) {
+        if (!strcmp(parts[i], "help") || !strcmp(parts[i], "?")) {
+            return true;
+        }
+    }
+    return false;
+}

@@ -49,6 +49,8 @@ char *img_json_pretty(JsonNode *node);
  */
 void img_opt_next(const char **p, bool no_prefix, char **name,
                   char **value);
+/* Whether an -o list asks for help ("help" or "?" as an element). */
+bool img_opts_want_help(const char *opts);
 
 /* ---- formats ---- */
 
