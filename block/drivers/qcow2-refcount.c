@@ -20,7 +20,9 @@ int coroutine_fn qcow2_refcount_init(BlockDriverState *bs, GError **errp)
     s->reftable_size = bytes / 8;
     s->reftable = g_try_malloc(bytes ? bytes : 8);
     if (!s->reftable) {
-        error_setg(errp, "Could not allocate refcount table");
+        /* QEMU's wording for any failure here */
+        error_setg_errno(errp, ENOMEM,
+                         "Could not initialize refcount handling");
         return -ENOMEM;
     }
     if (bytes) {
@@ -28,7 +30,8 @@ int coroutine_fn qcow2_refcount_init(BlockDriverState *bs, GError **errp)
         int ret = bdrv_co_pread(bs->file, (int64_t)s->reftable_offset,
                                 (int64_t)bytes, s->reftable, 0);
         if (ret < 0) {
-            error_setg_errno(errp, -ret, "Could not read refcount table");
+            error_setg_errno(errp, -ret,
+                             "Could not initialize refcount handling");
             return ret;
         }
     }
