@@ -496,6 +496,7 @@ static int coroutine_fn read_cow(BlockDriverState *bs, uint64_t guest_off,
                 return -ENOMEM;
             }
         }
+        BLKDBG_EVENT(bs->file, BLKDBG_COW_READ);
         int ret = read_compressed_cluster(bs, entry, *cbuf);
         if (ret == 0) {
             memcpy(buf, *cbuf + qcow2_offset_into_cluster(s, guest_off), len);
