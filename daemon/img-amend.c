@@ -708,13 +708,9 @@ int img_cmd_amend(int argc, char **argv)
             printf("Usage: " IMG_PROG " amend [--image-opts] [-p] [-q] "
                    "[-f fmt] [-t cache] [--force] -o options filename\n");
             return EXIT_SUCCESS;
-        case 'o': {
-            char *joined = options ? g_strdup_printf("%s,%s", options, optarg)
-                                   : g_strdup(optarg);
-            g_free(options);
-            options = joined;
+        case 'o':
+            img_opts_append(&options, optarg);
             break;
-        }
         case 'f':
             fmt = optarg;
             break;
@@ -775,16 +771,8 @@ int img_cmd_amend(int argc, char **argv)
     if (strstr(options, "size")) {
         perm |= BLK_PERM_RESIZE;
     }
-    bool ok = image_opts ? img_open_image_opts(&img, filename, fmt, perm,
-                                               false, &err)
-                         : img_open_chain(&img, filename, fmt, perm, false,
-                                          &err);
-    if (!ok) {
-        if (image_opts) {
-            error_prepend(&err, "Could not open '%s': ", filename);
-        }
-        img_error("%s", err->message);
-        g_error_free(err);
+    if (!img_open_for_cmd(&img, filename, fmt, image_opts, true, perm,
+                          false)) {
         return EXIT_FAILURE;
     }
 

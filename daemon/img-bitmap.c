@@ -175,16 +175,8 @@ static int coroutine_fn run_bitmap(const BitmapArgs *a)
     /* writable, like qemu-img's BDRV_O_RDWR (no resize) */
     uint64_t perm = BLK_PERM_CONSISTENT_READ | BLK_PERM_WRITE;
 
-    bool ok = a->image_opts
-                  ? img_open_image_opts(&img, a->filename, NULL, perm, false,
-                                        &err)
-                  : img_open(&img, a->filename, a->fmt, perm, false, &err);
-    if (!ok) {
-        if (a->image_opts) {
-            error_prepend(&err, "Could not open '%s': ", a->filename);
-        }
-        img_error("%s", err->message);
-        g_error_free(err);
+    if (!img_open_for_cmd(&img, a->filename, a->image_opts ? NULL : a->fmt,
+                          a->image_opts, false, perm, false)) {
         return EXIT_FAILURE;
     }
     if (!a->fmt && !a->image_opts && !strcmp(img.format, "raw")) {

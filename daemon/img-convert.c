@@ -485,13 +485,9 @@ int img_cmd_convert(int argc, char **argv)
         case 'c':
             s.compressed = true;
             break;
-        case 'o': {
-            char *joined = options ? g_strdup_printf("%s,%s", options, optarg)
-                                   : g_strdup(optarg);
-            g_free(options);
-            options = joined;
+        case 'o':
+            img_opts_append(&options, optarg);
             break;
-        }
         case 'l':
             img_error("Snapshots (-l) are not supported by " IMG_PROG);
             return EXIT_FAILURE;

@@ -402,13 +402,9 @@ int img_cmd_create(int argc, char **argv)
         case 'f':
             c.fmt = optarg;
             break;
-        case 'o': {
-            char *joined = options ? g_strdup_printf("%s,%s", options, optarg)
-                                   : g_strdup(optarg);
-            g_free(options);
-            options = joined;
+        case 'o':
+            img_opts_append(&options, optarg);
             break;
-        }
         case 'q':
             c.quiet = true;
             break;

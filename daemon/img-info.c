@@ -223,17 +223,8 @@ static GPtrArray *coroutine_fn collect(const InfoArgs *a)
 
         ImgImage img;
         GError *err = NULL;
-        bool opened = image_opts
-                          ? img_open_image_opts(&img, filename, fmt, 0,
-                                                a->force_share, &err)
-                          : img_open(&img, filename, fmt, 0, a->force_share,
-                                     &err);
-        if (!opened) {
-            if (image_opts) {
-                error_prepend(&err, "Could not open '%s': ", filename);
-            }
-            img_error("%s", err->message);
-            g_error_free(err);
+        if (!img_open_for_cmd(&img, filename, fmt, image_opts, false, 0,
+                              a->force_share)) {
             goto err;
         }
         ImageInfo *info = bdrv_co_image_info(img.bs, &err);

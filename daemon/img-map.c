@@ -208,17 +208,8 @@ int img_cmd_map(int argc, char **argv)
     }
 
     ImgImage img;
-    GError *err = NULL;
-    bool ok = image_opts ? img_open_image_opts(&img, filename, fmt, 0,
-                                               force_share, &err)
-                         : img_open_chain(&img, filename, fmt, 0, force_share,
-                                          &err);
-    if (!ok) {
-        if (image_opts) {
-            error_prepend(&err, "Could not open '%s': ", filename);
-        }
-        img_error("%s", err->message);
-        g_error_free(err);
+    if (!img_open_for_cmd(&img, filename, fmt, image_opts, true, 0,
+                          force_share)) {
         return EXIT_FAILURE;
     }
 

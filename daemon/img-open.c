@@ -256,3 +256,28 @@ void img_close(ImgImage *img)
     img->blk = NULL;
     img->bs = NULL;
 }
+
+bool coroutine_fn img_open_for_cmd(ImgImage *img, const char *filename,
+                                   const char *fmt, bool image_opts,
+                                   bool chain, uint64_t perm,
+                                   bool force_share)
+{
+    GError *err = NULL;
+    bool ok;
+
+    if (image_opts) {
+        ok = img_open_image_opts(img, filename, fmt, perm, force_share, &err);
+        if (!ok) {
+            error_prepend(&err, "Could not open '%s': ", filename);
+        }
+    } else if (chain) {
+        ok = img_open_chain(img, filename, fmt, perm, force_share, &err);
+    } else {
+        ok = img_open(img, filename, fmt, perm, force_share, &err);
+    }
+    if (!ok) {
+        img_error("%s", err->message);
+        g_error_free(err);
+    }
+    return ok;
+}

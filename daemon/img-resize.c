@@ -100,15 +100,8 @@ int img_cmd_resize(int argc, char **argv)
     GError *err = NULL;
     uint64_t perm = BLK_PERM_CONSISTENT_READ | BLK_PERM_WRITE |
                     BLK_PERM_RESIZE;
-    bool ok = image_opts ? img_open_image_opts(&img, filename, fmt, perm,
-                                               false, &err)
-                         : img_open(&img, filename, fmt, perm, false, &err);
-    if (!ok) {
-        if (image_opts) {
-            error_prepend(&err, "Could not open '%s': ", filename);
-        }
-        img_error("%s", err->message);
-        g_error_free(err);
+    if (!img_open_for_cmd(&img, filename, fmt, image_opts, false, perm,
+                          false)) {
         return EXIT_FAILURE;
     }
 

@@ -264,3 +264,11 @@ bool img_opts_want_help(const char *opts)
     }
     return false;
 }
+
+void img_opts_append(char **options, const char *arg)
+{
+    char *joined =
+        *options ? g_strdup_printf("%s,%s", *options, arg) : g_strdup(arg);
+    g_free(*options);
+    *options = joined;
+}

@@ -51,6 +51,8 @@ void img_opt_next(const char **p, bool no_prefix, char **name,
                   char **value);
 /* Whether an -o list asks for help ("help" or "?" as an element). */
 bool img_opts_want_help(const char *opts);
+/* -o given again: qemu-img joins the lists with ','. */
+void img_opts_append(char **options, const char *arg);
 
 /* ---- formats ---- */
 
@@ -132,6 +134,13 @@ void img_close(ImgImage *img);
 bool coroutine_fn img_open_chain(ImgImage *img, const char *filename,
                                  const char *fmt, uint64_t perm,
                                  bool force_share, GError **errp);
+/* A command's image: `filename` is --image-opts text (image_opts) or a
+ * file name, opened with its backing chain (chain: img_open_chain) or
+ * without (img_open).  A failure is printed as qemu-img prints it. */
+bool coroutine_fn img_open_for_cmd(ImgImage *img, const char *filename,
+                                   const char *fmt, bool image_opts,
+                                   bool chain, uint64_t perm,
+                                   bool force_share);
 /* An output image (convert): writable, "discard": "unmap" so that zeroes
  * may become holes as with qemu-img, with its backing chain or without. */
 bool coroutine_fn img_open_target(ImgImage *img, const char *filename,
