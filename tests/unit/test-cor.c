@@ -47,6 +47,37 @@ static void poll_until(const bool *done)
     assert_true(*done);
 }
 
+/* base <- top, and a copy-on-read filter "cor" over top; a backend on
+ * the filter.  *top is the node copies go into. */
+static BlockBackend *cor_over_top(BlockDriverState **base,
+                                  BlockDriverState **top)
+{
+    *base = test_memfmt_open("base", NULL);
+    *top = test_memfmt_open("top", "base");
+    return test_rw_blk(
+        test_open_owned("driver=copy-on-read,node-name=cor,file=top"));
+}
+
+/* Start r and let it run until it waits at the gate, alone. */
+static void start_until_gate(TestReq *r)
+{
+    coroutine_enter(coroutine_create(test_req_co, r));
+    for (int i = 0; i < 1000 && test_gate_waiting() == 0; i++) {
+        aio_poll(false);
+    }
+    assert_int_equal(test_gate_waiting(), 1);
+}
+
+/* Start r, which must wait behind the request held at the gate. */
+static void start_blocked(TestReq *r)
+{
+    coroutine_enter(coroutine_create(test_req_co, r));
+    for (int i = 0; i < 100; i++) {
+        aio_poll(false);
+    }
+    assert_false(r->done);
+}
+
 static int setup(void **state)
 {
     test_gate_reset();
@@ -65,13 +96,10 @@ static int teardown(void **state)
  * cluster of zeroes goes in as write-zeroes. */
 static void test_copies_whole_clusters(void **state)
 {
-    BlockDriverState *base = test_memfmt_open("base", NULL);
-    BlockDriverState *top = test_memfmt_open("top", "base");
-    BlockDriverState *cor =
-        test_open_owned("driver=copy-on-read,node-name=cor,file=top");
+    BlockDriverState *base, *top;
+    BlockBackend *blk = cor_over_top(&base, &top);
     test_memfmt_fill(base, 0, 4, 0xaa);
     test_memfmt_fill(base, 8, 1, 0x00);
-    BlockBackend *blk = test_rw_blk(cor);
 
     uint8_t *buf = g_malloc(4 * CS);
     TestReq r = {blk, TEST_OP_READ, 0, 4 * CS, buf, 0, 0, false};
@@ -142,12 +170,9 @@ static void test_bottom(void **state)
 /* PREFETCH copies without filling the caller's buffer. */
 static void test_prefetch(void **state)
 {
-    BlockDriverState *base = test_memfmt_open("base", NULL);
-    BlockDriverState *top = test_memfmt_open("top", "base");
-    BlockDriverState *cor =
-        test_open_owned("driver=copy-on-read,node-name=cor,file=top");
+    BlockDriverState *base, *top;
+    BlockBackend *blk = cor_over_top(&base, &top);
     test_memfmt_fill(base, 0, 2, 0xaa);
-    BlockBackend *blk = test_rw_blk(cor);
     uint8_t *buf = g_malloc(2 * CS);
     memset(buf, 0x55, 2 * CS);
     TestReq r = {blk, TEST_OP_READ, 0, 2 * CS, buf, BDRV_REQ_PREFETCH, 0,
@@ -165,30 +190,19 @@ static void test_prefetch(void **state)
  * the new. */
 static void test_write_waits_for_copy(void **state)
 {
-    BlockDriverState *base = test_memfmt_open("base", NULL);
-    BlockDriverState *top = test_memfmt_open("top", "base");
-    BlockDriverState *cor =
-        test_open_owned("driver=copy-on-read,node-name=cor,file=top");
+    BlockDriverState *base, *top;
+    BlockBackend *blk = cor_over_top(&base, &top);
     test_memfmt_fill(base, 0, 1, 0xaa);
-    BlockBackend *blk = test_rw_blk(cor);
 
     uint8_t *rbuf = g_malloc(CS), *wbuf = g_malloc(CS);
     memset(wbuf, 0xbb, CS);
     test_memfmt(top)->gate_backing_reads = true;
     test_gate_close();
     TestReq r = {blk, TEST_OP_READ, 0, CS, rbuf, 0, 0, false};
-    coroutine_enter(coroutine_create(test_req_co, &r));
-    for (int i = 0; i < 1000 && test_gate_waiting() == 0; i++) {
-        aio_poll(false);
-    }
-    assert_int_equal(test_gate_waiting(), 1); /* the copy's read is held */
+    start_until_gate(&r); /* the copy's read is held */
 
     TestReq w = {blk, TEST_OP_WRITE, 0, CS, wbuf, 0, 0, false};
-    coroutine_enter(coroutine_create(test_req_co, &w));
-    for (int i = 0; i < 100; i++) {
-        aio_poll(false);
-    }
-    assert_false(w.done);
+    start_blocked(&w);
     assert_false(test_memfmt(top)->alloc[0]);
 
     test_gate_open();
@@ -207,31 +221,19 @@ static void test_write_waits_for_copy(void **state)
  * it, then finds the cluster allocated and copies nothing. */
 static void test_copy_waits_for_write(void **state)
 {
-    BlockDriverState *base = test_memfmt_open("base", NULL);
-    BlockDriverState *top = test_memfmt_open("top", "base");
-    BlockDriverState *cor =
-        test_open_owned("driver=copy-on-read,node-name=cor,file=top");
+    BlockDriverState *base, *top;
+    BlockBackend *blk = cor_over_top(&base, &top);
     test_memfmt_fill(base, 0, 1, 0xaa);
-    BlockBackend *blk = test_rw_blk(cor);
 
     uint8_t *rbuf = g_malloc(CS), *wbuf = g_malloc(CS);
     memset(wbuf, 0xbb, CS);
     test_memfmt(top)->gate_writes = true;
     test_gate_close();
     TestReq w = {blk, TEST_OP_WRITE, 0, CS, wbuf, 0, 0, false};
-    coroutine_enter(coroutine_create(test_req_co, &w));
-    for (int i = 0; i < 1000 && test_gate_waiting() == 0; i++) {
-        aio_poll(false);
-    }
-    /* the write is held in the driver */
-    assert_int_equal(test_gate_waiting(), 1);
+    start_until_gate(&w); /* the write is held in the driver */
 
     TestReq r = {blk, TEST_OP_READ, 0, CS, rbuf, 0, 0, false};
-    coroutine_enter(coroutine_create(test_req_co, &r));
-    for (int i = 0; i < 100; i++) {
-        aio_poll(false);
-    }
-    assert_false(r.done);
+    start_blocked(&r);
     assert_int_equal(test_gate_waiting(), 1); /* the copy did not get as far */
 
     test_gate_open();

@@ -106,6 +106,24 @@ static void start_mirror(MirrorCopyMode mode)
     }
 }
 
+/* src (all clusters 0x11) mirrored to an empty tgt in `mode`, until the
+ * first copy is held at tgt's gate; a backend on src for the guest. */
+static BlockBackend *start_held_mirror(MirrorCopyMode mode,
+                                       BlockDriverState **src,
+                                       BlockDriverState **tgt)
+{
+    *src = test_memfmt_open("src", NULL);
+    *tgt = test_memfmt_open("tgt", NULL);
+    test_memfmt_fill(*src, 0, NCL, 0x11);
+    BlockBackend *blk = test_rw_blk(*src);
+
+    test_memfmt(*tgt)->gate_writes = true;
+    test_gate_close();
+    start_mirror(mode);
+    poll_until(gate_has_waiters, NULL);
+    return blk;
+}
+
 /* A guest write of cluster c (byte v) through blk, started now. */
 static TestReq *guest_write(BlockBackend *blk, int c, uint8_t v)
 {
@@ -149,15 +167,9 @@ static int teardown(void **state)
  * target ends with the new data. */
 static void test_background_recopies(void **state)
 {
-    BlockDriverState *src = test_memfmt_open("src", NULL);
-    BlockDriverState *tgt = test_memfmt_open("tgt", NULL);
-    test_memfmt_fill(src, 0, NCL, 0x11);
-    BlockBackend *blk = test_rw_blk(src);
-
-    test_memfmt(tgt)->gate_writes = true;
-    test_gate_close();
-    start_mirror(MIRROR_COPY_MODE_BACKGROUND);
-    poll_until(gate_has_waiters, NULL);
+    BlockDriverState *src, *tgt;
+    BlockBackend *blk =
+        start_held_mirror(MIRROR_COPY_MODE_BACKGROUND, &src, &tgt);
 
     TestReq *w = guest_write(blk, 0, 0x22);
     poll_until(req_done, w);
@@ -185,15 +197,9 @@ static void test_background_recopies(void **state)
  * right after it keeps it there. */
 static void test_write_blocking_waits(void **state)
 {
-    BlockDriverState *src = test_memfmt_open("src", NULL);
-    BlockDriverState *tgt = test_memfmt_open("tgt", NULL);
-    test_memfmt_fill(src, 0, NCL, 0x11);
-    BlockBackend *blk = test_rw_blk(src);
-
-    test_memfmt(tgt)->gate_writes = true;
-    test_gate_close();
-    start_mirror(MIRROR_COPY_MODE_WRITE_BLOCKING);
-    poll_until(gate_has_waiters, NULL);
+    BlockDriverState *src, *tgt;
+    BlockBackend *blk =
+        start_held_mirror(MIRROR_COPY_MODE_WRITE_BLOCKING, &src, &tgt);
 
     TestReq *w = guest_write(blk, 0, 0x33);
     for (int i = 0; i < 20; i++) {
