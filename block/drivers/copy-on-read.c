@@ -23,6 +23,9 @@
 
 /* Largest piece copied through one bounce buffer. */
 #define COR_MAX_BOUNCE (1 * 1024 * 1024)
+/* Bounce buffers kept for reuse (as many as block-stream has copies in
+ * flight): a fresh one per copy costs a mapping and its page faults. */
+#define COR_BOUNCE_POOL 4
 
 /* A request of the filter that copies or writes, for serialisation. */
 typedef struct CorReq {
@@ -37,8 +40,12 @@ typedef struct BDRVCorState {
     GSList *held;             /* BdrvChild *: edges whose counter we raised */
     int64_t cluster_size;     /* of the top: copy granularity (0: none) */
     GQueue reqs;              /* CorReq *, oldest first */
-    BdrvCorReadHook *read_hook; /* see bdrv_cor_filter_set_read_hook() */
+    /* see bdrv_cor_filter_set_read_hook() */
+    BdrvCorReadHook *read_hook;
     void *read_hook_opaque;
+    /* free COR_MAX_BOUNCE buffers, bounce_pooled of them */
+    GSList *bounce_pool;
+    unsigned bounce_pooled;
 } BDRVCorState;
 
 /* ---- chain holding: the layers down to bottom must stay put ---- */
@@ -152,6 +159,9 @@ static void cor_close(BlockDriverState *bs)
     }
     g_free(s->holder);
     s->holder = NULL;
+    g_slist_free_full(s->bounce_pool, blk_vfree);
+    s->bounce_pool = NULL;
+    s->bounce_pooled = 0;
 }
 
 /* ---- serialisation of copies against writes ---- */
@@ -204,6 +214,30 @@ static BlockDriverState *cor_limit(BDRVCorState *s, BlockDriverState *top)
         }
     }
     return NULL;
+}
+
+static void *bounce_get(BDRVCorState *s)
+{
+    if (s->bounce_pool) {
+        void *b = s->bounce_pool->data;
+        s->bounce_pool = g_slist_delete_link(s->bounce_pool, s->bounce_pool);
+        s->bounce_pooled--;
+        return b;
+    }
+    return blk_memalign(4096, COR_MAX_BOUNCE);
+}
+
+static void bounce_put(BDRVCorState *s, void *b)
+{
+    if (!b) {
+        return;
+    }
+    if (s->bounce_pooled >= COR_BOUNCE_POOL) {
+        blk_vfree(b);
+        return;
+    }
+    s->bounce_pool = g_slist_prepend(s->bounce_pool, b);
+    s->bounce_pooled++;
 }
 
 /*
@@ -261,12 +295,12 @@ static int coroutine_fn cor_copy(BlockDriverState *bs, int64_t offset,
             }
         } else {
             if (!bounce) {
-                bounce = blk_memalign(4096, (size_t)MIN(end - start,
-                                                        (int64_t)COR_MAX_BOUNCE));
+                bounce = bounce_get(s);
             }
             ret = bdrv_co_pread(file, pos, pnum, bounce, 0);
-            if (ret == 0 && prefetch && s->read_hook) {
-                s->read_hook(s->read_hook_opaque, pos, pnum);
+            if (ret == 0 && prefetch && s->read_hook &&
+                !s->read_hook(s->read_hook_opaque, pos, pnum)) {
+                ret = -ECANCELED; /* the job takes this range again */
             }
             if (ret == 0) {
                 BLKDBG_EVENT(file, BLKDBG_COR_WRITE);
@@ -291,7 +325,7 @@ static int coroutine_fn cor_copy(BlockDriverState *bs, int64_t offset,
         pos += pnum;
     }
     req_end(s, &req);
-    blk_vfree(bounce);
+    bounce_put(s, bounce);
     return ret;
 }
 

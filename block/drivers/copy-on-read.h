@@ -28,13 +28,16 @@ BlockDriverState *coroutine_fn bdrv_cor_filter_append(
 void bdrv_cor_filter_drop(BlockDriverState *cor);
 
 /*
- * A hook for block-stream's pipelined copy: called after each successful
- * read a BDRV_REQ_PREFETCH copy makes of [offset, offset + bytes) of the
- * top, before that data is written back.  The job starts its next copy
- * only then, so that a read error stops the copy where it would stop if
- * the copies ran one after another.  fn NULL removes it.
+ * A hook for block-stream's parallel copies: called (in the copy's
+ * coroutine) after each successful read a BDRV_REQ_PREFETCH copy makes of
+ * [offset, offset + bytes) of the top, before that data is written back.
+ * It may wait; false means "do not write": the copy fails with
+ * -ECANCELED, leaving the range as it was.  The job uses it so that a
+ * read error stops the copy where it would stop if the copies ran one
+ * after another.  fn NULL removes it.
  */
-typedef void BdrvCorReadHook(void *opaque, int64_t offset, int64_t bytes);
+typedef bool coroutine_fn BdrvCorReadHook(void *opaque, int64_t offset,
+                                          int64_t bytes);
 void bdrv_cor_filter_set_read_hook(BlockDriverState *cor, BdrvCorReadHook *fn,
                                    void *opaque);
 

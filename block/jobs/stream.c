@@ -51,14 +51,17 @@ typedef struct StreamJob {
     GQueue retry;    /* StreamRange *: stopped by an error, to redo */
     GPtrArray *bufs; /* STREAM_CHUNK buffers kept for reuse */
     int in_flight;
-    CoQueue wake; /* the loop waiting for an operation */
+    int64_t cluster_size; /* of the top (1 if it has none) */
+    CoQueue wake;         /* the loop waiting for an operation */
 } StreamJob;
 
 /*
  * One copy in flight: a prefetch read through the filter, which writes
- * what it read into the top.  Copies overlap only in their writes: the
- * next one starts once this one's reads are done (the filter's read
- * hook), so a read error leaves the top as copies one at a time would.
+ * what it read into the top.  Copies read at the same time, but one
+ * writes only once every copy started before it has read its range
+ * (the filter's read hook waits for that); if one of them failed, it
+ * does not write at all and its range is taken again later.  So a read
+ * error leaves the top as copies one at a time would.
  */
 struct StreamOp {
     StreamJob *s;
@@ -66,6 +69,9 @@ struct StreamOp {
     void *buf;
     int ret;
     bool read_done; /* the filter read its whole range */
+    bool abandoned; /* not written because an older copy failed */
+    bool copy;      /* false: a range with nothing to copy, settled in
+                     * order after the copies before it */
     bool done;
 };
 
@@ -75,18 +81,44 @@ typedef struct StreamRange {
 
 /* ---- the copy ---- */
 
-static void stream_read_hook(void *opaque, int64_t offset, int64_t bytes)
+static bool coroutine_fn stream_read_hook(void *opaque, int64_t offset,
+                                          int64_t bytes)
 {
     StreamJob *s = opaque;
+    StreamOp *me = NULL;
     for (GList *l = s->ops.head; l; l = l->next) {
         StreamOp *op = l->data;
-        /* the read reaching the end of the operation's range (the
-         * filter widens it to whole clusters) */
         if (!op->done && offset < op->offset + op->bytes &&
-            offset + bytes >= op->offset + op->bytes) {
-            op->read_done = true;
-            co_queue_restart_all(&s->wake);
+            op->offset < offset + bytes) {
+            me = op;
+            break;
         }
+    }
+    if (!me) {
+        return true; /* not one of ours */
+    }
+    /* the read reaching the end of the operation's range (the filter
+     * widens it to whole clusters) */
+    if (offset + bytes >= me->offset + me->bytes) {
+        me->read_done = true;
+        co_queue_restart_all(&s->wake);
+    }
+    for (;;) {
+        bool wait = false;
+        for (GList *l = s->ops.head; l && l->data != me; l = l->next) {
+            StreamOp *op = l->data;
+            if (op->done && op->ret < 0) {
+                me->abandoned = true;
+                return false;
+            }
+            if (!op->done && !op->read_done) {
+                wait = true;
+            }
+        }
+        if (!wait) {
+            return true;
+        }
+        co_queue_wait(&s->wake, NULL);
     }
 }
 
@@ -150,14 +182,21 @@ static void stream_add_retry(StreamJob *s, int64_t offset, int64_t end)
 static bool stream_settle_done(StreamJob *s, int *error, int64_t *delay_ns)
 {
     StreamOp *op;
+    bool redo = false; /* what follows a range to redo waits for it */
     while ((op = g_queue_peek_head(&s->ops)) && op->done) {
         g_queue_pop_head(&s->ops);
-        StreamSettle r =
-            stream_settle(s, op->bytes, true, op->ret, error, delay_ns);
+        StreamSettle r = STREAM_RETRY; /* abandoned: not copied */
+        if (!op->abandoned && !(redo && !op->copy)) {
+            r = stream_settle(s, op->bytes, op->copy, op->ret, error,
+                              delay_ns);
+        }
         if (r == STREAM_RETRY) {
             stream_add_retry(s, op->offset, op->offset + op->bytes);
+            redo = true;
         }
-        g_ptr_array_add(s->bufs, op->buf);
+        if (op->buf) {
+            g_ptr_array_add(s->bufs, op->buf);
+        }
         g_free(op);
         if (r == STREAM_BREAK) {
             return false;
@@ -177,12 +216,26 @@ static bool stream_any_failed(StreamJob *s)
     return false;
 }
 
-/* The next copy may start: room, and the previous one read everything. */
-static bool stream_may_start(StreamJob *s)
+/* A copy of [offset, offset + bytes) may start: there is room, and no
+ * copy in flight shares a cluster of the top with it (the filter would
+ * order the two, and the older could end up waiting for the newer). */
+static bool stream_may_start(StreamJob *s, int64_t offset, int64_t bytes)
 {
-    StreamOp *last = g_queue_peek_tail(&s->ops);
-    return s->in_flight < STREAM_MAX_IN_FLIGHT &&
-           (!last || last->done || last->read_done);
+    if (s->in_flight >= STREAM_MAX_IN_FLIGHT) {
+        return false;
+    }
+    int64_t cs = s->cluster_size;
+    int64_t start = offset / cs * cs;
+    int64_t end = (offset + bytes + cs - 1) / cs * cs;
+    for (GList *l = s->ops.head; l; l = l->next) {
+        StreamOp *op = l->data;
+        int64_t ostart = op->offset / cs * cs;
+        int64_t oend = (op->offset + op->bytes + cs - 1) / cs * cs;
+        if (!op->done && ostart < end && start < oend) {
+            return false;
+        }
+    }
+    return true;
 }
 
 /*
@@ -249,6 +302,11 @@ static int coroutine_fn stream_run(Job *job, GError **errp)
     co_queue_init(&s->wake);
     s->bufs = g_ptr_array_new_with_free_func(blk_vfree);
     s->in_flight = 0;
+    bool dirty;
+    if (bdrv_co_get_bdi(top, &s->cluster_size, &dirty, NULL) < 0 ||
+        s->cluster_size <= 0) {
+        s->cluster_size = 1;
+    }
     if (s->cor) {
         bdrv_cor_filter_set_read_hook(s->cor, stream_read_hook, s);
     }
@@ -291,7 +349,7 @@ static int coroutine_fn stream_run(Job *job, GError **errp)
         int ret = stream_examine(top, limit, len, offset, end, &n, &copy);
 
         if (ret >= 0 && copy) {
-            while (!stream_may_start(s)) {
+            while (!stream_may_start(s, offset, n)) {
                 co_queue_wait(&s->wake, NULL);
             }
             if (stream_any_failed(s)) {
@@ -305,6 +363,7 @@ static int coroutine_fn stream_run(Job *job, GError **errp)
             op->s = s;
             op->offset = offset;
             op->bytes = n;
+            op->copy = true;
             op->buf =
                 s->bufs->len
                     ? g_ptr_array_steal_index_fast(s->bufs, s->bufs->len - 1)
@@ -318,7 +377,30 @@ static int coroutine_fn stream_run(Job *job, GError **errp)
                     co_queue_wait(&s->wake, NULL);
                 }
             }
+        } else if (ret >= 0 && !g_queue_is_empty(&s->ops)) {
+            /* nothing to copy, but counted after the copies before it
+             * (as if they had run one after another) */
+            StreamOp *op = g_new0(StreamOp, 1);
+            op->s = s;
+            op->offset = offset;
+            op->bytes = n;
+            op->done = true;
+            g_queue_push_tail(&s->ops, op);
         } else {
+            if (!g_queue_is_empty(&s->ops)) {
+                /* the status could not be read: what is in flight
+                 * comes first, and if some of it is to be redone, this
+                 * range is looked at again after it */
+                while (s->in_flight > 0) {
+                    co_queue_wait(&s->wake, NULL);
+                }
+                if (!stream_settle_done(s, &error, &delay_ns)) {
+                    break;
+                }
+                if (!g_queue_is_empty(&s->retry)) {
+                    continue;
+                }
+            }
             StreamSettle st =
                 stream_settle(s, n, false, ret, &error, &delay_ns);
             if (st == STREAM_BREAK) {
