@@ -11,7 +11,6 @@
 #include <string.h>
 
 #include "block/block_int.h"
-#include "block/drivers/qcow2.h"
 #include "daemon/img.h"
 #include "util/error.h"
 #include "util/iov.h"
@@ -48,33 +47,18 @@ static void progress_add(Progress *p, float delta, bool absolute)
 
 /*
  * Record the new backing file in the image header.  qcow2 is the only
- * format blockd-img rebases (QEMU's bdrv_change_backing_file()).
+ * format blockd-img rebases (QEMU's bdrv_change_backing_file()): its
+ * driver checks the name and writes the header.
  */
 static int coroutine_fn change_backing(BlockDriverState *bs,
                                        const char *file, const char *fmt)
 {
-    if (!bs->drv || strcmp(bs->drv->format_name, "qcow2")) {
+    if (!bs->drv || strcmp(bs->drv->format_name, "qcow2") ||
+        !bs->drv->bdrv_co_change_backing_file) {
         return -ENOTSUP;
     }
-    BDRVQcow2State *s = bs->opaque;
-    char *old_file = s->backing_file, *old_fmt = s->backing_format;
-
-    s->backing_file = file ? g_strdup(file) : NULL;
-    s->backing_format = file && fmt ? g_strdup(fmt) : NULL;
-    int ret = qcow2_update_header(bs);
-    if (ret < 0) {
-        g_free(s->backing_file);
-        g_free(s->backing_format);
-        s->backing_file = old_file;
-        s->backing_format = old_fmt;
-        return ret;
-    }
-    g_free(old_file);
-    g_free(old_fmt);
-    g_strlcpy(bs->backing_file, file ? file : "", sizeof(bs->backing_file));
-    g_strlcpy(bs->backing_format, file && fmt ? fmt : "",
-              sizeof(bs->backing_format));
-    return 0;
+    /* no backing file: no format either (qemu-img ignores -F then) */
+    return bs->drv->bdrv_co_change_backing_file(bs, file, file ? fmt : NULL);
 }
 
 /* Copy what the backing file change would alter into the image. */
