@@ -455,6 +455,27 @@ static int coroutine_fn amend_write_header(BlockDriverState *bs)
     return ret;
 }
 
+/* Write the header as `version` (2 or 3); on failure it stays as it was.
+ * Caller holds s->lock. */
+static int coroutine_fn set_version(BlockDriverState *bs, int version,
+                                    GError **errp)
+{
+    BDRVQcow2State *s = bs->opaque;
+    int old_version = s->version;
+    uint32_t old_length = s->header_length;
+
+    s->version = version;
+    s->header_length =
+        version == 2 ? QCOW2_V2_HEADER_LENGTH : QCOW2_V3_HEADER_LENGTH;
+    int ret = amend_write_header(bs);
+    if (ret < 0) {
+        s->version = old_version;
+        s->header_length = old_length;
+        error_setg_errno(errp, -ret, "Failed to update the image header");
+    }
+    return ret;
+}
+
 /* Caller holds s->lock. */
 static int coroutine_fn amend_downgrade(BlockDriverState *bs,
                                         AmendProgress *p, GError **errp)
@@ -497,13 +518,8 @@ static int coroutine_fn amend_downgrade(BlockDriverState *bs,
         error_setg_errno(errp, -ret, "Failed to turn zero into data clusters");
         return ret;
     }
-    s->version = 2;
-    s->header_length = QCOW2_V2_HEADER_LENGTH;
-    ret = amend_write_header(bs);
+    ret = set_version(bs, 2, errp);
     if (ret < 0) {
-        s->version = 3;
-        s->header_length = QCOW2_V3_HEADER_LENGTH;
-        error_setg_errno(errp, -ret, "Failed to update the image header");
         return ret;
     }
     s->lazy_refcounts = false;
@@ -535,13 +551,8 @@ static int coroutine_fn amend_upgrade(BlockDriverState *bs, AmendProgress *p,
         }
     }
     progress_step(p, 1, 2);
-    s->version = 3;
-    s->header_length = QCOW2_V3_HEADER_LENGTH;
-    ret = amend_write_header(bs);
+    ret = set_version(bs, 3, errp);
     if (ret < 0) {
-        s->version = 2;
-        s->header_length = QCOW2_V2_HEADER_LENGTH;
-        error_setg_errno(errp, -ret, "Failed to update the image header");
         return ret;
     }
     progress_step(p, 2, 2);
