@@ -168,6 +168,24 @@ static void coroutine_fn run_co(void *opaque)
 
 /* ---- tests ---- */
 
+/* Copy everything, close, and the target file is the source's (the
+ * source's hole became zeroes: the junk on the target is gone). */
+static void copy_all_and_compare(Fixture *fx)
+{
+    RunCo r = {.fx = fx};
+    coroutine_run_sync(run_co, &r);
+    assert_int_equal(r.ret, 0);
+    assert_int_equal(block_copy_dirty_bytes(fx->bcs), 0);
+    assert_int_equal(fx->progress, SIZE);
+    fixture_close(fx);
+
+    gsize ls, lt;
+    g_autofree gchar *s = read_file(src_path, &ls);
+    g_autofree gchar *t = read_file(tgt_path, &lt);
+    assert_int_equal(ls, lt);
+    assert_memory_equal(s, t, ls);
+}
+
 static void test_full_copy(void **state)
 {
     (void)state;
@@ -176,19 +194,7 @@ static void test_full_copy(void **state)
     assert_int_equal(block_copy_dirty_bytes(fx.bcs), SIZE);
     assert_int_equal(block_copy_cluster_size(fx.bcs), 64 * 1024);
     block_copy_set_perf(fx.bcs, 4, MiB, false);
-    RunCo r = {.fx = &fx};
-    coroutine_run_sync(run_co, &r);
-    assert_int_equal(r.ret, 0);
-    assert_int_equal(block_copy_dirty_bytes(fx.bcs), 0);
-    assert_int_equal(fx.progress, SIZE);
-    fixture_close(&fx);
-
-    gsize ls, lt;
-    g_autofree gchar *s = read_file(src_path, &ls);
-    g_autofree gchar *t = read_file(tgt_path, &lt);
-    assert_int_equal(ls, lt);
-    /* the hole became zeroes: the junk on the target is gone */
-    assert_memory_equal(s, t, ls);
+    copy_all_and_compare(&fx);
 }
 
 typedef struct WriteCo {
@@ -483,17 +489,7 @@ static void test_copy_range_full(void **state)
     Fixture fx;
     fixture_open(&fx, plain_target());
     block_copy_set_perf(fx.bcs, 4, 512 * 1024, true);
-    RunCo r = {.fx = &fx};
-    coroutine_run_sync(run_co, &r);
-    assert_int_equal(r.ret, 0);
-    assert_int_equal(block_copy_dirty_bytes(fx.bcs), 0);
-    assert_int_equal(fx.progress, SIZE);
-    fixture_close(&fx);
-    gsize ls, lt;
-    g_autofree gchar *s = read_file(src_path, &ls);
-    g_autofree gchar *t = read_file(tgt_path, &lt);
-    assert_int_equal(ls, lt);
-    assert_memory_equal(s, t, ls);
+    copy_all_and_compare(&fx);
 }
 
 int main(void)
