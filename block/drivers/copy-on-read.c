@@ -297,9 +297,12 @@ static int coroutine_fn cor_copy(BlockDriverState *bs, int64_t offset,
             if (!bounce) {
                 bounce = bounce_get(s);
             }
+            if (prefetch && s->read_hook) {
+                s->read_hook(s->read_hook_opaque, pos, pnum, false);
+            }
             ret = bdrv_co_pread(file, pos, pnum, bounce, 0);
             if (ret == 0 && prefetch && s->read_hook &&
-                !s->read_hook(s->read_hook_opaque, pos, pnum)) {
+                !s->read_hook(s->read_hook_opaque, pos, pnum, true)) {
                 ret = -ECANCELED; /* the job takes this range again */
             }
             if (ret == 0) {

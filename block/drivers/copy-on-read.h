@@ -28,16 +28,19 @@ BlockDriverState *coroutine_fn bdrv_cor_filter_append(
 void bdrv_cor_filter_drop(BlockDriverState *cor);
 
 /*
- * A hook for block-stream's parallel copies: called (in the copy's
- * coroutine) after each successful read a BDRV_REQ_PREFETCH copy makes of
- * [offset, offset + bytes) of the top, before that data is written back.
- * It may wait; false means "do not write": the copy fails with
- * -ECANCELED, leaving the range as it was.  The job uses it so that a
- * read error stops the copy where it would stop if the copies ran one
- * after another.  fn NULL removes it.
+ * A hook for block-stream's parallel copies, called in the copy's
+ * coroutine around each read a BDRV_REQ_PREFETCH copy makes of
+ * [offset, offset + bytes) of the top: with read=false just before the
+ * read (the copy holds its range in the filter by then; the result is
+ * ignored and it must not wait), with read=true after a successful read,
+ * before the data is written back.  Then it may wait (only for other
+ * copies' reads under way), and false means "do not write": the copy
+ * fails with -ECANCELED, leaving the range as it was.  The job uses it so
+ * that a read error stops the copy where it would stop if the copies ran
+ * one after another.  fn NULL removes it.
  */
 typedef bool coroutine_fn BdrvCorReadHook(void *opaque, int64_t offset,
-                                          int64_t bytes);
+                                          int64_t bytes, bool read);
 void bdrv_cor_filter_set_read_hook(BlockDriverState *cor, BdrvCorReadHook *fn,
                                    void *opaque);
 

@@ -68,6 +68,7 @@ struct StreamOp {
     int64_t offset, bytes;
     void *buf;
     int ret;
+    bool reading;   /* a read of the filter for it is under way */
     bool read_done; /* the filter read its whole range */
     bool abandoned; /* not written because an older copy failed */
     bool copy;      /* false: a range with nothing to copy, settled in
@@ -81,8 +82,16 @@ typedef struct StreamRange {
 
 /* ---- the copy ---- */
 
+/*
+ * The filter's read hook.  A copy that has read waits for the reads of
+ * the older copies, but only for reads under way: an older copy that is
+ * not reading yet (or again) may be waiting in the filter for a request
+ * that waits for this one, so then this one gives up instead (and its
+ * range is taken again).  Every wait thus points at an older request of
+ * the filter, and no cycle can form.
+ */
 static bool coroutine_fn stream_read_hook(void *opaque, int64_t offset,
-                                          int64_t bytes)
+                                          int64_t bytes, bool read)
 {
     StreamJob *s = opaque;
     StreamOp *me = NULL;
@@ -97,17 +106,22 @@ static bool coroutine_fn stream_read_hook(void *opaque, int64_t offset,
     if (!me) {
         return true; /* not one of ours */
     }
+    if (!read) {
+        me->reading = true;
+        return true;
+    }
+    me->reading = false;
     /* the read reaching the end of the operation's range (the filter
      * widens it to whole clusters) */
     if (offset + bytes >= me->offset + me->bytes) {
         me->read_done = true;
-        co_queue_restart_all(&s->wake);
     }
+    co_queue_restart_all(&s->wake);
     for (;;) {
         bool wait = false;
         for (GList *l = s->ops.head; l && l->data != me; l = l->next) {
             StreamOp *op = l->data;
-            if (op->done && op->ret < 0) {
+            if (op->done ? op->ret < 0 : !op->read_done && !op->reading) {
                 me->abandoned = true;
                 return false;
             }
@@ -187,8 +201,7 @@ static bool stream_settle_done(StreamJob *s, int *error, int64_t *delay_ns)
         g_queue_pop_head(&s->ops);
         StreamSettle r = STREAM_RETRY; /* abandoned: not copied */
         if (!op->abandoned && !(redo && !op->copy)) {
-            r = stream_settle(s, op->bytes, op->copy, op->ret, error,
-                              delay_ns);
+            r = stream_settle(s, op->bytes, op->copy, op->ret, error, delay_ns);
         }
         if (r == STREAM_RETRY) {
             stream_add_retry(s, op->offset, op->offset + op->bytes);
