@@ -325,11 +325,32 @@ static int coroutine_fn ensure_covered(BlockDriverState *bs, uint64_t index)
     return ret < 0 ? ret : 1;
 }
 
-static int coroutine_fn update_one(BlockDriverState *bs, uint64_t index,
-                                   int addend)
+/* Side effects of cluster `index` dropping to refcount 0. */
+static void note_freed(BDRVQcow2State *s, uint64_t index)
+{
+    uint64_t host = index << s->cluster_bits;
+    if (index < s->free_cluster_index) {
+        s->free_cluster_index = index;
+    }
+    if (s->free_byte_offset &&
+        qcow2_start_of_cluster(s, s->free_byte_offset) == host) {
+        s->free_byte_offset = 0;
+    }
+    /* A freed L2 table must not be written back over new data. */
+    qcow2_cache_discard(s->l2_cache, host);
+}
+
+/*
+ * Add `addend` to the refcounts of clusters index..index+count-1, which all
+ * lie in one refcount block: one cache access for the whole run.  *done is
+ * how many were changed (the caller undoes them on failure).
+ */
+static int coroutine_fn update_run(BlockDriverState *bs, uint64_t index,
+                                   uint64_t count, int addend, uint64_t *done)
 {
     BDRVQcow2State *s = bs->opaque;
     void *block;
+    *done = 0;
     BLKDBG_EVENT(bs->file, BLKDBG_REFBLOCK_LOAD);
     int ret = get_refblock(bs, index >> s->refblock_bits, &block);
     if (ret < 0) {
@@ -341,38 +362,34 @@ static int coroutine_fn update_one(BlockDriverState *bs, uint64_t index,
             "Refcount update for cluster %#" PRIx64 " without refcount block",
             index << s->cluster_bits);
     }
-    uint64_t i = index & ((1ULL << s->refblock_bits) - 1);
-    uint64_t rc = qcow2_refcount_get(block, s->refcount_order, i);
-    if (addend < 0 && rc < (uint64_t)-addend) {
-        qcow2_cache_put(s->rc_cache, &block);
-        /* Something referenced a cluster its refcount says is free. */
-        return qcow2_signal_corruption(
-            bs, true, (int64_t)(index << s->cluster_bits), -1,
-            "Cluster %#" PRIx64 " is in use but its refcount is 0",
-            index << s->cluster_bits);
+    uint64_t first = index & ((1ULL << s->refblock_bits) - 1);
+    for (uint64_t k = 0; k < count; k++) {
+        uint64_t c = index + k;
+        uint64_t i = first + k;
+        uint64_t rc = qcow2_refcount_get(block, s->refcount_order, i);
+        if (addend < 0 && rc < (uint64_t)-addend) {
+            qcow2_cache_put(s->rc_cache, &block);
+            /* Something referenced a cluster its refcount says is free. */
+            return qcow2_signal_corruption(
+                bs, true, (int64_t)(c << s->cluster_bits), -1,
+                "Cluster %#" PRIx64 " is in use but its refcount is 0",
+                c << s->cluster_bits);
+        }
+        if (addend > 0 && rc + (uint64_t)addend > s->refcount_max) {
+            qcow2_cache_put(s->rc_cache, &block);
+            error_report("qcow2: refcount of cluster %#" PRIx64
+                         " would overflow", c << s->cluster_bits);
+            return -EINVAL;
+        }
+        rc += addend;
+        qcow2_refcount_set(block, s->refcount_order, i, rc);
+        qcow2_cache_mark_dirty(s->rc_cache, block);
+        (*done)++;
+        if (rc == 0) {
+            note_freed(s, c);
+        }
     }
-    if (addend > 0 && rc + (uint64_t)addend > s->refcount_max) {
-        qcow2_cache_put(s->rc_cache, &block);
-        error_report("qcow2: refcount of cluster %#" PRIx64 " would overflow",
-                     index << s->cluster_bits);
-        return -EINVAL;
-    }
-    rc += addend;
-    qcow2_refcount_set(block, s->refcount_order, i, rc);
-    qcow2_cache_mark_dirty(s->rc_cache, block);
     qcow2_cache_put(s->rc_cache, &block);
-    if (rc == 0) {
-        uint64_t host = index << s->cluster_bits;
-        if (index < s->free_cluster_index) {
-            s->free_cluster_index = index;
-        }
-        if (s->free_byte_offset &&
-            qcow2_start_of_cluster(s, s->free_byte_offset) == host) {
-            s->free_byte_offset = 0;
-        }
-        /* A freed L2 table must not be written back over new data. */
-        qcow2_cache_discard(s->l2_cache, host);
-    }
     return 0;
 }
 
@@ -392,65 +409,92 @@ int coroutine_fn qcow2_update_refcount(BlockDriverState *bs, uint64_t offset,
     if (ret < 0) {
         return ret;
     }
+    uint64_t per_block = 1ULL << s->refblock_bits;
     uint64_t first = offset >> s->cluster_bits;
     uint64_t last = (offset + length - 1) >> s->cluster_bits;
-    for (uint64_t c = first; c <= last; c++) {
-        ret = update_one(bs, c, addend);
+    for (uint64_t c = first; c <= last;) {
+        uint64_t count = MIN(last - c + 1, per_block - (c & (per_block - 1)));
+        uint64_t done;
+        ret = update_run(bs, c, count, addend, &done);
         if (ret < 0) {
             /* undo what was done */
-            for (uint64_t u = first; u < c; u++) {
-                update_one(bs, u, -addend);
+            c += done;
+            for (uint64_t u = first; u < c;) {
+                uint64_t n = MIN(c - u, per_block - (u & (per_block - 1)));
+                uint64_t ignored;
+                update_run(bs, u, n, -addend, &ignored);
+                u += n;
             }
             return ret;
         }
+        c += count;
     }
     return 0;
 }
 
-/* First run of n free clusters at or after the free-cluster hint. */
+/*
+ * First run of n free clusters at or after the free-cluster hint.  The
+ * entries are read straight out of each refcount block (one cache lookup
+ * per block rather than per cluster): allocation is on the write path of
+ * every job that fills an image.
+ */
 static int coroutine_fn find_free(BlockDriverState *bs, uint64_t n,
                                   uint64_t *result)
 {
     BDRVQcow2State *s = bs->opaque;
-    uint64_t idx = MAX(s->free_cluster_index, 1);
     uint64_t limit = QCOW2_MAX_HOST_OFFSET >> s->cluster_bits;
+    uint64_t per_block = 1ULL << s->refblock_bits;
     /* Nothing beyond the end of the file (or what we allocated there) can
      * be in use; a refcount there is damage, and scanning on would take
      * forever on a table full of bogus blocks. */
     int64_t flen = bdrv_getlength(bs->file->bs);
     uint64_t end = MAX(flen > 0 ? (uint64_t)flen : 0, s->fresh_start);
     uint64_t end_index = (end + s->cluster_size - 1) >> s->cluster_bits;
-    for (;;) {
-        if (idx + n > limit) {
+    uint64_t run_start = MAX(s->free_cluster_index, 1);
+    uint64_t run_len = 0;
+    while (run_len < n) {
+        if (run_start + n > limit) {
             return -EFBIG;
         }
-        uint64_t j;
-        for (j = 0; j < n; j++) {
-            uint64_t rc;
-            int ret = qcow2_get_refcount(bs, idx + j, &rc);
-            if (ret < 0) {
-                return ret;
+        uint64_t cur = run_start + run_len;
+        uint64_t i = cur & (per_block - 1);
+        void *block;
+        int ret = get_refblock(bs, cur >> s->refblock_bits, &block);
+        if (ret < 0) {
+            return ret;
+        }
+        if (!block) {
+            /* no refcount block: every cluster it would cover is free */
+            run_len += MIN(per_block - i, n - run_len);
+            continue;
+        }
+        for (; i < per_block && run_len < n; i++, cur++) {
+            if (!qcow2_refcount_get(block, s->refcount_order, i)) {
+                run_len++;
+                continue;
             }
-            if (rc) {
-                if (idx + j >= end_index) {
-                    return qcow2_signal_corruption(
-                        bs, true, (int64_t)((idx + j) << s->cluster_bits), -1,
-                        "Cluster %#" PRIx64 " beyond the end of the image "
-                        "file has a refcount",
-                        (idx + j) << s->cluster_bits);
-                }
-                break;
+            if (cur >= end_index) {
+                qcow2_cache_put(s->rc_cache, &block);
+                return qcow2_signal_corruption(
+                    bs, true, (int64_t)(cur << s->cluster_bits), -1,
+                    "Cluster %#" PRIx64 " beyond the end of the image "
+                    "file has a refcount",
+                    cur << s->cluster_bits);
             }
+            /* clusters in use right at the hint need no second look */
+            if (run_len == 0 && cur == s->free_cluster_index) {
+                s->free_cluster_index = cur + 1;
+            }
+            run_start = cur + 1;
+            run_len = 0;
         }
-        if (j == n) {
-            *result = idx;
-            return 0;
-        }
-        if (idx == s->free_cluster_index && j == 0) {
-            s->free_cluster_index = idx + 1;
-        }
-        idx += j + 1;
+        qcow2_cache_put(s->rc_cache, &block);
     }
+    if (run_start + n > limit) {
+        return -EFBIG;
+    }
+    *result = run_start;
+    return 0;
 }
 
 int64_t coroutine_fn qcow2_alloc_clusters(BlockDriverState *bs, uint64_t size)
