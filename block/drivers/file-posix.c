@@ -10,6 +10,7 @@
  * byte, and may refuse to share one only if nobody locks its 100+bit byte.
  */
 #include <errno.h>
+#include <inttypes.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <linux/falloc.h>
@@ -51,6 +52,13 @@ typedef struct BDRVFileState {
     uint64_t new_perm, new_shared;
     /* A blockdev-reopen in progress that needs a new descriptor. */
     struct FileReopenState *reopen;
+    /*
+     * How far the file really extends when we grew it ahead of the data
+     * (see file_grow_ahead); -1 when not known.  bs->total_bytes stays the
+     * end of the data, which is what the node reports and what the file is
+     * cut back to on close.
+     */
+    int64_t phys_end;
 } BDRVFileState;
 
 /*
@@ -420,6 +428,66 @@ static bool file_qiov_aligned(BDRVFileState *s, IOVector *qiov,
 /* Bounce buffer size for misaligned vectors under O_DIRECT. */
 #define FILE_BOUNCE_MAX (4 * 1024 * 1024)
 
+static int64_t file_current_length(BDRVFileState *s);
+
+/* Step by which a write past the end grows the file ahead of the data. */
+#define FILE_GROW_STEP (16 * 1024 * 1024)
+
+/*
+ * An O_DIRECT write past the end of a file (a format allocating clusters)
+ * makes ext4 take the inode lock exclusively and complete the write
+ * synchronously, so a job filling an image writes one request at a time
+ * (buffered writes only touch the page cache: they are left alone).
+ * Allocating the space ahead in larger steps (fallocate: unwritten
+ * extents, which O_DIRECT overwrites under the shared lock) keeps later
+ * writes inside the file.  The node's length stays the end of the data;
+ * the file is cut back to it on close (file_trim_tail).  After a crash the
+ * tail is zeroes past the last cluster: harmless, as with QEMU's
+ * `preallocate` filter.  Best effort: failures leave the write to extend
+ * the file itself.
+ */
+static void coroutine_fn file_grow_ahead(BlockDriverState *bs, int64_t end)
+{
+    BDRVFileState *s = bs->opaque;
+
+    if (end <= bs->total_bytes || (s->phys_end >= 0 && end <= s->phys_end)) {
+        return;
+    }
+    if (s->phys_end < 0) {
+        int64_t len = file_current_length(s);
+        if (len < 0) {
+            return;
+        }
+        s->phys_end = len;
+        if (end <= len) {
+            return;
+        }
+    }
+    int64_t target = (end + FILE_GROW_STEP - 1) / FILE_GROW_STEP *
+                     FILE_GROW_STEP;
+    int64_t from = s->phys_end;
+    if (aio_co_fallocate(s->fd, 0, from, target - from) == 0 &&
+        target > s->phys_end) {
+        s->phys_end = target;
+    }
+}
+
+/* Cut off what file_grow_ahead allocated past the data (best effort). */
+static void file_trim_tail(BlockDriverState *bs)
+{
+    BDRVFileState *s = bs->opaque;
+
+    if (s->fd >= 0 && s->phys_end > bs->total_bytes &&
+        bs->total_bytes >= 0) {
+        if (ftruncate(s->fd, bs->total_bytes) < 0) {
+            error_report("file: could not cut '%s' back to %" PRId64
+                         " bytes: %s", bs->filename, bs->total_bytes,
+                         strerror(errno));
+        }
+    }
+    s->phys_end = -1;
+}
+
 static int coroutine_fn file_rw(BlockDriverState *bs, bool write,
                                 int64_t offset, int64_t bytes,
                                 IOVector *qiov)
@@ -432,6 +500,9 @@ static int coroutine_fn file_rw(BlockDriverState *bs, bool write,
     }
     if ((size_t)bytes > qiov->size) {
         return -EINVAL;
+    }
+    if (write && s->o_direct && offset + bytes > bs->total_bytes) {
+        file_grow_ahead(bs, offset + bytes);
     }
     if (!s->o_direct || file_qiov_aligned(s, qiov, bytes)) {
         ret = file_rw_direct(bs, write, offset, bytes, qiov);
@@ -835,6 +906,8 @@ static int coroutine_fn file_co_truncate(BlockDriverState *bs, int64_t offset,
         error_setg(errp, "Image size cannot be negative");
         return -EINVAL;
     }
+    /* Resizing works from the real end of the data. */
+    file_trim_tail(bs);
     ret = file_resize(s, offset, prealloc, errp);
     if (ret == 0) {
         bs->total_bytes = offset;
@@ -851,7 +924,12 @@ static int64_t coroutine_fn file_co_get_allocated_file_size(
     if (fstat(s->fd, &st) < 0) {
         return -errno;
     }
-    return (int64_t)st.st_blocks * 512;
+    int64_t size = (int64_t)st.st_blocks * 512;
+    /* Space allocated ahead of the data is not the image's yet. */
+    if (s->phys_end > bs->total_bytes) {
+        size = MAX(0, size - (s->phys_end - bs->total_bytes));
+    }
+    return size;
 }
 
 /* ---- open, limits, close ---- */
@@ -987,6 +1065,7 @@ static int coroutine_fn file_open(BlockDriverState *bs,
     }
 
     bs->total_bytes = st.st_size;
+    s->phys_end = -1;
     bs->supported_zero_flags = BDRV_REQ_MAY_UNMAP | BDRV_REQ_NO_FALLBACK;
     return 0;
 }
@@ -1006,6 +1085,7 @@ static void file_close(BlockDriverState *bs)
 {
     BDRVFileState *s = bs->opaque;
 
+    file_trim_tail(bs);
     if (s->fd >= 0) {
         /* Closing the only descriptor of the description drops its
          * locks. */
@@ -1116,6 +1196,9 @@ static void file_reopen_commit(BDRVReopenState *state)
     if (!rs) {
         return;
     }
+    /* The new descriptor may be read-only: cut the tail while the old one
+     * can. */
+    file_trim_tail(bs);
     /* Closing the old descriptor drops its locks; the new one holds them
      * all already. */
     close(s->fd);

@@ -293,6 +293,35 @@ static void test_write_extends(void **state)
     blk_unref(blk);
 }
 
+/*
+ * Under O_DIRECT a write past the end grows the file ahead of the data
+ * (ext4 serialises writes that extend the file); the node's length is the
+ * data's end, and closing cuts the file back to it.
+ */
+static void test_write_extends_direct(void **state)
+{
+    make_file(4096);
+    BlockDriverState *bs = open_file("cache.direct=on");
+    BlockBackend *blk = test_rw_resize_blk(bs);
+    uint8_t buf[8192], r[8192];
+    pattern(buf, sizeof(buf), 5);
+    assert_int_equal(do_req(blk, TEST_OP_CHILD_WRITE, 8192, 8192, buf, 0), 0);
+    assert_int_equal(bs->total_bytes, 16384);
+    assert_int_equal(blk_getlength(blk), 16384);
+    assert_true(file_size() >= 16384);
+    assert_int_equal(do_req(blk, TEST_OP_READ, 8192, 8192, r, 0), 0);
+    assert_memory_equal(r, buf, sizeof(buf));
+    /* A resize starts from the data's end, not the space ahead of it. */
+    assert_int_equal(do_truncate(blk, 24576, PREALLOC_MODE_FALLOC, NULL), 0);
+    assert_int_equal(file_size(), 24576);
+    assert_int_equal(do_req(blk, TEST_OP_CHILD_WRITE, 24576, 8192, buf, 0),
+                     0);
+    assert_int_equal(bs->total_bytes, 32768);
+    blk_unref(blk);
+    bdrv_close_all();
+    assert_int_equal(file_size(), 32768);
+}
+
 /* ---- zeroes, discard, block status ---- */
 
 static void test_zeroes_and_status(void **state)
@@ -766,6 +795,7 @@ int main(void)
         T(test_rw_readonly),
         T(test_long_vector),
         T(test_write_extends),
+        T(test_write_extends_direct),
         T(test_zeroes_and_status),
         T(test_discard_ignored),
         T(test_truncate),
