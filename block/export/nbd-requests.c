@@ -513,9 +513,17 @@ static int coroutine_fn nbd_co_read(NBDRequest *req)
                 nbd_data_learn(client->exp, off, (uint64_t)pnum);
             }
         }
-        if (st < 0 || pnum <= 0) {
-            /* No status: read the rest as data. */
-            st = 0;
+        if (st < 0) {
+            /* As QEMU: a failed query fails the read (the failure may be
+             * the metadata read the data would need too). */
+            g_autofree char *msg =
+                g_strdup_printf("unable to check for holes: %s",
+                                g_strerror(-st));
+            ret = nbd_send_error(req, nbd_errno(-st), msg, false, 0);
+            break;
+        }
+        if (pnum <= 0) {
+            /* Nothing known: read the rest as data. */
             pnum = end - off;
         }
         pnum = MIN((uint64_t)pnum, end - off);
