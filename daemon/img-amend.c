@@ -142,7 +142,7 @@ static GHashTable *parse_amend_opts(const char *params, GError **errp)
     while (*p) {
         char *name, *value;
 
-        img_opt_next(&p, false, &name, &value);
+        img_opt_next(&p, true, &name, &value);
         const AmendOptDesc *d = find_desc(name);
         if (!d) {
             bool create_only = false;

@@ -524,6 +524,7 @@ static int coroutine_fn nbd_co_read(NBDRequest *req)
         }
         if (pnum <= 0) {
             /* Nothing known: read the rest as data. */
+            st = 0;
             pnum = end - off;
         }
         pnum = MIN((uint64_t)pnum, end - off);
