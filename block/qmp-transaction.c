@@ -119,18 +119,6 @@ static const TransactionActionDrv snapshot_action_drv = {
     .clean = snapshot_clean,
 };
 
-/* Has bs a root user (an export, a BlockBackend)? */
-static bool has_blk(BlockDriverState *bs)
-{
-    BdrvChild *c;
-    LIST_FOREACH (c, &bs->parents, next_parent) {
-        if (!c->klass->parent_is_bds && !c->klass->parent_is_job) {
-            return true;
-        }
-    }
-    return false;
-}
-
 /* The node to snapshot: found, not busy, flushed (QEMU's order). */
 static BlockDriverState *coroutine_fn snapshot_old_bs(const char *device,
                                                       const char *node_name,
@@ -174,7 +162,9 @@ static BlockDriverState *coroutine_fn snapshot_old_bs(const char *device,
 static int snapshot_insert(BlockDriverState *old_bs, BlockDriverState *new_bs,
                            Transaction *tran, GError **errp)
 {
-    if (has_blk(new_bs)) {
+    /* An overlay in use may get a backing file only if none of its users
+     * expects a valid image yet (a mirror target writes, never reads). */
+    if (new_bs->perm & BLK_PERM_CONSISTENT_READ) {
         error_setg(errp, "The overlay is already in use");
         return -EBUSY;
     }
