@@ -260,6 +260,12 @@ static int coroutine_fn commit_run(Job *job, GError **errp)
         job_progress_update(job, (uint64_t)n);
     }
     blk_vfree(buf);
+    if (ret == 0 && !job_is_cancelled(job)) {
+        /* The data must be on disk in base before an overlay's header
+         * stops naming the layers that held it (a crash in between would
+         * lose it). */
+        ret = blk_co_flush(s->base_blk);
+    }
     return ret;
 }
 

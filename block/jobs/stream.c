@@ -477,6 +477,12 @@ static void coroutine_fn stream_finish_co(void *opaque)
         base_id = s->backing_file ? s->backing_file : ubase->filename;
         base_fmt = ubase->drv ? ubase->drv->format_name : NULL;
     }
+    /* What was copied must be on disk before the header stops naming
+     * the layers it came from (a crash in between would lose it). */
+    f->ret = bdrv_co_flush(top);
+    if (f->ret < 0) {
+        return;
+    }
     if (bdrv_set_backing_hd(top, base, &f->err) < 0) {
         error_report("%s", f->err->message);
         g_clear_error(&f->err);
