@@ -17,6 +17,7 @@
 #include "block/jobs/backup.h"
 #include "block/jobs/blockjob.h"
 #include "block/qmp-dirty-bitmap.h"
+#include "block/qmp-snapshot-internal.h"
 #include "qapi/qapi-commands.h"
 #include "util/error.h"
 #include "util/transaction.h"
@@ -365,6 +366,7 @@ static bool supports_grouped(TransactionActionKind kind)
     switch (kind) {
     case TRANSACTION_ACTION_KIND_BLOCKDEV_SNAPSHOT:
     case TRANSACTION_ACTION_KIND_BLOCKDEV_SNAPSHOT_SYNC:
+    case TRANSACTION_ACTION_KIND_BLOCKDEV_SNAPSHOT_INTERNAL_SYNC:
     case TRANSACTION_ACTION_KIND_BLOCK_DIRTY_BITMAP_ADD:
     case TRANSACTION_ACTION_KIND_BLOCK_DIRTY_BITMAP_REMOVE:
     case TRANSACTION_ACTION_KIND_BLOCK_DIRTY_BITMAP_CLEAR:
@@ -410,6 +412,9 @@ static int coroutine_fn prepare_action(const TransactionAction *act,
     case TRANSACTION_ACTION_KIND_BLOCKDEV_SNAPSHOT_SYNC:
         return snapshot_sync_action(act->u.blockdev_snapshot_sync.data, tran,
                                     errp);
+    case TRANSACTION_ACTION_KIND_BLOCKDEV_SNAPSHOT_INTERNAL_SYNC:
+        return qmp_internal_snapshot_action(
+            act->u.blockdev_snapshot_internal_sync.data, tran, errp);
     default:
         error_setg(errp, "Unsupported transaction action '%s'",
                    TransactionActionKind_str(act->type));

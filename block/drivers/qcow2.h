@@ -507,6 +507,32 @@ int coroutine_fn qcow2_co_create_image(const char *filename,
 int coroutine_fn qcow2_co_create(BlockdevCreateOptions *opts, GError **errp);
 
 
+/* ---- qcow2-snapshot.c ---- */
+/* One snapshot table entry at buf (len bytes available): fills *sn (id_str
+ * and name allocated; sn may be NULL) and *disk_size (UINT64_MAX if the
+ * entry has none).  Returns the entry's length with its padding, or
+ * -EINVAL/-EFBIG. */
+int64_t qcow2_snapshot_decode(const uint8_t *buf, size_t len,
+                              Qcow2Snapshot *sn, uint64_t *disk_size);
+/* Encode sn (24 bytes of extra data, as QEMU writes) into buf, which holds
+ * qcow2_snapshot_encoded_size(sn) bytes; returns that size. */
+size_t qcow2_snapshot_encoded_size(const Qcow2Snapshot *sn);
+size_t qcow2_snapshot_encode(uint8_t *buf, const Qcow2Snapshot *sn,
+                             uint64_t disk_size);
+/* Index of the snapshot matching id and/or name (NULL: any), -1: none. */
+int qcow2_snapshot_find(const Qcow2Snapshot *list, uint32_t n,
+                        const char *id, const char *name);
+/* QEMU's new id: one more than the largest numeric id. */
+char *qcow2_snapshot_new_id(const Qcow2Snapshot *list, uint32_t n);
+/* Create an internal snapshot of the active state (name, dates, vm clock
+ * and icount from *info; id chosen here, returned in *id_out).  -errno. */
+int coroutine_fn qcow2_snapshot_create(BlockDriverState *bs,
+                                       const Qcow2Snapshot *info,
+                                       char **id_out);
+/* Delete the snapshot matching id and/or name, with QEMU's messages. */
+int coroutine_fn qcow2_snapshot_delete(BlockDriverState *bs, const char *id,
+                                       const char *name, GError **errp);
+
 /* ---- qcow2-check.c ---- */
 /*
  * Consistency check and repair of a qcow2 image file (blockd-img check),
