@@ -52,7 +52,7 @@ static BlockDriverState *get_root_bs(const char *device, GError **errp)
  * QEMU's bdrv_snapshot_fallback(), the node below one whose only child
  * is its file or backing child (raw, filters).  NULL: none can.
  */
-static BlockDriverState *snapshot_node(BlockDriverState *bs)
+BlockDriverState *qmp_internal_snapshot_node(BlockDriverState *bs)
 {
     while (bs && bs->drv && bs->drv->driver != BLOCKDEV_DRIVER_QCOW2) {
         BdrvChild *c, *only = NULL;
@@ -130,7 +130,7 @@ int coroutine_fn qmp_internal_snapshot_action(
         error_setg(errp, "Device '%s' is read only", device);
         return -EPERM;
     }
-    BlockDriverState *target = snapshot_node(bs);
+    BlockDriverState *target = qmp_internal_snapshot_node(bs);
     if (!target || bdrv_is_read_only(target)) {
         error_setg(errp, "Block format '%s' used by device '%s' does not "
                          "support internal snapshots",
@@ -207,7 +207,7 @@ SnapshotInfo *qmp_blockdev_snapshot_delete_internal_sync(
     if (node_busy(bs, errp)) {
         return NULL;
     }
-    BlockDriverState *target = snapshot_node(bs);
+    BlockDriverState *target = qmp_internal_snapshot_node(bs);
     if (!target) {
         error_setg_errno(errp, ENOTSUP, "Failed to get a snapshot list");
         return NULL;

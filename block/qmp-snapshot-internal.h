@@ -13,4 +13,11 @@
 int coroutine_fn qmp_internal_snapshot_action(
     const BlockdevSnapshotInternal *arg, Transaction *tran, GError **errp);
 
+/*
+ * The node that keeps bs's internal snapshots: bs if it is qcow2, else, as
+ * QEMU's bdrv_snapshot_fallback(), the one below a node whose only child
+ * is its file or backing child (raw, filters).  NULL: none can.
+ */
+BlockDriverState *qmp_internal_snapshot_node(BlockDriverState *bs);
+
 #endif

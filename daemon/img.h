@@ -166,6 +166,7 @@ int img_cmd_rebase(int argc, char **argv);
 int img_cmd_commit(int argc, char **argv);
 int img_cmd_amend(int argc, char **argv); /* daemon/img-amend.c */
 int img_cmd_bitmap(int argc, char **argv);
+int img_cmd_snapshot(int argc, char **argv); /* daemon/img-snapshot.c */
 
 /* add-cow's entry in the format table (daemon/img-add-cow.c) */
 int img_add_cow_probe(const uint8_t *buf, size_t len);

@@ -712,3 +712,135 @@ out:
     co_mutex_unlock(&s->lock);
     return ret;
 }
+
+/*
+ * Revert the active state to snapshot `idx` (qemu-img snapshot -a): the
+ * clusters the snapshot reaches gain a reference, its L1 table becomes the
+ * active one (written in place), then the old active state's references
+ * go and the COPIED flags are recomputed.  A crash in between leaks
+ * clusters at worst.  The virtual size becomes the snapshot's.
+ */
+int coroutine_fn qcow2_snapshot_goto(BlockDriverState *bs, int idx,
+                                     GError **errp)
+{
+    BDRVQcow2State *s = bs->opaque;
+    int ret = check_supported(s, errp);
+    if (ret < 0) {
+        return ret;
+    }
+    if (idx < 0 || (uint32_t)idx >= s->nb_snapshots) {
+        error_setg(errp, "Can't find the snapshot");
+        return -ENOENT;
+    }
+    co_mutex_lock(&s->lock);
+    Qcow2Snapshot sn;
+    snapshot_copy(&sn, &s->snapshots[idx]);
+    uint64_t *sn_l1 = NULL, *old_l1 = NULL;
+    uint64_t disk_size = UINT64_MAX;
+    uint64_t done = 0, undone;
+
+    /* its disk size, from the raw entry */
+    GPtrArray *raw = NULL;
+    ret = flush_caches(bs);
+    if (ret == 0) {
+        ret = read_raw_table(bs, &raw, errp);
+    }
+    if (ret < 0) {
+        goto out;
+    }
+    gsize elen;
+    const uint8_t *e = g_bytes_get_data(raw->pdata[idx], &elen);
+    if (qcow2_snapshot_decode(e, elen, NULL, &disk_size) < 0) {
+        ret = -EIO;
+        goto out;
+    }
+    if (disk_size == UINT64_MAX) {
+        disk_size = s->size; /* v2 entries without extra data */
+    }
+    uint64_t sn_bytes = (uint64_t)sn.l1_size * 8;
+    if (sn_bytes > QCOW2_MAX_L1_BYTES ||
+        (sn_bytes && sn.l1_table_offset + sn_bytes > image_end(bs)) ||
+        qcow2_size_to_l1(s->cluster_bits, disk_size) > sn.l1_size ||
+        disk_size > (uint64_t)INT64_MAX) {
+        error_setg(errp, "Snapshot L1 table offset invalid");
+        ret = -EIO;
+        goto out;
+    }
+    ret = qcow2_grow_l1_table(bs, sn.l1_size);
+    if (ret < 0) {
+        goto out;
+    }
+    uint64_t cur_bytes = (uint64_t)s->l1_size * 8;
+    sn_l1 = g_malloc0(cur_bytes + 8);
+    if (sn_bytes) {
+        ret = bdrv_co_pread(bs->file, (int64_t)sn.l1_table_offset,
+                            (int64_t)sn_bytes, sn_l1, 0);
+        if (ret < 0) {
+            goto out;
+        }
+        for (uint32_t i = 0; i < sn.l1_size; i++) {
+            sn_l1[i] = qcow2_be64(&sn_l1[i]) & ~QCOW_OFLAG_COPIED;
+        }
+    }
+
+    /* what the snapshot reaches gets the active state's reference */
+    ret = walk_refcounts(bs, sn_l1, sn.l1_size, 1, UINT64_MAX, &done);
+    if (ret == 0) {
+        ret = flush_caches(bs);
+    }
+    if (ret < 0) {
+        walk_refcounts(bs, sn_l1, sn.l1_size, -1, done, &undone);
+        goto out;
+    }
+    uint8_t *buf = g_malloc(cur_bytes ? cur_bytes : 1);
+    for (uint32_t i = 0; i < s->l1_size; i++) {
+        qcow2_put_be64(buf + (size_t)i * 8, sn_l1[i]);
+    }
+    ret = qcow2_pre_write_overlap_check(bs, QCOW2_OL_ACTIVE_L1,
+                                        (int64_t)s->l1_table_offset,
+                                        (int64_t)cur_bytes);
+    if (ret == 0 && cur_bytes) {
+        ret = bdrv_co_pwrite(bs->file, (int64_t)s->l1_table_offset,
+                             (int64_t)cur_bytes, buf, 0);
+    }
+    if (ret == 0) {
+        ret = bdrv_co_flush(bs->file->bs);
+    }
+    g_free(buf);
+    if (ret < 0) {
+        /* the old table may be partly overwritten: keep every reference
+         * (leaks at worst) */
+        goto out;
+    }
+    old_l1 = g_memdup2(s->l1_table, cur_bytes ? cur_bytes : 1);
+    memcpy(s->l1_table, sn_l1, cur_bytes);
+    /* the old active state loses its references */
+    int r = walk_refcounts(bs, old_l1, s->l1_size, -1, UINT64_MAX, &done);
+    if (r < 0) {
+        warn_report("qcow2: clusters of the old state leak: %s",
+                    g_strerror(-r));
+    }
+    ret = fix_copied_flags(bs);
+    if (ret == 0 && disk_size != s->size) {
+        s->size = disk_size;
+        bs->total_bytes = (int64_t)disk_size;
+        ret = qcow2_update_header(bs);
+    }
+    if (ret == 0) {
+        ret = flush_caches(bs);
+    }
+
+out:
+    g_free(sn_l1);
+    g_free(old_l1);
+    g_free(sn.id_str);
+    g_free(sn.name);
+    if (raw) {
+        g_ptr_array_unref(raw);
+    }
+    co_mutex_unlock(&s->lock);
+    if (ret < 0 && errp && !*errp) {
+        error_setg_errno(errp, -ret, "Failed to load snapshot");
+    }
+    return ret;
+}

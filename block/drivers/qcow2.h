@@ -532,6 +532,9 @@ int coroutine_fn qcow2_snapshot_create(BlockDriverState *bs,
 /* Delete the snapshot matching id and/or name, with QEMU's messages. */
 int coroutine_fn qcow2_snapshot_delete(BlockDriverState *bs, const char *id,
                                        const char *name, GError **errp);
+/* Revert the active state to snapshot number idx (its data, virtual size). */
+int coroutine_fn qcow2_snapshot_goto(BlockDriverState *bs, int idx,
+                                     GError **errp);
 
 /* ---- qcow2-check.c ---- */
 /*
