@@ -22,7 +22,16 @@ struct BlockBackend {
     bool disable_request_queuing;
     int64_t notified_len;    /* size the user last heard of */
     CoQueue queued_requests; /* requests held back while drained */
+    TAILQ_ENTRY(BlockBackend) all_link; /* in all_blks */
 };
+
+/* Every BlockBackend, oldest first (x-debug-query-block-graph). */
+static TAILQ_HEAD(, BlockBackend) all_blks = TAILQ_HEAD_INITIALIZER(all_blks);
+
+BlockBackend *blk_all_next(BlockBackend *prev)
+{
+    return prev ? TAILQ_NEXT(prev, all_link) : TAILQ_FIRST(&all_blks);
+}
 
 BlockBackend *blk_new(uint64_t perm, uint64_t shared_perm)
 {
@@ -31,6 +40,7 @@ BlockBackend *blk_new(uint64_t perm, uint64_t shared_perm)
     blk->perm = perm;
     blk->shared_perm = shared_perm;
     co_queue_init(&blk->queued_requests);
+    TAILQ_INSERT_TAIL(&all_blks, blk, all_link);
     return blk;
 }
 
@@ -148,6 +158,7 @@ void blk_unref(BlockBackend *blk)
         return;
     }
     blk_remove_bs(blk);
+    TAILQ_REMOVE(&all_blks, blk, all_link);
     g_free(blk->desc);
     g_free(blk);
 }

@@ -267,6 +267,8 @@ int blk_set_perm(BlockBackend *blk, uint64_t perm, uint64_t shared_perm,
 void blk_get_perm(BlockBackend *blk, uint64_t *perm, uint64_t *shared);
 /* Do not queue requests while drained (jobs issuing their own I/O). */
 void blk_set_disable_request_queuing(BlockBackend *blk, bool disable);
+/* Iterate every BlockBackend, oldest first: pass NULL to start. */
+BlockBackend *blk_all_next(BlockBackend *prev);
 
 /* Callbacks for the user (an export) when the graph acts on it. */
 typedef struct BlockDevOps {
