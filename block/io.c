@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "block/block_int.h"
+#include "block/write-threshold.h"
 #include "util/aio.h"
 
 #define ROUND_DOWN(n, a) ((n) & ~((int64_t)(a)-1))
@@ -588,6 +589,7 @@ static int coroutine_fn aligned_pwritev(BdrvChild *child, int64_t offset,
 {
     BlockDriverState *bs = child->bs;
     int ret;
+    bdrv_write_threshold_check(bs, offset, bytes);
     if (!(flags & BDRV_REQ_ZERO_WRITE) &&
         bs->detect_zeroes != BLOCKDEV_DETECT_ZEROES_OPTIONS_OFF &&
         bs->drv->bdrv_co_pwrite_zeroes && qiov &&
@@ -843,6 +845,8 @@ int coroutine_fn bdrv_co_pdiscard(BdrvChild *child, int64_t offset,
     if (!bs->drv->bdrv_co_pdiscard && !pass) {
         return 0;
     }
+    /* The whole request, before the trimming below (as QEMU). */
+    bdrv_write_threshold_check(bs, offset, bytes);
     uint32_t align = req_align(bs);
     /* Unaligned slivers at either end are left alone (but the bitmaps
      * see the whole request, as QEMU's do). */
@@ -970,6 +974,7 @@ int coroutine_fn bdrv_co_copy_range_to(BdrvChild *src, int64_t src_offset,
     bdrv_inc_in_flight(bs);
     tracked_begin(&req, bs, dst_offset, bytes, true);
     wait_serialising(&req);
+    bdrv_write_threshold_check(bs, dst_offset, bytes);
     ret = bs->drv->bdrv_co_copy_range_to(bs, src, src_offset, dst,
                                          dst_offset, bytes);
     if (ret == 0) {
