@@ -7,8 +7,9 @@
  * The image is opened without its backing file (read-only for -l); the
  * snapshots live in a qcow2 node (block/drivers/qcow2-snapshot.c), found
  * below a raw node as QEMU's snapshot fallback does.  As in qemu-img, -c
- * does not check for an existing name, -a and -d take an id first, then a
- * name, and the messages and exit status (1 on error) are qemu-img's.
+ * does not check for an existing name, -a takes an id first, then a name,
+ * -d a name only, and the messages and exit status (1 on error) are
+ * qemu-img's.
  */
 #include <getopt.h>
 #include <inttypes.h>
@@ -168,7 +169,10 @@ static int coroutine_fn run_snapshot(SnapshotAction action, const char *name,
         }
         break;
     case SNAPSHOT_DELETE: {
-        int idx = s ? find_id_or_name(s, name) : -1;
+        /* qemu-img's bdrv_snapshot_find(): names only */
+        int idx = s ? qcow2_snapshot_find(s->snapshots, s->nb_snapshots,
+                                          NULL, name)
+                    : -1;
         if (idx < 0) {
             img_error("Could not delete snapshot '%s': snapshot not found",
                       name);
