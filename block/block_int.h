@@ -157,6 +157,9 @@ struct BlockDriver {
      * null-co has none).  -ENOTSUP: no info. */
     int coroutine_fn (*bdrv_co_get_info)(BlockDriverState *bs,
                                          ImageInfo *info, GError **errp);
+    /* query-blockstats' driver-specific statistics of the node (a new
+     * object the caller frees); NULL, or no callback: there are none. */
+    BlockStatsSpecific *(*bdrv_get_specific_stats)(BlockDriverState *bs);
 
     /*
      * Permissions.  child_perm: given what the parents of bs want of bs
@@ -370,6 +373,8 @@ struct BlockDriverState {
 
     uint64_t write_threshold_offset;
     int64_t node_seq; /* creation order */
+    /* The end of the highest write issued to this node (accounting.h). */
+    uint64_t wr_highest_offset;
 };
 
 /* Generic options parsing, child opening, and permission helpers. */

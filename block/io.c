@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "block/block_int.h"
+#include "block/accounting.h"
 #include "block/write-threshold.h"
 #include "util/aio.h"
 
@@ -614,6 +615,7 @@ static int coroutine_fn aligned_pwritev(BdrvChild *child, int64_t offset,
         }
     }
     debug_event_bs(bs, BLKDBG_PWRITEV_DONE);
+    bdrv_acct_write_done(bs, offset, bytes); /* failed ones too, as QEMU */
     if (ret == 0) {
         write_done(bs, offset, bytes);
     } else {
@@ -977,6 +979,7 @@ int coroutine_fn bdrv_co_copy_range_to(BdrvChild *src, int64_t src_offset,
     bdrv_write_threshold_check(bs, dst_offset, bytes);
     ret = bs->drv->bdrv_co_copy_range_to(bs, src, src_offset, dst,
                                          dst_offset, bytes);
+    bdrv_acct_write_done(bs, dst_offset, bytes);
     if (ret == 0) {
         write_done(bs, dst_offset, bytes);
     } else if (ret != -ENOTSUP) {

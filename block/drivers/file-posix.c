@@ -20,6 +20,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "block/accounting.h"
 #include "block/block_int.h"
 #include "block/drivers/file-posix.h"
 #include "util/aio.h"
@@ -59,6 +60,8 @@ typedef struct BDRVFileState {
      * cut back to on close.
      */
     int64_t phys_end;
+    /* query-blockstats' driver-specific discard counters */
+    BdrvDiscardStats discard_stats;
 } BDRVFileState;
 
 /*
@@ -671,6 +674,9 @@ static int coroutine_fn file_co_pdiscard(BlockDriverState *bs,
     }
     ret = file_fallocate(s, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
                          offset, bytes);
+    /* Counted before -ENOTSUP becomes success: QEMU reports a discard the
+     * host could not do as failed. */
+    bdrv_acct_discard_done(&s->discard_stats, bytes, ret);
     /* Discard is advisory: a filesystem without holes just keeps data. */
     return ret == -ENOTSUP ? 0 : ret;
 }
@@ -1368,10 +1374,17 @@ static int coroutine_fn file_co_get_info(BlockDriverState *bs,
 
 static const char *const file_strong_opts[] = { "filename", NULL };
 
+static BlockStatsSpecific *file_get_specific_stats(BlockDriverState *bs)
+{
+    BDRVFileState *s = bs->opaque;
+    return bdrv_acct_file_specific_stats(&s->discard_stats);
+}
+
 const BlockDriver bdrv_file = {
     .version = BLOCK_DRIVER_VERSION,
     .strong_opts = file_strong_opts,
     .bdrv_co_get_info = file_co_get_info,
+    .bdrv_get_specific_stats = file_get_specific_stats,
     .format_name = "file",
     .driver = BLOCKDEV_DRIVER_FILE,
     .instance_size = sizeof(BDRVFileState),
