@@ -11,7 +11,8 @@
  * both lists are built by prepending, so they come out newest first.
  *
  * A job's own BlockBackend is left out: QEMU's jobs have none (they reach
- * their main node through the "main node" edge, which we have too).
+ * their main node through the "main node" edge, which we have too, and
+ * which shows the permissions the job holds there through either).
  */
 #include <string.h>
 
@@ -72,18 +73,41 @@ static BlockPermissionList *perm_list(uint64_t perm)
     return head;
 }
 
-static void add_edge(GraphBuilder *gb, const void *parent, const BdrvChild *c)
+static void add_edge_perm(GraphBuilder *gb, const void *parent,
+                          const BdrvChild *c, uint64_t perm, uint64_t shared)
 {
     XDbgBlockGraphEdge *e = g_new0(XDbgBlockGraphEdge, 1);
     e->parent = vertex_id(gb, parent);
     e->child = vertex_id(gb, c->bs);
     e->name = g_strdup(c->name ? c->name : "");
-    e->perm = perm_list(c->perm);
-    e->shared_perm = perm_list(c->shared_perm);
+    e->perm = perm_list(perm);
+    e->shared_perm = perm_list(shared);
     XDbgBlockGraphEdgeList *l = g_new0(XDbgBlockGraphEdgeList, 1);
     l->value = e;
     l->next = gb->graph->edges;
     gb->graph->edges = l;
+}
+
+static void add_edge(GraphBuilder *gb, const void *parent, const BdrvChild *c)
+{
+    add_edge_perm(gb, parent, c, c->perm, c->shared_perm);
+}
+
+/*
+ * A job's "main node" edge.  Our jobs do their I/O on the main node
+ * through their own BlockBackend (left out of the dump), QEMU's through
+ * this edge: show what the job holds on its main node by both, as one.
+ */
+static void add_job_edge(GraphBuilder *gb, BlockJob *job, const BdrvChild *c)
+{
+    uint64_t perm = c->perm, shared = c->shared_perm;
+    BdrvChild *root = job->blk ? blk_root(job->blk) : NULL;
+    if (root && root->bs == c->bs && c->name &&
+        strcmp(c->name, "main node") == 0) {
+        perm |= root->perm;
+        shared &= root->shared_perm;
+    }
+    add_edge_perm(gb, job, c, perm, shared);
 }
 
 static bool is_job_backend(BlockBackend *blk)
@@ -122,7 +146,7 @@ XDbgBlockGraph *qmp_x_debug_query_block_graph(GError **errp)
                    job->job.id);
         /* job->nodes is newest first, as QEMU's */
         for (GSList *l = job->nodes; l; l = l->next) {
-            add_edge(&gb, job, l->data);
+            add_job_edge(&gb, job, l->data);
         }
     }
     for (BlockDriverState *bs = bdrv_next_node(NULL); bs;
