@@ -590,7 +590,7 @@ static int coroutine_fn aligned_pwritev(BdrvChild *child, int64_t offset,
 {
     BlockDriverState *bs = child->bs;
     int ret;
-    bdrv_write_threshold_check(bs, offset, bytes);
+    bdrv_write_threshold_check_child(child, offset, bytes, flags);
     if (!(flags & BDRV_REQ_ZERO_WRITE) &&
         bs->detect_zeroes != BLOCKDEV_DETECT_ZEROES_OPTIONS_OFF &&
         bs->drv->bdrv_co_pwrite_zeroes && qiov &&

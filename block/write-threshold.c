@@ -40,6 +40,18 @@ bool bdrv_write_threshold_exceeded(uint64_t threshold, int64_t offset,
     return true;
 }
 
+bool bdrv_write_threshold_is_cor_write(const BdrvChild *child,
+                                       BdrvRequestFlags flags)
+{
+    if (!(flags & BDRV_REQ_WRITE_UNCHANGED) || !child->klass ||
+        !child->klass->parent_is_bds) {
+        return false;
+    }
+    const BlockDriverState *parent = child->opaque;
+    return parent && parent->drv &&
+           parent->drv->driver == BLOCKDEV_DRIVER_COPY_ON_READ;
+}
+
 void bdrv_write_threshold_check_write(BlockDriverState *bs, int64_t offset,
                                       int64_t bytes)
 {

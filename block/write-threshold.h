@@ -49,4 +49,27 @@ static inline void bdrv_write_threshold_check(BlockDriverState *bs,
     }
 }
 
+/*
+ * True for the write-back of a copy-on-read: a WRITE_UNCHANGED request a
+ * copy-on-read filter issues to the node below it.  QEMU writes those
+ * straight to the node's driver, past the threshold check, so they do
+ * not count on that node (what its driver writes to its own children
+ * does).
+ */
+bool bdrv_write_threshold_is_cor_write(const BdrvChild *child,
+                                       BdrvRequestFlags flags);
+
+/* bdrv_write_threshold_check() for a data or zero write through child
+ * with flags. */
+static inline void bdrv_write_threshold_check_child(BdrvChild *child,
+                                                    int64_t offset,
+                                                    int64_t bytes,
+                                                    BdrvRequestFlags flags)
+{
+    if (__builtin_expect(child->bs->write_threshold_offset != 0, 0) &&
+        !bdrv_write_threshold_is_cor_write(child, flags)) {
+        bdrv_write_threshold_check_write(child->bs, offset, bytes);
+    }
+}
+
 #endif
