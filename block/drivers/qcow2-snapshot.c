@@ -207,6 +207,9 @@ static int coroutine_fn write_table(BlockDriverState *bs, GPtrArray *entries,
     }
     int64_t off = 0;
     int ret;
+    if (size > 64 * 1024 * 1024) {
+        return -EFBIG; /* QEMU's QCOW_MAX_SNAPSHOTS_SIZE */
+    }
     if (size) {
         off = qcow2_alloc_clusters(bs, size);
         if (off < 0) {
