@@ -799,6 +799,17 @@ static const char *const blkdebug_strong_opts[] = {
     "opt-write-zero", "max-write-zero", "opt-discard", "max-discard", NULL,
 };
 
+/* blockdev-reopen: only the generic options (read-only, ...) may change;
+ * the rules and limits stay as opened ("Cannot change the option", as
+ * QEMU's blkdebug). */
+static int coroutine_fn blkdebug_reopen_prepare(BDRVReopenState *state,
+                                                GError **errp)
+{
+    (void)state;
+    (void)errp;
+    return 0;
+}
+
 const BlockDriver bdrv_blkdebug = {
     .version = BLOCK_DRIVER_VERSION,
     .format_name = "blkdebug",
@@ -819,5 +830,6 @@ const BlockDriver bdrv_blkdebug = {
     .bdrv_co_get_info = blkdebug_get_info,
     .bdrv_debug_event = blkdebug_debug_event,
     .strong_opts = blkdebug_strong_opts,
+    .bdrv_reopen_prepare = blkdebug_reopen_prepare,
     .bdrv_own_filename = blkdebug_own_filename,
 };
