@@ -90,12 +90,14 @@ void qmp_change_backing_file(q_obj_change_backing_file_arg *arg,
         return;
     }
 
+    /* Other QMP sessions run while we yield (reopen, header write): keep
+     * the node alive even if one of them deletes it meanwhile. */
+    bdrv_ref(image_bs);
     bool ro = bdrv_is_read_only(image_bs);
     if (ro && bdrv_co_reopen_set_read_only(image_bs, false, errp) < 0) {
+        bdrv_unref(image_bs);
         return;
     }
-    /* The reopen may not leave a reference behind: hold the node. */
-    bdrv_ref(image_bs);
     int ret = change_backing(image_bs, arg->backing_file);
     if (ret < 0) {
         error_setg_errno(errp, -ret, "Could not change backing file to '%s'",
