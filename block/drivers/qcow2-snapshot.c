@@ -191,6 +191,74 @@ static uint64_t image_end(BlockDriverState *bs)
 }
 
 /*
+ * Clusters a snapshot operation frees are discarded in the file, as QEMU's
+ * pass-discard-snapshot (on by default) does; contiguous ones together.
+ * Advisory: failures are ignored (and the file node drops discards unless
+ * it was opened with discard=unmap).
+ */
+typedef struct Discards {
+    bool on;
+    uint64_t start, len;
+} Discards;
+
+static void discards_init(BlockDriverState *bs, Discards *dc)
+{
+    const BlockdevOptions *o = bs->options;
+    dc->on = true;
+    if (o && o->driver == BLOCKDEV_DRIVER_QCOW2 &&
+        o->u.qcow2.has_pass_discard_snapshot) {
+        dc->on = o->u.qcow2.pass_discard_snapshot;
+    }
+    dc->start = dc->len = 0;
+}
+
+static void coroutine_fn discards_flush(BlockDriverState *bs, Discards *dc)
+{
+    if (dc->len) {
+        bdrv_co_pdiscard(bs->file, (int64_t)dc->start, (int64_t)dc->len);
+    }
+    dc->len = 0;
+}
+
+/* After a reference to [host, host+len) went: queue the clusters of the
+ * range that are free now. */
+static void coroutine_fn discards_note(BlockDriverState *bs, Discards *dc,
+                                       uint64_t host, uint64_t len)
+{
+    BDRVQcow2State *s = bs->opaque;
+    if (!dc || !dc->on || !len) {
+        return;
+    }
+    uint64_t first = host >> s->cluster_bits;
+    uint64_t last = (host + len - 1) >> s->cluster_bits;
+    for (uint64_t c = first; c <= last; c++) {
+        uint64_t rc = 1;
+        if (qcow2_get_refcount(bs, c, &rc) < 0 || rc) {
+            continue;
+        }
+        uint64_t off = c << s->cluster_bits;
+        if (dc->len && off == dc->start + dc->len) {
+            dc->len += s->cluster_size;
+            continue;
+        }
+        discards_flush(bs, dc);
+        dc->start = off;
+        dc->len = s->cluster_size;
+    }
+}
+
+/* qcow2_free_clusters(), then discard what is free now. */
+static void coroutine_fn free_and_discard(BlockDriverState *bs,
+                                          uint64_t off, uint64_t len)
+{
+    Discards dc;
+    discards_init(bs, &dc);
+    qcow2_free_clusters(bs, off, len);
+    discards_note(bs, &dc, off, len);
+    discards_flush(bs, &dc);
+}
+
+/*
  * Write `entries` (GBytes each) as the new snapshot table and switch the
  * header to it; the new in-memory list `list` (n entries) replaces
  * s->snapshots on success (ownership passes), the old table's clusters
@@ -265,7 +333,7 @@ static int coroutine_fn write_table(BlockDriverState *bs, GPtrArray *entries,
     }
     g_free(old_list);
     if (old_size) {
-        qcow2_free_clusters(bs, old_off, old_size);
+        free_and_discard(bs, old_off, old_size);
     }
     return 0;
 }
@@ -309,6 +377,9 @@ static int coroutine_fn walk_refcounts(BlockDriverState *bs,
     uint64_t *l2 = g_malloc(s->cluster_size);
     uint64_t end = image_end(bs);
     int ret = 0;
+    Discards dc;
+    discards_init(bs, &dc);
+    dc.on = dc.on && addend < 0;
     *done = 0;
     for (uint32_t i = 0; i < l1_size && *done < limit; i++) {
         uint64_t l2_off = l1[i] & L1E_OFFSET_MASK;
@@ -345,6 +416,7 @@ static int coroutine_fn walk_refcounts(BlockDriverState *bs,
             if (ret < 0) {
                 break;
             }
+            discards_note(bs, &dc, host, len);
             (*done)++;
         }
         if (ret < 0 || *done >= limit) {
@@ -354,8 +426,10 @@ static int coroutine_fn walk_refcounts(BlockDriverState *bs,
         if (ret < 0) {
             break;
         }
+        discards_note(bs, &dc, l2_off, s->cluster_size);
         (*done)++;
     }
+    discards_flush(bs, &dc);
     g_free(l2);
     return ret;
 }
@@ -690,7 +764,7 @@ int coroutine_fn qcow2_snapshot_delete(BlockDriverState *bs, const char *id,
     uint64_t done;
     int r = walk_refcounts(bs, l1, sn.l1_size, -1, UINT64_MAX, &done);
     if (r == 0 && l1_bytes) {
-        qcow2_free_clusters(bs, sn.l1_table_offset, l1_bytes);
+        free_and_discard(bs, sn.l1_table_offset, l1_bytes);
     }
     int r2 = fix_copied_flags(bs);
     if (r == 0) {
