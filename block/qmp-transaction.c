@@ -17,6 +17,7 @@
 #include "block/jobs/backup.h"
 #include "block/jobs/blockjob.h"
 #include "block/qmp-dirty-bitmap.h"
+#include "block/qmp-drive-jobs.h"
 #include "block/qmp-snapshot-internal.h"
 #include "qapi/qapi-commands.h"
 #include "util/error.h"
@@ -415,6 +416,9 @@ static int coroutine_fn prepare_action(const TransactionAction *act,
     case TRANSACTION_ACTION_KIND_BLOCKDEV_SNAPSHOT_INTERNAL_SYNC:
         return qmp_internal_snapshot_action(
             act->u.blockdev_snapshot_internal_sync.data, tran, errp);
+    case TRANSACTION_ACTION_KIND_DRIVE_BACKUP:
+        return qmp_drive_backup_action(act->u.drive_backup.data, txn, tran,
+                                       errp);
     default:
         error_setg(errp, "Unsupported transaction action '%s'",
                    TransactionActionKind_str(act->type));

@@ -70,6 +70,7 @@ struct MirrorJob {
     BlockDriverState *to_replace; /* looked up by job-complete */
     bool is_none_mode;
     bool is_commit;
+    MirrorBackingMode backing_mode; /* drive-mirror's */
     MirrorCopyMode copy_mode;
     BlockdevOnError on_source_error, on_target_error;
     int64_t granularity;
@@ -850,6 +851,27 @@ static void reopen_read_only(BlockDriverState *bs, bool read_only)
     }
 }
 
+/*
+ * drive-mirror: the target gets the backing chain its image names, before
+ * it takes the source's place (as QEMU, also when a ready job is
+ * cancelled without switching): the source's backing node (sync=top, or
+ * none for sync=full), or the source itself (sync=none).  A failure is
+ * reported, not fatal.
+ */
+static void mirror_target_backing(MirrorJob *s, BlockDriverState *src)
+{
+    BlockDriverState *t = bdrv_skip_filters(s->target_bs);
+    BlockDriverState *backing = s->is_none_mode ? src : s->base;
+    g_autoptr(GError) err = NULL;
+    if (!t || bdrv_backing_bs(t) == backing) {
+        return;
+    }
+    if (bdrv_set_backing_hd(t, backing, &err) < 0) {
+        error_report("%s", err->message);
+    }
+    bdrv_refresh_filenames_up(t);
+}
+
 /* The end, success or not (prepare or abort): switch the graph if the job
  * was completed, take the filter out, end the drain run() began. */
 static int mirror_exit_common(Job *job)
@@ -891,6 +913,10 @@ static int mirror_exit_common(Job *job)
      * onto the node below; it has no business there. */
     if (s->common.blk) {
         blk_remove_bs(s->common.blk);
+    }
+
+    if (!abort && s->backing_mode != MIRROR_LEAVE_BACKING_CHAIN) {
+        mirror_target_backing(s, src);
     }
 
     if (s->should_complete && !abort) {
@@ -1078,6 +1104,7 @@ typedef struct MirrorParams {
     const char *filter_node_name;
     MirrorCopyMode copy_mode;
     const BlockJobDriver *driver;
+    MirrorBackingMode backing_mode;
 } MirrorParams;
 
 /* A target that names a backing file in its header but has no backing
@@ -1186,6 +1213,7 @@ static MirrorJob *coroutine_fn mirror_start_job(const MirrorParams *p,
     s->on_target_error = p->on_target_error;
     s->is_none_mode = p->is_none_mode;
     s->is_commit = target_is_backing;
+    s->backing_mode = p->backing_mode;
     s->copy_mode = p->copy_mode;
     s->base = p->base;
     s->granularity = granularity;
@@ -1352,6 +1380,18 @@ void qmp_blockdev_mirror(q_obj_blockdev_mirror_arg *arg, GError **errp)
     if (!target) {
         return;
     }
+    mirror_start_qmp(arg, target, MIRROR_LEAVE_BACKING_CHAIN, errp);
+}
+
+void coroutine_fn mirror_start_qmp(q_obj_blockdev_mirror_arg *arg,
+                                   BlockDriverState *target,
+                                   MirrorBackingMode backing_mode,
+                                   GError **errp)
+{
+    BlockDriverState *bs = bdrv_lookup_bs(arg->device, arg->device, errp);
+    if (!bs) {
+        return;
+    }
 
     int64_t granularity = arg->has_granularity ? arg->granularity : 0;
     if (granularity != 0 &&
@@ -1458,6 +1498,7 @@ void qmp_blockdev_mirror(q_obj_blockdev_mirror_arg *arg, GError **errp)
         .copy_mode =
             arg->has_copy_mode ? arg->copy_mode : MIRROR_COPY_MODE_BACKGROUND,
         .driver = &mirror_job_driver,
+        .backing_mode = backing_mode,
     };
     if (mirror_start_job(&p, errp)) {
         mirror_let_job_start();

@@ -37,4 +37,27 @@ BlockJob *coroutine_fn mirror_start_active_commit(const char *job_id, BlockDrive
                                      bool auto_finalize, bool auto_dismiss,
                                      GError **errp);
 
+/*
+ * What happens to the target's backing chain when the job ends without
+ * failing (QEMU's BlockMirrorBackingMode): blockdev-mirror leaves it;
+ * drive-mirror with mode=absolute-paths gives the target the source's
+ * backing node (sync=top; the source itself for sync=none), as its new
+ * image names it.  (QEMU's third mode, opening the backing file a
+ * mode=existing target names only at the end, is not here: drive-mirror
+ * opens such a target with its backing chain.)
+ */
+typedef enum MirrorBackingMode {
+    MIRROR_LEAVE_BACKING_CHAIN,
+    MIRROR_SOURCE_BACKING_CHAIN,
+} MirrorBackingMode;
+
+/*
+ * blockdev-mirror's checks and job start with the target node given
+ * (arg->target is ignored): drive-mirror opens its target itself.
+ */
+void coroutine_fn mirror_start_qmp(q_obj_blockdev_mirror_arg *arg,
+                                   BlockDriverState *target,
+                                   MirrorBackingMode backing_mode,
+                                   GError **errp);
+
 #endif
