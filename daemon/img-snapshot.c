@@ -149,6 +149,14 @@ static int coroutine_fn run_snapshot(SnapshotAction action, const char *name,
             /* QEMU reopens the image on its way to the fallback */
             img_warn_probed_raw(filename);
         }
+        if (img.bs->dirty_bitmaps || (target && target->dirty_bitmaps)) {
+            /* QEMU's bdrv_snapshot_goto(): the bitmaps would not match */
+            img_error("Could not apply snapshot '%s': Device has active "
+                      "dirty bitmaps",
+                      name);
+            ret = -EBUSY;
+            break;
+        }
         if (!target) {
             img_error("Could not apply snapshot '%s': Block driver does not "
                       "support snapshots",
