@@ -262,11 +262,13 @@ static void coroutine_fn free_and_discard(BlockDriverState *bs,
  * Write `entries` (GBytes each) as the new snapshot table and switch the
  * header to it; the new in-memory list `list` (n entries) replaces
  * s->snapshots on success (ownership passes), the old table's clusters
- * are freed.  On failure nothing changed in memory and at worst the new
- * table's clusters leak.  Caller holds s->lock.
+ * are freed.  On failure nothing changed in memory; *maybe_switched says
+ * the header write itself failed, so the disk may hold either table (the
+ * caller then frees nothing either may need).  Caller holds s->lock.
  */
 static int coroutine_fn write_table(BlockDriverState *bs, GPtrArray *entries,
-                                    Qcow2Snapshot *list, uint32_t n)
+                                    Qcow2Snapshot *list, uint32_t n,
+                                    bool *maybe_switched)
 {
     BDRVQcow2State *s = bs->opaque;
     size_t size = 0;
@@ -318,13 +320,14 @@ static int coroutine_fn write_table(BlockDriverState *bs, GPtrArray *entries,
     s->snapshots = list;
     ret = qcow2_update_header(bs);
     if (ret < 0) {
+        /* The header may or may not have reached the disk (a failed
+         * flush after the write): both tables stay allocated and the
+         * caller keeps what either one needs (leaks at worst). */
         s->nb_snapshots = old_n;
         s->snapshots_offset = old_off;
         s->snapshots_size = old_size;
         s->snapshots = old_list;
-        if (size) {
-            qcow2_free_clusters(bs, (uint64_t)off, size);
-        }
+        *maybe_switched = true;
         return ret;
     }
     for (uint32_t i = 0; i < old_n; i++) {
@@ -642,13 +645,19 @@ int coroutine_fn qcow2_snapshot_create(BlockDriverState *bs,
         snapshot_copy(&list[i], &s->snapshots[i]);
     }
     snapshot_copy(&list[n - 1], &sn);
-    ret = write_table(bs, raw, list, n);
+    bool maybe = false;
+    ret = write_table(bs, raw, list, n, &maybe);
     if (ret < 0) {
         for (uint32_t i = 0; i < n; i++) {
             g_free(list[i].id_str);
             g_free(list[i].name);
         }
         g_free(list);
+        if (maybe) {
+            /* the snapshot may exist on disk: keep its L1 and references */
+            refs_taken = false;
+            sn.l1_table_offset = 0;
+        }
         goto out;
     }
     if (id_out) {
@@ -747,7 +756,8 @@ int coroutine_fn qcow2_snapshot_delete(BlockDriverState *bs, const char *id,
             snapshot_copy(&list[k++], &s->snapshots[i]);
         }
     }
-    ret = write_table(bs, raw, list, n);
+    bool maybe = false;
+    ret = write_table(bs, raw, list, n, &maybe);
     if (ret < 0) {
         for (uint32_t i = 0; i < n; i++) {
             g_free(list[i].id_str);
