@@ -928,7 +928,10 @@ static int mirror_exit_common(Job *job)
         }
         bdrv_drained_begin(target_bs);
         if (mirror_can_replace(src, to_replace)) {
-            bdrv_replace_node(to_replace, target_bs, &err);
+            /* the parents' json:{} names now name the target's file */
+            if (bdrv_replace_node(to_replace, target_bs, &err) == 0) {
+                bdrv_refresh_filenames_up(target_bs);
+            }
         } else {
             error_setg(&err,
                        "Can no longer replace '%s' by '%s', because it can "
