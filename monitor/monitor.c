@@ -42,6 +42,7 @@
 #define OUT_HIGH (16 * 1024 * 1024)  /* stop running requests above this */
 #define OUT_LOW (8 * 1024 * 1024)    /* ... until the queue is down here */
 #define OUT_MAX (64 * 1024 * 1024)   /* disconnect beyond this */
+#define NESTED_RETRY_NS 1000000     /* 1 ms: a nested loop's usual span */
 #define WRITE_BATCH 64               /* queued lines per writev */
 
 typedef struct MonitorListener {
@@ -306,6 +307,13 @@ static void coroutine_fn session_process(MonitorSession *s)
         while (!s->dead && s->out_bytes > OUT_HIGH) {
             s->reader_held = true;
             coroutine_yield();
+        }
+        /* Not in the middle of a synchronous operation that a nested
+         * loop is waiting for (a job's prepare, a drain): a command run
+         * there would change the state under it.  QEMU's monitor is not
+         * polled by such waits either. */
+        while (!s->dead && aio_poll_nested()) {
+            co_sleep_ns(NESTED_RETRY_NS);
         }
         if (!s->dead) {
             if (it->err) {

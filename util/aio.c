@@ -493,7 +493,17 @@ int64_t clock_ns(void)
     return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
+static unsigned poll_depth;
+
 bool aio_poll(bool blocking)
 {
-    return g_main_context_iteration(NULL, blocking);
+    poll_depth++;
+    bool progress = g_main_context_iteration(NULL, blocking);
+    poll_depth--;
+    return progress;
+}
+
+bool aio_poll_nested(void)
+{
+    return poll_depth > 1;
 }

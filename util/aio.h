@@ -63,6 +63,14 @@ int64_t clock_ns(void);
 
 /* Run one loop iteration; returns whether anything was dispatched. */
 bool aio_poll(bool blocking);
+/*
+ * Whether a nested loop is running: an aio_poll() called from inside what
+ * another aio_poll() dispatched (a synchronous wait in the middle of some
+ * operation: a job's completion, a drain, coroutine_run_sync).  Work that
+ * must not start in the middle of someone else's operation (a QMP
+ * command) waits until it is false.
+ */
+bool aio_poll_nested(void);
 /* Iterate the loop while `cond` holds.  Not from coroutine context. */
 #define AIO_WAIT_WHILE(cond)                                                   \
     do {                                                                       \

@@ -21,6 +21,7 @@
 #undef _FORTIFY_SOURCE
 
 #include "util/coroutine.h"
+#include "util/aio.h"
 
 #include <setjmp.h>
 #include <stdio.h>
@@ -540,6 +541,6 @@ void coroutine_run_sync(CoroutineEntry *entry, void *opaque)
     }
     coroutine_enter(coroutine_create(run_sync_entry, &rs));
     while (!rs.done) {
-        g_main_context_iteration(NULL, TRUE);
+        aio_poll(true);
     }
 }
