@@ -123,7 +123,7 @@ static int coroutine_fn mirror_top_preadv(BlockDriverState *bs, int64_t offset,
                                           int64_t bytes, IOVector *qiov,
                                           BdrvRequestFlags flags)
 {
-    return bdrv_co_preadv(bs->file, offset, bytes, qiov, flags);
+    return bdrv_co_preadv(bs->backing, offset, bytes, qiov, flags);
 }
 
 /* A guest write (data, zeroes or discard: qiov NULL and `discard`). */
@@ -148,11 +148,11 @@ static int coroutine_fn mirror_top_do_write(BlockDriverState *bs,
         op = active_write_prepare(s, offset, bytes);
     }
     if (discard) {
-        ret = bdrv_co_pdiscard(bs->file, offset, bytes);
+        ret = bdrv_co_pdiscard(bs->backing, offset, bytes);
     } else if (method == MIRROR_METHOD_ZERO) {
-        ret = bdrv_co_pwrite_zeroes(bs->file, offset, bytes, flags);
+        ret = bdrv_co_pwrite_zeroes(bs->backing, offset, bytes, flags);
     } else {
-        ret = bdrv_co_pwritev(bs->file, offset, bytes, qiov, flags);
+        ret = bdrv_co_pwritev(bs->backing, offset, bytes, qiov, flags);
     }
     /* the job may have let go while we waited */
     s = ts->job;
@@ -223,8 +223,9 @@ static void mirror_top_child_perm(BlockDriverState *bs, BdrvChild *c,
 /* The filter reads what its child reads, and is named after it. */
 static void mirror_top_own_filename(BlockDriverState *bs)
 {
-    if (bs->file) {
-        g_strlcpy(bs->filename, bs->file->bs->filename, sizeof(bs->filename));
+    if (bs->backing) {
+        g_strlcpy(bs->filename, bs->backing->bs->filename,
+                  sizeof(bs->filename));
     }
 }
 
@@ -262,7 +263,7 @@ static BlockDriverState *mirror_top_insert(BlockDriverState *bs,
         BDRV_REQ_WRITE_UNCHANGED |
         ((BDRV_REQ_FUA | BDRV_REQ_MAY_UNMAP | BDRV_REQ_NO_FALLBACK) &
          bs->supported_zero_flags);
-    return bdrv_insert_filter(top, bs, "file", errp);
+    return bdrv_insert_filter(top, bs, "backing", errp);
 }
 
 /* Nothing goes through the filter any more: it forwards no permissions
@@ -362,7 +363,7 @@ static void coroutine_fn mirror_op_co(void *opaque)
     if (op->method == MIRROR_METHOD_COPY) {
         IOVector qiov;
         qiov_init_buf(&qiov, op->buf, (size_t)n);
-        ret = bdrv_co_preadv(s->mirror_top->file, op->offset, n, &qiov, 0);
+        ret = bdrv_co_preadv(s->mirror_top->backing, op->offset, n, &qiov, 0);
         if (ret < 0) {
             is_read = true;
         } else {
@@ -542,7 +543,7 @@ static void coroutine_fn mirror_iteration(MirrorJob *s)
 
     /* What the source reads there decides between copying and zeroing. */
     int64_t pnum = 0;
-    BlockDriverState *src = s->mirror_top->file->bs;
+    BlockDriverState *src = s->mirror_top->backing->bs;
     int st = bdrv_co_block_status_above(src, NULL, off, bytes, &pnum, NULL,
                                         NULL);
     /* An active write may have taken the start meanwhile: later. */
@@ -626,7 +627,7 @@ static void coroutine_fn mirror_iteration(MirrorJob *s)
 /* Mark what needs copying before the loop starts (not for sync=none). */
 static int coroutine_fn mirror_dirty_init(MirrorJob *s)
 {
-    BlockDriverState *src = s->mirror_top->file->bs;
+    BlockDriverState *src = s->mirror_top->backing->bs;
 
     if (!s->base) {
         /* sync=full: every byte, so that the target reads the same
@@ -670,7 +671,7 @@ static int coroutine_fn mirror_flush(MirrorJob *s)
 
 static void coroutine_fn mirror_enter_drain(MirrorJob *s)
 {
-    BlockDriverState *src = s->mirror_top->file->bs;
+    BlockDriverState *src = s->mirror_top->backing->bs;
     s->in_drain = true;
     s->drained_bs = src;
     bdrv_ref(src);
@@ -680,7 +681,7 @@ static void coroutine_fn mirror_enter_drain(MirrorJob *s)
 static int coroutine_fn mirror_run(Job *job, GError **errp)
 {
     MirrorJob *s = (MirrorJob *)job;
-    BlockDriverState *src = s->mirror_top->file->bs;
+    BlockDriverState *src = s->mirror_top->backing->bs;
     int ret = 0;
 
     s->len = bdrv_getlength(src);
@@ -883,7 +884,7 @@ static int mirror_exit_common(Job *job)
     s->prepared = true;
 
     BlockDriverState *top = s->mirror_top;
-    BlockDriverState *src = top->file->bs;
+    BlockDriverState *src = top->backing->bs;
     BlockDriverState *target_bs = s->target_bs;
     bool abort = job->ret < 0;
     int ret = 0;
