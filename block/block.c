@@ -661,17 +661,16 @@ int bdrv_replace_node(BlockDriverState *from, BlockDriverState *to,
         if (c->klass->parent_is_bds && c->opaque == to) {
             continue;
         }
+        /* As QEMU (should_update_child, auto-skip): an edge of a node
+         * below `to` stays, moving it would make a cycle (drive-backup
+         * sync=none: the target's backing edge to the source, with the
+         * target below the filter that takes the source's place). */
+        if (c->klass->parent_is_bds && bdrv_recurse_has_child(to, c->opaque)) {
+            continue;
+        }
         if (!bdrv_child_graph_mod_check(c, errp)) {
             g_ptr_array_free(moved, TRUE);
             return -EBUSY;
-        }
-        if (c->klass->parent_is_bds && bdrv_recurse_has_child(to, c->opaque)) {
-            BlockDriverState *p = c->opaque;
-            error_setg(errp,
-                       "Making '%s' a %s child of '%s' would create a cycle",
-                       to->node_name, c->name, p->node_name);
-            g_ptr_array_free(moved, TRUE);
-            return -EINVAL;
         }
         g_ptr_array_add(moved, c);
     }
