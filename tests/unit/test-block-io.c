@@ -939,6 +939,35 @@ static void test_backing_chain(void **state)
     bdrv_unregister_test_driver(&cowdrv);
 }
 
+/* bdrv_replace_node(from, to) leaves a parent edge of a node below `to`
+ * where it is, as QEMU's auto-skip: moving it would make a cycle (a
+ * drive-backup sync=none target whose backing node is the source, below
+ * the filter that takes the source's place). */
+static void test_replace_node_skips_cycle(void **state)
+{
+    bdrv_register_test_driver(&cowdrv);
+    BlockDriverState *src =
+        test_open_owned("driver=null-aio,node-name=src,size=65536");
+    BlockDriverState *tgt =
+        test_open_owned("driver=null-aio,node-name=tgt,size=65536");
+    BlockDriverState *top =
+        test_open_owned("driver=null-aio,node-name=top,size=65536");
+    GError *err = NULL;
+    assert_int_equal(bdrv_set_backing_hd(tgt, src, &err), 0);
+    assert_int_equal(bdrv_set_backing_hd(top, tgt, &err), 0);
+    BlockBackend *blk = test_rw_blk(src);
+    assert_int_equal(bdrv_replace_node(src, top, &err), 0);
+    assert_null(err);
+    /* the user moved, the backing edge below `top` stayed */
+    assert_ptr_equal(blk_bs(blk), top);
+    assert_ptr_equal(bdrv_backing_bs(tgt), src);
+    assert_ptr_equal(bdrv_backing_bs(top), tgt);
+    blk_unref(blk);
+    assert_int_equal(bdrv_set_backing_hd(top, NULL, &err), 0);
+    assert_int_equal(bdrv_set_backing_hd(tgt, NULL, &err), 0);
+    bdrv_unregister_test_driver(&cowdrv);
+}
+
 static void test_disable_queuing(void **state)
 {
     md_reset(512);
@@ -1148,6 +1177,7 @@ int main(void)
         T(test_drain_in_coroutine),
         T(test_block_status),
         T(test_backing_chain),
+        T(test_replace_node_skips_cycle),
         T(test_disable_queuing),
         T(test_resize),
         T(test_query),
