@@ -1036,6 +1036,34 @@ BlockDriverState *bdrv_new_open_driver(const BlockDriver *drv,
     return bs;
 }
 
+bool bdrv_is_root_node(BlockDriverState *bs)
+{
+    BdrvChild *c;
+    LIST_FOREACH (c, &bs->parents, next_parent) {
+        if (c->klass->parent_is_bds || c->klass->parent_is_job) {
+            return false;
+        }
+    }
+    return true;
+}
+
+BlockDriverState *bdrv_lookup_root_bs(const char *device, GError **errp)
+{
+    BlockDriverState *bs = bdrv_lookup_bs(device, device, errp);
+    if (!bs) {
+        return NULL;
+    }
+    if (!bdrv_is_root_node(bs)) {
+        error_setg(errp, "Need a root block node");
+        return NULL;
+    }
+    if (!bs->drv) {
+        error_setg(errp, "Device has no medium");
+        return NULL;
+    }
+    return bs;
+}
+
 BlockDriverState *bdrv_insert_filter(BlockDriverState *filter,
                                      BlockDriverState *bs,
                                      const char *child_name, GError **errp)

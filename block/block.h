@@ -96,6 +96,13 @@ BlockDriverState *bdrv_next_monitor_owned(BlockDriverState *prev);
  * arguments print as ''; there are no named devices here). */
 BlockDriverState *bdrv_lookup_bs(const char *device, const char *node_name,
                                  GError **errp);
+/* QEMU's bdrv_is_root_node(): nothing but BlockBackends (exports, no
+ * node or job) above bs. */
+bool bdrv_is_root_node(BlockDriverState *bs);
+/* The node a job or snapshot command names as `device` (QEMU's
+ * qmp_get_root_bs): found by node name, a root node ("Need a root block
+ * node"), with a driver ("Device has no medium"). */
+BlockDriverState *bdrv_lookup_root_bs(const char *device, GError **errp);
 /* node-name rules: <=31 chars, starts with a letter, [A-Za-z0-9-._]. */
 bool bdrv_node_name_valid(const char *name, GError **errp);
 const char *bdrv_get_node_name(const BlockDriverState *bs);

@@ -14,18 +14,6 @@
 #include "qapi/qapi-commands.h"
 #include "util/error.h"
 
-/* QEMU's bdrv_is_root_node: nothing but BlockBackends (exports) above. */
-static bool is_root_node(BlockDriverState *bs)
-{
-    BdrvChild *c;
-    LIST_FOREACH (c, &bs->parents, next_parent) {
-        if (c->klass->parent_is_bds || c->klass->parent_is_job) {
-            return false;
-        }
-    }
-    return true;
-}
-
 /* QEMU's bdrv_chain_contains: bs, or a node below it through filtered
  * and backing children. */
 static bool chain_contains(BlockDriverState *bs, BlockDriverState *image)
@@ -56,16 +44,8 @@ static int coroutine_fn change_backing(BlockDriverState *bs,
 void qmp_change_backing_file(q_obj_change_backing_file_arg *arg,
                              GError **errp)
 {
-    BlockDriverState *bs = bdrv_lookup_bs(arg->device, arg->device, errp);
+    BlockDriverState *bs = bdrv_lookup_root_bs(arg->device, errp);
     if (!bs) {
-        return;
-    }
-    if (!is_root_node(bs)) {
-        error_setg(errp, "Need a root block node");
-        return;
-    }
-    if (!bs->drv) {
-        error_setg(errp, "Device has no medium");
         return;
     }
     BlockDriverState *image_bs =

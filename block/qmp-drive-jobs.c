@@ -337,18 +337,6 @@ void qmp_drive_backup(DriveBackup *arg, GError **errp)
 
 /* ---- drive-mirror ---- */
 
-/* QEMU's bdrv_is_root_node: only BlockBackends (exports) above it. */
-static bool is_root_node(BlockDriverState *bs)
-{
-    BdrvChild *c;
-    LIST_FOREACH (c, &bs->parents, next_parent) {
-        if (c->klass->parent_is_bds || c->klass->parent_is_job) {
-            return false;
-        }
-    }
-    return true;
-}
-
 /*
  * QEMU's qmp_drive_mirror.  The new image has no backing file for
  * sync=full (or a source without one); for sync=top it names the source's
@@ -359,16 +347,8 @@ static bool is_root_node(BlockDriverState *bs)
  */
 void qmp_drive_mirror(DriveMirror *arg, GError **errp)
 {
-    BlockDriverState *bs = bdrv_lookup_bs(arg->device, arg->device, errp);
+    BlockDriverState *bs = bdrv_lookup_root_bs(arg->device, errp);
     if (!bs) {
-        return;
-    }
-    if (!is_root_node(bs)) {
-        error_setg(errp, "Need a root block node");
-        return;
-    }
-    if (!bs->drv) {
-        error_setg(errp, "Device has no medium");
         return;
     }
     /* early check, before a target is created */

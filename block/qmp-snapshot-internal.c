@@ -16,37 +16,6 @@
 #include "util/error.h"
 #include "util/transaction.h"
 
-/* QEMU's bdrv_is_root_node: only BlockBackends (exports) above it. */
-static bool is_root_node(BlockDriverState *bs)
-{
-    BdrvChild *c;
-    LIST_FOREACH (c, &bs->parents, next_parent) {
-        if (c->klass->parent_is_bds || c->klass->parent_is_job) {
-            return false;
-        }
-    }
-    return true;
-}
-
-/* QEMU's qmp_get_root_bs() on a node name (qemu-storage-daemon has no
- * devices). */
-static BlockDriverState *get_root_bs(const char *device, GError **errp)
-{
-    BlockDriverState *bs = bdrv_lookup_bs(device, device, errp);
-    if (!bs) {
-        return NULL;
-    }
-    if (!is_root_node(bs)) {
-        error_setg(errp, "Need a root block node");
-        return NULL;
-    }
-    if (!bs->drv) {
-        error_setg(errp, "Device has no medium");
-        return NULL;
-    }
-    return bs;
-}
-
 /*
  * The node that keeps the snapshots: bs itself if it is qcow2, else, as
  * QEMU's bdrv_snapshot_fallback(), the node below one whose only child
@@ -119,7 +88,7 @@ int coroutine_fn qmp_internal_snapshot_action(
     const BlockdevSnapshotInternal *arg, Transaction *tran, GError **errp)
 {
     const char *device = arg->device;
-    BlockDriverState *bs = get_root_bs(device, errp);
+    BlockDriverState *bs = bdrv_lookup_root_bs(device, errp);
     if (!bs) {
         return -ENOENT;
     }
@@ -196,7 +165,7 @@ SnapshotInfo *qmp_blockdev_snapshot_delete_internal_sync(
     const char *device = arg->device;
     const char *id = arg->has_id ? arg->id : NULL;
     const char *name = arg->has_name ? arg->name : NULL;
-    BlockDriverState *bs = get_root_bs(device, errp);
+    BlockDriverState *bs = bdrv_lookup_root_bs(device, errp);
     if (!bs) {
         return NULL;
     }

@@ -633,18 +633,6 @@ static void commit_start(const char *job_id, BlockDriverState *bs,
 
 /* ---- QMP ---- */
 
-/* QEMU's bdrv_is_root_node(): only BlockBackends use bs. */
-static bool commit_is_root_node(BlockDriverState *bs)
-{
-    BdrvChild *c;
-    LIST_FOREACH (c, &bs->parents, next_parent) {
-        if (c->klass->parent_is_bds || c->klass->parent_is_job) {
-            return false;
-        }
-    }
-    return true;
-}
-
 /* Does the chain from top (through filters and backing files) reach
  * target?  (QEMU's bdrv_chain_contains.) */
 static bool chain_contains(BlockDriverState *top, BlockDriverState *target)
@@ -710,7 +698,7 @@ void qmp_block_commit(q_obj_block_commit_arg *arg, GError **errp)
                   arg->device);
         return;
     }
-    if (!commit_is_root_node(bs)) {
+    if (!bdrv_is_root_node(bs)) {
         error_setg(errp, "Need a root block node");
         return;
     }

@@ -1321,18 +1321,6 @@ static void coroutine_fn mirror_let_job_start(void)
     }
 }
 
-/* QEMU's bdrv_is_root_node: only BlockBackends (exports) above it. */
-static bool is_root_node(BlockDriverState *bs)
-{
-    BdrvChild *c;
-    LIST_FOREACH (c, &bs->parents, next_parent) {
-        if (c->klass->parent_is_bds || c->klass->parent_is_job) {
-            return false;
-        }
-    }
-    return true;
-}
-
 /* QEMU's check_to_replace_node. */
 static BlockDriverState *check_to_replace_node(BlockDriverState *bs,
                                                const char *name,
@@ -1368,16 +1356,8 @@ static BlockDriverState *check_to_replace_node(BlockDriverState *bs,
 
 void qmp_blockdev_mirror(q_obj_blockdev_mirror_arg *arg, GError **errp)
 {
-    BlockDriverState *bs = bdrv_lookup_bs(arg->device, arg->device, errp);
+    BlockDriverState *bs = bdrv_lookup_root_bs(arg->device, errp);
     if (!bs) {
-        return;
-    }
-    if (!is_root_node(bs)) {
-        error_setg(errp, "Need a root block node");
-        return;
-    }
-    if (!bs->drv) {
-        error_setg(errp, "Device has no medium");
         return;
     }
     BlockDriverState *target = bdrv_lookup_bs(arg->target, arg->target, errp);
