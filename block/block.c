@@ -1113,6 +1113,58 @@ BlockDriverState *coroutine_fn bdrv_co_open_json(JsonNode *node, bool keyval,
     return bs;
 }
 
+JsonObject *bdrv_image_open_options(const char *filename, const char *fmt,
+                                    const char *node_name,
+                                    BlockDriverState *like, bool no_backing,
+                                    GError **errp)
+{
+    const BlockDriver *drv = bdrv_find_format(fmt);
+    if (!drv) {
+        error_setg(errp, "Unknown driver '%s'", fmt);
+        return NULL;
+    }
+    JsonObject *o = json_object_new();
+    json_object_set_string_member(o, "driver", fmt);
+    if (node_name) {
+        json_object_set_string_member(o, "node-name", node_name);
+    }
+    if (drv->driver == BLOCKDEV_DRIVER_FILE) {
+        json_object_set_string_member(o, "filename", filename);
+    } else {
+        /* a format over the file (for formats that are not, the open
+         * fails with the driver's own complaint about its options) */
+        JsonObject *file = json_object_new();
+        json_object_set_string_member(file, "driver", "file");
+        json_object_set_string_member(file, "filename", filename);
+        json_object_set_object_member(o, "file", file);
+    }
+    if (no_backing && drv->supports_backing) {
+        json_object_set_null_member(o, "backing");
+    }
+    int flags = like->open_flags;
+    json_object_set_boolean_member(o, "read-only", !(flags & BDRV_O_RDWR));
+    json_object_set_boolean_member(o, "auto-read-only",
+                                   flags & BDRV_O_AUTO_RDONLY);
+    JsonObject *cache = json_object_new();
+    json_object_set_boolean_member(cache, "direct", flags & BDRV_O_NOCACHE);
+    json_object_set_boolean_member(cache, "no-flush",
+                                   flags & BDRV_O_NO_FLUSH);
+    json_object_set_object_member(o, "cache", cache);
+    json_object_set_string_member(o, "discard",
+                                  flags & BDRV_O_UNMAP ? "unmap" : "ignore");
+    return o;
+}
+
+BlockDriverState *coroutine_fn bdrv_co_open_object(JsonObject *o,
+                                                   GError **errp)
+{
+    JsonNode *node = json_node_init_object(json_node_alloc(), o);
+    json_object_unref(o);
+    BlockDriverState *bs = bdrv_co_open_json(node, false, errp);
+    json_node_unref(node);
+    return bs;
+}
+
 BlockDriverState *coroutine_fn bdrv_co_open_keyval(const char *opts,
                                                    GError **errp)
 {

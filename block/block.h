@@ -118,9 +118,26 @@ const char *bdrv_get_format_name(const BlockDriverState *bs);
  */
 BlockDriverState *coroutine_fn bdrv_co_open(const BlockdevOptions *opts,
                                             GError **errp);
-/* Same, from options as JSON (keyval: scalars may be strings); the node
- * is not consumed. */
 #include <json-glib/json-glib.h>
+/*
+ * Options to open an image named by its file name as QEMU's
+ * bdrv_open(filename, {driver: fmt, node-name}, flags of `like`) does
+ * (snapshot overlays, drive-backup/drive-mirror targets): the format over
+ * a `file` node (or the file node itself for fmt "file"), with like's
+ * read-only, auto-read-only, cache and discard settings; no_backing
+ * leaves the backing file the header names unopened.  Callers may
+ * override members before opening it with bdrv_co_open_object().  NULL
+ * with "Unknown driver" if fmt is not a driver.
+ */
+JsonObject *bdrv_image_open_options(const char *filename, const char *fmt,
+                                    const char *node_name,
+                                    BlockDriverState *like, bool no_backing,
+                                    GError **errp);
+/* bdrv_co_open_json() of an options object (which it releases). */
+BlockDriverState *coroutine_fn bdrv_co_open_object(JsonObject *o,
+                                                   GError **errp);
+/* bdrv_co_open(), from options as JSON (keyval: scalars may be strings);
+ * the node is not consumed. */
 BlockDriverState *coroutine_fn bdrv_co_open_json(JsonNode *node, bool keyval,
                                                  GError **errp);
 /* {driver: fmt, file: {driver: file, filename}}: how an image names its
@@ -128,7 +145,7 @@ BlockDriverState *coroutine_fn bdrv_co_open_json(JsonNode *node, bool keyval,
 BlockdevOptions *bdrv_format_on_file_options(const char *fmt,
                                              const char *filename,
                                              GError **errp);
-/* Same, from keyval text ("driver=raw,file.driver=file,...") */
+/* bdrv_co_open(), from keyval text ("driver=raw,file.driver=file,...") */
 BlockDriverState *coroutine_fn bdrv_co_open_keyval(const char *opts,
                                                    GError **errp);
 /* Create (or truncate to 0) `filename` and open it as a `file` node, with

@@ -277,45 +277,9 @@ static BlockDriverState *coroutine_fn snapshot_open_overlay(
     const char *filename, const char *fmt, const char *node_name,
     BlockDriverState *old_bs, GError **errp)
 {
-    const BlockDriver *drv = bdrv_find_format(fmt);
-    if (!drv) {
-        error_setg(errp, "Unknown driver '%s'", fmt);
-        return NULL;
-    }
-    JsonObject *o = json_object_new();
-    json_object_set_string_member(o, "driver", fmt);
-    if (node_name) {
-        json_object_set_string_member(o, "node-name", node_name);
-    }
-    if (drv->driver == BLOCKDEV_DRIVER_FILE) {
-        json_object_set_string_member(o, "filename", filename);
-    } else {
-        /* a format over the file (for formats that are not, the open
-         * fails with the driver's own complaint about its options) */
-        JsonObject *file = json_object_new();
-        json_object_set_string_member(file, "driver", "file");
-        json_object_set_string_member(file, "filename", filename);
-        json_object_set_object_member(o, "file", file);
-    }
-    if (drv->supports_backing) {
-        json_object_set_null_member(o, "backing");
-    }
-    int flags = old_bs->open_flags;
-    json_object_set_boolean_member(o, "read-only", !(flags & BDRV_O_RDWR));
-    json_object_set_boolean_member(o, "auto-read-only",
-                                   flags & BDRV_O_AUTO_RDONLY);
-    JsonObject *cache = json_object_new();
-    json_object_set_boolean_member(cache, "direct", flags & BDRV_O_NOCACHE);
-    json_object_set_boolean_member(cache, "no-flush",
-                                   flags & BDRV_O_NO_FLUSH);
-    json_object_set_object_member(o, "cache", cache);
-    json_object_set_string_member(o, "discard",
-                                  flags & BDRV_O_UNMAP ? "unmap" : "ignore");
-    JsonNode *node = json_node_init_object(json_node_alloc(), o);
-    json_object_unref(o);
-    BlockDriverState *bs = bdrv_co_open_json(node, false, errp);
-    json_node_unref(node);
-    return bs;
+    JsonObject *o =
+        bdrv_image_open_options(filename, fmt, node_name, old_bs, true, errp);
+    return o ? bdrv_co_open_object(o, errp) : NULL;
 }
 
 static int coroutine_fn snapshot_sync_action(const BlockdevSnapshotSync *arg,
