@@ -190,16 +190,7 @@ SnapshotInfo *qmp_blockdev_snapshot_delete_internal_sync(
         return NULL;
     }
     Qcow2Snapshot *sn = &s->snapshots[idx];
-    SnapshotInfo *info = g_new0(SnapshotInfo, 1);
-    info->id = g_strdup(sn->id_str);
-    info->name = g_strdup(sn->name);
-    info->vm_state_size = sn->vm_state_size;
-    info->date_sec = sn->date_sec;
-    info->date_nsec = sn->date_nsec;
-    info->vm_clock_sec = (int64_t)(sn->vm_clock_nsec / 1000000000ULL);
-    info->vm_clock_nsec = (int64_t)(sn->vm_clock_nsec % 1000000000ULL);
-    info->has_icount = sn->has_icount;
-    info->icount = (int64_t)sn->icount;
+    SnapshotInfo *info = qcow2_snapshot_info(sn);
 
     bdrv_ref(target);
     bdrv_drain_all_begin();

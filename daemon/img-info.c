@@ -104,8 +104,7 @@ static void dump_node(int indent, JsonNode *node)
     }
 }
 
-/* QEMU's bdrv_snapshot_dump(): NULL prints the header. */
-static void dump_snapshot(const SnapshotInfo *sn)
+void img_dump_snapshot(const SnapshotInfo *sn)
 {
     if (!sn) {
         printf("%-10s%-17s%8s%20s%13s%11s", "ID", "TAG", "VM SIZE", "DATE",
@@ -171,10 +170,10 @@ static void dump_human(const ImageInfo *info)
     }
     if (info->has_snapshots) {
         printf("Snapshot list:\n");
-        dump_snapshot(NULL);
+        img_dump_snapshot(NULL);
         printf("\n");
         for (SnapshotInfoList *e = info->snapshots; e; e = e->next) {
-            dump_snapshot(e->value);
+            img_dump_snapshot(e->value);
             printf("\n");
         }
     }

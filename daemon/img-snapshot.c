@@ -12,11 +12,9 @@
  * qemu-img's.
  */
 #include <getopt.h>
-#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "block/block_int.h"
 #include "block/drivers/qcow2.h"
@@ -40,35 +38,6 @@ typedef enum SnapshotAction {
 #define SYNTAX                                                                 \
     "snapshot [--object objectdef] [--image-opts] [-U] [-q] [-l | -a "        \
     "snapshot | -c snapshot | -d snapshot] filename"
-
-/* QEMU's bdrv_snapshot_dump() (as blockd-img info prints it); NULL prints
- * the header. */
-static void dump_snapshot(const Qcow2Snapshot *sn)
-{
-    if (!sn) {
-        printf("%-10s%-17s%8s%20s%13s%11s", "ID", "TAG", "VM SIZE", "DATE",
-               "VM CLOCK", "ICOUNT");
-        return;
-    }
-    char date[64] = "";
-    time_t t = (time_t)sn->date_sec;
-    struct tm tm;
-    if (localtime_r(&t, &tm)) {
-        strftime(date, sizeof(date), "%Y-%m-%d %H:%M:%S", &tm);
-    }
-    uint64_t secs = sn->vm_clock_nsec / 1000000000ULL;
-    char clock[128];
-    snprintf(clock, sizeof(clock), "%02d:%02d:%02d.%03d", (int)(secs / 3600),
-             (int)((secs / 60) % 60), (int)(secs % 60),
-             (int)((sn->vm_clock_nsec / 1000000) % 1000));
-    char icount[32] = "";
-    if (sn->has_icount) {
-        snprintf(icount, sizeof(icount), "%" PRId64, (int64_t)sn->icount);
-    }
-    g_autofree char *size = img_size_to_str((uint64_t)sn->vm_state_size);
-    printf("%-9s %-16s %8s%20s%13s%11s", sn->id_str, sn->name, size, date,
-           clock, icount);
-}
 
 /* qemu-img's find_snapshot_by_id_or_name(): an id first, then a name. */
 static int find_id_or_name(BDRVQcow2State *s, const char *id_or_name)
@@ -114,10 +83,12 @@ static int coroutine_fn run_snapshot(SnapshotAction action, const char *name,
     case SNAPSHOT_LIST:
         if (s && s->nb_snapshots) {
             printf("Snapshot list:\n");
-            dump_snapshot(NULL);
+            img_dump_snapshot(NULL);
             printf("\n");
             for (uint32_t i = 0; i < s->nb_snapshots; i++) {
-                dump_snapshot(&s->snapshots[i]);
+                SnapshotInfo *si = qcow2_snapshot_info(&s->snapshots[i]);
+                img_dump_snapshot(si);
+                qapi_free_SnapshotInfo(si);
                 printf("\n");
             }
         }

@@ -34,6 +34,8 @@ int img_strtosz(const char *s, uint64_t *out);
 int64_t img_cvtnum(const char *name, const char *value);
 /* "1 MiB", "0.977 KiB": QEMU's size_to_str(). */
 char *img_size_to_str(uint64_t val);
+/* QEMU's bdrv_snapshot_dump() (info, snapshot -l): NULL prints the header. */
+void img_dump_snapshot(const SnapshotInfo *sn);
 
 /* qemu-img's warning for a probed raw image opened for writing. */
 void img_warn_probed_raw(const char *filename);

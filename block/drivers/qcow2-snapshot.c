@@ -931,3 +931,18 @@ out:
     }
     return ret;
 }
+
+SnapshotInfo *qcow2_snapshot_info(const Qcow2Snapshot *sn)
+{
+    SnapshotInfo *si = g_new0(SnapshotInfo, 1);
+    si->id = g_strdup(sn->id_str);
+    si->name = g_strdup(sn->name);
+    si->vm_state_size = sn->vm_state_size;
+    si->date_sec = sn->date_sec;
+    si->date_nsec = sn->date_nsec;
+    si->vm_clock_sec = (int64_t)(sn->vm_clock_nsec / 1000000000ULL);
+    si->vm_clock_nsec = (int64_t)(sn->vm_clock_nsec % 1000000000ULL);
+    si->has_icount = sn->has_icount;
+    si->icount = (int64_t)sn->icount;
+    return si;
+}

@@ -1496,16 +1496,7 @@ static int coroutine_fn qcow2_co_get_info(BlockDriverState *bs,
         SnapshotInfoList *head = NULL, **tail = &head;
         for (uint32_t i = 0; i < s->nb_snapshots; i++) {
             Qcow2Snapshot *sn = &s->snapshots[i];
-            SnapshotInfo *si = g_new0(SnapshotInfo, 1);
-            si->id = g_strdup(sn->id_str);
-            si->name = g_strdup(sn->name);
-            si->vm_state_size = sn->vm_state_size;
-            si->date_sec = sn->date_sec;
-            si->date_nsec = sn->date_nsec;
-            si->vm_clock_sec = (int64_t)(sn->vm_clock_nsec / 1000000000ULL);
-            si->vm_clock_nsec = (int64_t)(sn->vm_clock_nsec % 1000000000ULL);
-            si->has_icount = sn->has_icount;
-            si->icount = (int64_t)sn->icount;
+            SnapshotInfo *si = qcow2_snapshot_info(sn);
             SnapshotInfoList *el = g_new0(SnapshotInfoList, 1);
             el->value = si;
             *tail = el;
