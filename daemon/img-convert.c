@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "block/block_int.h"
+#include "block/drivers/qcow2.h"
 #include "daemon/img.h"
 #include "util/coroutine.h"
 #include "util/error.h"
@@ -361,6 +362,60 @@ static bool parse_opts(const char *text, GHashTable *t)
     return true;
 }
 
+/* -l snapshot.id=ID,snapshot.name=NAME (qemu-img's snapshot options). */
+static bool parse_snapshot_param(const char *param, char **id, char **name)
+{
+    const char *p = param;
+    while (*p) {
+        g_autofree char *key = NULL, *value = NULL;
+        img_opt_next(&p, false, &key, &value);
+        if (!strcmp(key, "snapshot.id")) {
+            g_free(*id);
+            *id = g_steal_pointer(&value);
+        } else if (!strcmp(key, "snapshot.name")) {
+            g_free(*name);
+            *name = g_steal_pointer(&value);
+        } else {
+            img_error("Invalid parameter '%s'", key);
+            img_error("Failed in parsing snapshot param '%s'", param);
+            return false;
+        }
+    }
+    return true;
+}
+
+/*
+ * Make the source read the snapshot -l names: by snapshot.id and/or
+ * snapshot.name, or a bare word as an id first and then as a name
+ * (qemu-img's bdrv_snapshot_load_tmp_by_id_or_name).
+ */
+static int coroutine_fn load_snapshot(BlockDriverState *bs,
+                                      const char *param, const char *id,
+                                      const char *name)
+{
+    g_autoptr(GError) err = NULL;
+    int ret;
+    if (!bs->drv || bs->drv->driver != BLOCKDEV_DRIVER_QCOW2) {
+        img_error("Failed to load snapshot: Block format '%s' used by device "
+                  "'' does not support temporarily loading internal "
+                  "snapshots", bdrv_get_format_name(bs));
+        return -ENOTSUP;
+    }
+    if (id || name) {
+        ret = qcow2_snapshot_load_tmp(bs, id, name, &err);
+    } else {
+        ret = qcow2_snapshot_load_tmp(bs, param, NULL, &err);
+        if (ret == -ENOENT) {
+            g_clear_error(&err);
+            ret = qcow2_snapshot_load_tmp(bs, NULL, param, &err);
+        }
+    }
+    if (ret < 0) {
+        img_error("Failed to load snapshot: %s", err->message);
+    }
+    return ret;
+}
+
 static int coroutine_fn create_target(ConvertState *s, const char *out_fmt,
                                       const char *options,
                                       const char *out_filename,
@@ -447,7 +502,7 @@ int img_cmd_convert(int argc, char **argv)
         { NULL, 0, NULL, 0 },
     };
     const char *fmt = NULL, *out_fmt = NULL, *out_baseimg = NULL;
-    const char *backing_fmt = NULL;
+    const char *backing_fmt = NULL, *snapshot_param = NULL;
     g_autofree char *options = NULL;
     bool skip_create = false, force_share = false, target_is_zero = false;
     int ncoroutines = 8;
@@ -489,8 +544,8 @@ int img_cmd_convert(int argc, char **argv)
             img_opts_append(&options, optarg);
             break;
         case 'l':
-            img_error("Snapshots (-l) are not supported by " IMG_PROG);
-            return EXIT_FAILURE;
+            snapshot_param = optarg;
+            break;
         case 'S': {
             int64_t sval = img_cvtnum("buffer size for sparse output", optarg);
             if (sval < 0 || (sval & (SECTOR - 1)) ||
@@ -578,6 +633,15 @@ int img_cmd_convert(int argc, char **argv)
         return EXIT_FAILURE;
     }
     const char *out_filename = argv[argc - 1];
+    if (snapshot_param && s.nsrc > 1) {
+        img_error("No support for concatenating multiple snapshot");
+        return EXIT_FAILURE;
+    }
+    g_autofree char *snap_id = NULL, *snap_name = NULL;
+    if (snapshot_param && strchr(snapshot_param, '=') &&
+        !parse_snapshot_param(snapshot_param, &snap_id, &snap_name)) {
+        return EXIT_FAILURE;
+    }
 
     s.src = g_new0(ImgImage, s.nsrc);
     s.src_names = (const char **)&argv[optind];
@@ -595,6 +659,10 @@ int img_cmd_convert(int argc, char **argv)
             goto out;
         }
         opened++;
+        if (snapshot_param &&
+            load_snapshot(s.src[i].bs, snapshot_param, snap_id, snap_name) < 0) {
+            goto out;
+        }
         s.src_sizes[i] = blk_getlength(s.src[i].blk);
         if (s.src_sizes[i] < 0) {
             img_error("Could not get size of %s: %s", s.src_names[i],

@@ -932,6 +932,59 @@ out:
     return ret;
 }
 
+int coroutine_fn qcow2_snapshot_load_tmp(BlockDriverState *bs,
+                                         const char *id, const char *name,
+                                         GError **errp)
+{
+    BDRVQcow2State *s = bs->opaque;
+    if (!bs->read_only) {
+        error_setg(errp, "Device is not readonly");
+        return -EINVAL;
+    }
+    int idx = qcow2_snapshot_find(s->snapshots, s->nb_snapshots, id, name);
+    if (idx < 0) {
+        error_setg(errp, "Can't find snapshot");
+        return -ENOENT;
+    }
+    const Qcow2Snapshot *sn = &s->snapshots[idx];
+    uint64_t bytes = (uint64_t)sn->l1_size * 8;
+    if (bytes > QCOW2_MAX_L1_BYTES) {
+        error_setg(errp, "Snapshot L1 table too large");
+        return -EFBIG;
+    }
+    if (bytes && (sn->l1_table_offset & (s->cluster_size - 1) ||
+                  sn->l1_table_offset + bytes > image_end(bs))) {
+        error_setg(errp, "Snapshot L1 table offset invalid");
+        return -EINVAL;
+    }
+    uint64_t *l1 = g_try_malloc0(MAX((size_t)bytes, 8));
+    if (!l1) {
+        error_setg(errp, "Could not allocate the snapshot's L1 table");
+        return -ENOMEM;
+    }
+    if (bytes) {
+        int ret = bdrv_co_pread(bs->file, (int64_t)sn->l1_table_offset,
+                                (int64_t)bytes, l1, 0);
+        if (ret < 0) {
+            g_free(l1);
+            error_setg_errno(errp, -ret, "Failed to read l1 table for "
+                                         "loading snapshot");
+            return ret;
+        }
+    }
+    for (uint32_t i = 0; i < sn->l1_size; i++) {
+        l1[i] = qcow2_be64(&l1[i]);
+    }
+    co_mutex_lock(&s->lock);
+    g_free(s->l1_table);
+    s->l1_table = l1;
+    s->l1_size = sn->l1_size;
+    s->l1_alloc = sn->l1_size;
+    s->l1_table_offset = sn->l1_table_offset;
+    co_mutex_unlock(&s->lock);
+    return 0;
+}
+
 SnapshotInfo *qcow2_snapshot_info(const Qcow2Snapshot *sn)
 {
     SnapshotInfo *si = g_new0(SnapshotInfo, 1);

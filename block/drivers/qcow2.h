@@ -534,6 +534,15 @@ int coroutine_fn qcow2_snapshot_create(BlockDriverState *bs,
 /* Delete the snapshot matching id and/or name, with QEMU's messages. */
 int coroutine_fn qcow2_snapshot_delete(BlockDriverState *bs, const char *id,
                                        const char *name, GError **errp);
+/*
+ * QEMU's qcow2_snapshot_load_tmp() (qemu-img convert -l): a read-only
+ * node reads the snapshot with this id and/or name (NULL: any) from now
+ * on; its L1 table replaces the active one in memory only, the image is
+ * not touched.  The node's size stays.  -errno with errp set.
+ */
+int coroutine_fn qcow2_snapshot_load_tmp(BlockDriverState *bs,
+                                         const char *id, const char *name,
+                                         GError **errp);
 /* Revert the active state to snapshot number idx (its data, virtual size). */
 int coroutine_fn qcow2_snapshot_goto(BlockDriverState *bs, int idx,
                                      GError **errp);
