@@ -330,11 +330,7 @@ static int coroutine_fn write_table(BlockDriverState *bs, GPtrArray *entries,
         *maybe_switched = true;
         return ret;
     }
-    for (uint32_t i = 0; i < old_n; i++) {
-        g_free(old_list[i].id_str);
-        g_free(old_list[i].name);
-    }
-    g_free(old_list);
+    qcow2_snapshot_list_free(old_list, old_n);
     if (old_size) {
         free_and_discard(bs, old_off, old_size);
     }
@@ -559,6 +555,15 @@ static int check_supported(BDRVQcow2State *s, GError **errp)
     return 0;
 }
 
+void qcow2_snapshot_list_free(Qcow2Snapshot *list, uint32_t n)
+{
+    for (uint32_t i = 0; list && i < n; i++) {
+        g_free(list[i].id_str);
+        g_free(list[i].name);
+    }
+    g_free(list);
+}
+
 static void snapshot_copy(Qcow2Snapshot *dst, const Qcow2Snapshot *src)
 {
     *dst = *src;
@@ -648,11 +653,7 @@ int coroutine_fn qcow2_snapshot_create(BlockDriverState *bs,
     bool maybe = false;
     ret = write_table(bs, raw, list, n, &maybe);
     if (ret < 0) {
-        for (uint32_t i = 0; i < n; i++) {
-            g_free(list[i].id_str);
-            g_free(list[i].name);
-        }
-        g_free(list);
+        qcow2_snapshot_list_free(list, n);
         if (maybe) {
             /* the snapshot may exist on disk: keep its L1 and references */
             refs_taken = false;
@@ -759,11 +760,7 @@ int coroutine_fn qcow2_snapshot_delete(BlockDriverState *bs, const char *id,
     bool maybe = false;
     ret = write_table(bs, raw, list, n, &maybe);
     if (ret < 0) {
-        for (uint32_t i = 0; i < n; i++) {
-            g_free(list[i].id_str);
-            g_free(list[i].name);
-        }
-        g_free(list);
+        qcow2_snapshot_list_free(list, n);
         error_setg_errno(errp, -ret,
                          "Failed to remove snapshot from snapshot list");
         goto out_sn;

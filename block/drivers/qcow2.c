@@ -430,14 +430,7 @@ static int coroutine_fn read_snapshots(BlockDriverState *bs, int64_t flen,
             error_setg_errno(errp, -ret, "Failed to read snapshot table");
             return ret;
         }
-        Qcow2Snapshot *sn = &s->snapshots[i];
-        sn->l1_table_offset = qcow2_be64(h);
-        sn->l1_size = qcow2_be32(h + 8);
         uint16_t id_len = qcow2_be16(h + 12), name_len = qcow2_be16(h + 14);
-        sn->date_sec = qcow2_be32(h + 16);
-        sn->date_nsec = qcow2_be32(h + 20);
-        sn->vm_clock_nsec = qcow2_be64(h + 24);
-        sn->vm_state_size = qcow2_be32(h + 32);
         uint32_t extra = qcow2_be32(h + 36);
         if (extra > QCOW2_MAX_SNAPSHOT_EXTRA) {
             error_setg(errp, "Too much extra metadata in snapshot table "
@@ -446,26 +439,29 @@ static int coroutine_fn read_snapshots(BlockDriverState *bs, int64_t flen,
             return -EFBIG;
         }
         size_t vlen = (size_t)extra + id_len + name_len;
-        pos += 40;
-        if (pos + vlen > (uint64_t)flen) {
+        if (pos + 40 + vlen > (uint64_t)flen) {
             error_setg(errp, "Snapshot table is outside the image file");
             return -EINVAL;
         }
-        uint8_t *v = g_malloc(vlen + 1);
-        ret = bdrv_co_pread(bs->file, (int64_t)pos, (int64_t)vlen, v, 0);
+        /* the whole entry, decoded as the snapshot code writes it */
+        uint8_t *e = g_malloc(40 + vlen);
+        memcpy(e, h, 40);
+        ret = vlen ? bdrv_co_pread(bs->file, (int64_t)pos + 40,
+                                   (int64_t)vlen, e + 40, 0)
+                   : 0;
         if (ret < 0) {
-            g_free(v);
+            g_free(e);
             error_setg_errno(errp, -ret, "Failed to read snapshot table");
             return ret;
         }
-        if (extra >= 24) {
-            sn->icount = qcow2_be64(v + 16);
-            sn->has_icount = sn->icount != UINT64_MAX;
+        Qcow2Snapshot *sn = &s->snapshots[i];
+        int64_t elen = qcow2_snapshot_decode(e, 40 + vlen, sn, NULL);
+        g_free(e);
+        if (elen < 0) {
+            error_setg(errp, "Invalid snapshot table entry %u", i);
+            return (int)elen;
         }
-        sn->id_str = g_strndup((char *)v + extra, id_len);
-        sn->name = g_strndup((char *)v + extra + id_len, name_len);
-        g_free(v);
-        pos = ROUND_UP(pos + vlen, 8);
+        pos = ROUND_UP(pos + 40 + vlen, 8);
         if (pos - s->snapshots_offset > 64 * 1024 * 1024) {
             error_setg(errp, "Snapshot table is too big");
             return -EFBIG;
@@ -692,11 +688,7 @@ static void qcow2_free_state(BDRVQcow2State *s)
     s->l1_table = NULL;
     g_free(s->reftable);
     s->reftable = NULL;
-    for (uint32_t i = 0; s->snapshots && i < s->nb_snapshots; i++) {
-        g_free(s->snapshots[i].id_str);
-        g_free(s->snapshots[i].name);
-    }
-    g_free(s->snapshots);
+    qcow2_snapshot_list_free(s->snapshots, s->nb_snapshots);
     s->snapshots = NULL;
     if (s->extensions) {
         for (guint i = 0; i < s->extensions->len; i++) {

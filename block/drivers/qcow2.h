@@ -519,6 +519,8 @@ int64_t qcow2_snapshot_decode(const uint8_t *buf, size_t len,
 size_t qcow2_snapshot_encoded_size(const Qcow2Snapshot *sn);
 size_t qcow2_snapshot_encode(uint8_t *buf, const Qcow2Snapshot *sn,
                              uint64_t disk_size);
+/* Free a snapshot list (entries' strings and the array); NULL is fine. */
+void qcow2_snapshot_list_free(Qcow2Snapshot *list, uint32_t n);
 /* A snapshot as QMP and qemu-img show it (the caller frees it). */
 SnapshotInfo *qcow2_snapshot_info(const Qcow2Snapshot *sn);
 /* Index of the snapshot matching id and/or name (NULL: any), -1: none. */
