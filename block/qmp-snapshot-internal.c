@@ -71,19 +71,6 @@ static const TransactionActionDrv internal_snapshot_drv = {
     .clean = internal_snapshot_clean,
 };
 
-/* QEMU's op blockers for internal snapshots: a block job's nodes. */
-static bool node_busy(BlockDriverState *bs, GError **errp)
-{
-    BlockJob *job = block_job_find_by_node(bs);
-    if (job) {
-        error_setg(errp, "Node '%s' is busy: block device is in use by block "
-                         "job: %s",
-                   bdrv_get_node_name(bs), job_type_str(&job->job));
-        return true;
-    }
-    return false;
-}
-
 int coroutine_fn qmp_internal_snapshot_action(
     const BlockdevSnapshotInternal *arg, Transaction *tran, GError **errp)
 {
@@ -92,7 +79,7 @@ int coroutine_fn qmp_internal_snapshot_action(
     if (!bs) {
         return -ENOENT;
     }
-    if (node_busy(bs, errp)) {
+    if (block_job_node_busy(bs, errp)) {
         return -EBUSY;
     }
     if (bdrv_is_read_only(bs)) {
@@ -173,7 +160,7 @@ SnapshotInfo *qmp_blockdev_snapshot_delete_internal_sync(
         error_setg(errp, "Name or id must be provided");
         return NULL;
     }
-    if (node_busy(bs, errp)) {
+    if (block_job_node_busy(bs, errp)) {
         return NULL;
     }
     BlockDriverState *target = qmp_internal_snapshot_node(bs);
