@@ -636,6 +636,7 @@ int main(int argc, char **argv)
         g_unix_signal_add(SIGHUP, on_signal, NULL),
     };
 
+    monitor_hold_commands(true);
     process_options(argc, argv, false);
 
     /* After everything exists and before anyone is served, as QEMU does:
@@ -648,6 +649,7 @@ int main(int argc, char **argv)
     }
     daemonize_ready();
 
+    monitor_hold_commands(false);
     while (!runstate_shutdown_requested()) {
         aio_poll(true);
     }

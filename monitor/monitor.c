@@ -84,6 +84,13 @@ static MonitorLimits limits = {
 static GList *listeners; /* of MonitorListener */
 static GList *sessions;  /* of MonitorSession */
 
+static bool commands_held;
+
+void monitor_hold_commands(bool hold)
+{
+    commands_held = hold;
+}
+
 void monitor_set_limits(const MonitorLimits *l)
 {
     limits.max_message_size = l->max_message_size ? l->max_message_size
@@ -308,11 +315,12 @@ static void coroutine_fn session_process(MonitorSession *s)
             s->reader_held = true;
             coroutine_yield();
         }
-        /* Not in the middle of a synchronous operation that a nested
-         * loop is waiting for (a job's prepare, a drain): a command run
-         * there would change the state under it.  QEMU's monitor is not
-         * polled by such waits either. */
-        while (!s->dead && aio_poll_nested()) {
+        /* Not during start-up (monitor_hold_commands) nor in the middle
+         * of a synchronous operation that a nested loop is waiting for (a
+         * job's prepare, a drain): a command run there would change the
+         * state under it.  QEMU's monitor is not polled by such waits
+         * either. */
+        while (!s->dead && (commands_held || aio_poll_nested())) {
             co_sleep_ns(NESTED_RETRY_NS);
         }
         if (!s->dead) {

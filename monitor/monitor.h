@@ -19,6 +19,14 @@ typedef struct MonitorLimits {
 /* Serve QMP on an already listening socket fd (taken over). */
 bool monitor_add_listener(int listen_fd, const char *id, GError **errp);
 void monitor_set_limits(const MonitorLimits *limits);
+/*
+ * Hold back QMP commands (true) until released (false): the daemon holds
+ * them while it processes its command line, whose --blockdev and --export
+ * run the loop (the listener and sessions already exist), so that no
+ * command sees a half-built graph, as in qemu-storage-daemon.  Commands
+ * received meanwhile wait in their session's queue.
+ */
+void monitor_hold_commands(bool hold);
 /* Close every listener and session. */
 void monitor_cleanup(void);
 
