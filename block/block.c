@@ -5,6 +5,8 @@
  * Permissions live in perm.c, the request path and drain in io.c.
  */
 #include <errno.h>
+#include <unistd.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <string.h>
@@ -254,6 +256,37 @@ BlockDriverState *bdrv_skip_filters(BlockDriverState *bs)
         bs = c->bs;
     }
     return bs;
+}
+
+BlockDriverState *bdrv_skip_implicit_filters(BlockDriverState *bs)
+{
+    while (bs && bs->implicit && bs->drv && bs->drv->is_filter) {
+        bs = bdrv_child_bs(bdrv_filter_or_cow_child(bs));
+    }
+    return bs;
+}
+
+bool bdrv_chain_contains(BlockDriverState *top, BlockDriverState *bs)
+{
+    while (top && top != bs) {
+        top = bdrv_child_bs(bdrv_filter_or_cow_child(top));
+    }
+    return top != NULL;
+}
+
+const char *bdrv_probe_format(const char *filename)
+{
+    const char *fmt = "raw";
+    int fd = open(filename, O_RDONLY | O_CLOEXEC);
+    if (fd >= 0) {
+        uint8_t m[4];
+        if (pread(fd, m, sizeof(m), 0) == (ssize_t)sizeof(m) &&
+            !memcmp(m, "QFI\xfb", 4)) {
+            fmt = "qcow2";
+        }
+        close(fd);
+    }
+    return fmt;
 }
 
 char *bdrv_child_user_desc(const BdrvChild *c)

@@ -186,6 +186,16 @@ BdrvChild *bdrv_filter_or_cow_child(BlockDriverState *bs);
 BlockDriverState *bdrv_backing_bs(BlockDriverState *bs);
 /* Skip implicit filters: the first node below bs that is not a filter. */
 BlockDriverState *bdrv_skip_filters(BlockDriverState *bs);
+/* QEMU's bdrv_skip_implicit_filters: past the filters a job inserted
+ * without a name of the user's. */
+BlockDriverState *bdrv_skip_implicit_filters(BlockDriverState *bs);
+/* QEMU's bdrv_chain_contains: `bs` is top or below it through filtered
+ * and backing (COW) children. */
+bool bdrv_chain_contains(BlockDriverState *top, BlockDriverState *bs);
+/* The format of an image named without one where blockd probes (a
+ * backing file in a header, an existing target): "qcow2" by its magic,
+ * else "raw". */
+const char *bdrv_probe_format(const char *filename);
 /* If bs is the backing file of a node, that node's name (the newest such
  * parent), else NULL.  QEMU refuses most operations on backing nodes
  * (blockdev-del, block_resize) naming it. */

@@ -14,20 +14,6 @@
 #include "qapi/qapi-commands.h"
 #include "util/error.h"
 
-/* QEMU's bdrv_chain_contains: bs, or a node below it through filtered
- * and backing children. */
-static bool chain_contains(BlockDriverState *bs, BlockDriverState *image)
-{
-    while (bs) {
-        if (bs == image) {
-            return true;
-        }
-        BdrvChild *c = bdrv_filter_or_cow_child(bs);
-        bs = c ? c->bs : NULL;
-    }
-    return false;
-}
-
 static int coroutine_fn change_backing(BlockDriverState *bs,
                                        const char *backing_file)
 {
@@ -64,7 +50,7 @@ void qmp_change_backing_file(q_obj_change_backing_file_arg *arg,
     if (block_job_node_busy(bs, errp)) {
         return;
     }
-    if (!chain_contains(bs, image_bs)) {
+    if (!bdrv_chain_contains(bs, image_bs)) {
         error_setg(errp, "'%s' and image file are not in the same chain",
                    arg->device);
         return;

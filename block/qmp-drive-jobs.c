@@ -29,33 +29,6 @@
 
 /* ---- the target image ---- */
 
-/* QEMU's bdrv_skip_implicit_filters: a job's hidden filter is not what
- * a new image names as its backing file. */
-static BlockDriverState *skip_implicit_filters(BlockDriverState *bs)
-{
-    while (bs && bs->implicit && bs->drv && bs->drv->is_filter) {
-        bs = bdrv_child_bs(bdrv_filter_or_cow_child(bs));
-    }
-    return bs;
-}
-
-/* The format QEMU probes for an existing target given without one:
- * qcow2 by its magic, else raw (the formats blockd opens by name). */
-static const char *probe_format(const char *filename)
-{
-    const char *fmt = "raw";
-    int fd = open(filename, O_RDONLY | O_CLOEXEC);
-    if (fd >= 0) {
-        uint8_t m[4];
-        if (pread(fd, m, sizeof(m), 0) == (ssize_t)sizeof(m) &&
-            !memcmp(m, "QFI\xfb", 4)) {
-            fmt = "qcow2";
-        }
-        close(fd);
-    }
-    return fmt;
-}
-
 /*
  * QEMU's bdrv_img_create(filename, fmt, backing file name and format,
  * size) as the two commands call it: the checks in its order and words,
@@ -143,7 +116,7 @@ static BlockDriverState *coroutine_fn open_target(const char *filename,
                                                   GError **errp)
 {
     if (!fmt) {
-        fmt = probe_format(filename);
+        fmt = bdrv_probe_format(filename);
     }
     JsonObject *o = bdrv_image_open_options(filename, fmt, node_name, src,
                                             no_backing, errp);
@@ -263,7 +236,7 @@ int coroutine_fn qmp_drive_backup_action(const DriveBackup *arg, JobTxn *txn,
     }
     if (mode != NEW_IMAGE_MODE_EXISTING) {
         int ret = create_image(arg->target, format,
-                               skip_implicit_filters(source), size, errp);
+                               bdrv_skip_implicit_filters(source), size, errp);
         if (ret < 0) {
             return ret;
         }
@@ -353,7 +326,7 @@ void qmp_drive_mirror(DriveMirror *arg, GError **errp)
         BlockDriverState *backing =
             sync == MIRROR_SYNC_MODE_FULL || !target_backing
                 ? NULL
-                : skip_implicit_filters(target_backing);
+                : bdrv_skip_implicit_filters(target_backing);
         if (create_image(arg->target, format, backing, size, errp) < 0) {
             return;
         }

@@ -259,23 +259,6 @@ static bool same_file(const char *a, const char *b)
     return !strcmp(a, b);
 }
 
-/* The one probe add-cow does: once, at creation, for a backing file
- * given without a format; the result is stored in the header. */
-static const char *probe_backing(const char *path)
-{
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    const char *fmt = "raw";
-    if (fd >= 0) {
-        uint8_t m[4];
-        if (pread(fd, m, 4, 0) == 4 && m[0] == 'Q' && m[1] == 'F' &&
-            m[2] == 'I' && m[3] == 0xfb) {
-            fmt = "qcow2";
-        }
-        close(fd);
-    }
-    return fmt;
-}
-
 /* Open `path` with format `fmt` (over the file protocol), writable. */
 static BlockDriverState *coroutine_fn open_image(const char *path,
                                                  const char *fmt,
@@ -352,7 +335,7 @@ int coroutine_fn add_cow_co_create_on_node(BlockDriverState *meta,
     }
     if (bpath) {
         if (!bfmt) {
-            bfmt = probe_backing(bpath);
+            bfmt = bdrv_probe_format(bpath);
         }
         if (!bdrv_find_format(bfmt) || !strcmp(bfmt, "add-cow") ||
             strlen(bfmt) > 15) {

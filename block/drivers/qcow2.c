@@ -593,21 +593,6 @@ static char *backing_path(BlockDriverState *bs, const char *name)
     return g_build_filename(dir, name, NULL);
 }
 
-/* qcow2 if the file starts with the qcow2 magic, else raw. */
-static const char *probe_format(const char *path)
-{
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    const char *fmt = "raw";
-    if (fd >= 0) {
-        uint8_t m[4];
-        if (pread(fd, m, 4, 0) == 4 && qcow2_be32(m) == QCOW_MAGIC) {
-            fmt = "qcow2";
-        }
-        close(fd);
-    }
-    return fmt;
-}
-
 static int coroutine_fn open_backing(BlockDriverState *bs,
                                      const BlockdevOptionsQcow2 *o,
                                      GError **errp)
@@ -636,7 +621,7 @@ static int coroutine_fn open_backing(BlockDriverState *bs,
     }
     g_autofree char *path = backing_path(bs, s->backing_file);
     const char *fmt = s->backing_format ? s->backing_format
-                                        : probe_format(path);
+                                        : bdrv_probe_format(path);
     GError *err = NULL;
     BlockdevOptions *bo = bdrv_format_on_file_options(fmt, path, &err);
     if (!bo) {

@@ -633,19 +633,6 @@ static void commit_start(const char *job_id, BlockDriverState *bs,
 
 /* ---- QMP ---- */
 
-/* Does the chain from top (through filters and backing files) reach
- * target?  (QEMU's bdrv_chain_contains.) */
-static bool chain_contains(BlockDriverState *top, BlockDriverState *target)
-{
-    for (BlockDriverState *it = top; it;
-         it = bdrv_child_bs(bdrv_filter_or_cow_child(it))) {
-        if (it == target) {
-            return true;
-        }
-    }
-    return false;
-}
-
 /* The bottom of bs's chain (QEMU's bdrv_find_base). */
 static BlockDriverState *chain_bottom(BlockDriverState *bs)
 {
@@ -716,7 +703,7 @@ void qmp_block_commit(q_obj_block_commit_arg *arg, GError **errp)
         if (!top) {
             return;
         }
-        if (!chain_contains(bs, top)) {
+        if (!bdrv_chain_contains(bs, top)) {
             error_setg(errp, "'%s' is not in this backing file chain",
                        arg->top_node);
             return;
@@ -741,7 +728,7 @@ void qmp_block_commit(q_obj_block_commit_arg *arg, GError **errp)
         if (!base) {
             return;
         }
-        if (!chain_contains(top, base)) {
+        if (!bdrv_chain_contains(top, base)) {
             error_setg(errp, "'%s' is not in this backing file chain",
                        arg->base_node);
             return;

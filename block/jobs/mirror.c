@@ -1070,15 +1070,6 @@ static const BlockJobDriver commit_active_job_driver = {
 
 /* ---- creation ---- */
 
-/* bs or a node below it through filters and backing files is `needle`. */
-static bool chain_contains(BlockDriverState *bs, BlockDriverState *needle)
-{
-    while (bs && bs != needle) {
-        bs = bdrv_child_bs(bdrv_filter_or_cow_child(bs));
-    }
-    return bs != NULL;
-}
-
 /* The node whose filtered/backing child is `base`, starting at bs. */
 static BlockDriverState *find_overlay(BlockDriverState *bs,
                                       BlockDriverState *base)
@@ -1151,7 +1142,7 @@ static MirrorJob *coroutine_fn mirror_start_job(const MirrorParams *p,
         error_setg(errp, "Can't mirror node into itself");
         return NULL;
     }
-    bool target_is_backing = chain_contains(bs, target);
+    bool target_is_backing = bdrv_chain_contains(bs, target);
     /* asked before the filter goes in: nothing may yield between the
      * filter's insertion and its job taking over */
     int64_t copy_align = copy_alignment(target, granularity);
@@ -1200,7 +1191,7 @@ static MirrorJob *coroutine_fn mirror_start_job(const MirrorParams *p,
             target_perms |= BLK_PERM_RESIZE;
         }
         target_shared |= BLK_PERM_CONSISTENT_READ | BLK_PERM_WRITE;
-    } else if (chain_contains(bs, bdrv_skip_filters(target))) {
+    } else if (bdrv_chain_contains(bs, bdrv_skip_filters(target))) {
         error_setg(errp, "Cannot mirror to a filter on top of a node in the "
                          "source's backing chain");
         goto fail;
@@ -1415,10 +1406,7 @@ void coroutine_fn mirror_start_qmp(q_obj_blockdev_mirror_arg *arg,
     const char *replaces = arg->has_replaces ? arg->replaces : NULL;
     if (!replaces) {
         /* mirror from bs, but keep implicit filters above the target */
-        BlockDriverState *u = bs;
-        while (u && u->implicit && u->drv && u->drv->is_filter) {
-            u = bdrv_child_bs(bdrv_filter_or_cow_child(u));
-        }
+        BlockDriverState *u = bdrv_skip_implicit_filters(bs);
         if (u && u != bs) {
             replaces = u->node_name;
         }

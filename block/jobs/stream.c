@@ -605,16 +605,6 @@ static const BlockJobDriver stream_job_driver = {
 
 /* ---- chain lookups ---- */
 
-/* QEMU's bdrv_chain_contains: bs itself or below it through filtered and
- * COW children. */
-static bool chain_contains(BlockDriverState *top, BlockDriverState *bs)
-{
-    while (top && top != bs) {
-        top = bdrv_child_bs(bdrv_filter_or_cow_child(top));
-    }
-    return top != NULL;
-}
-
 /* The COW (backing) child of a format node; filters have none. */
 static BlockDriverState *cow_bs(BlockDriverState *bs)
 {
@@ -856,7 +846,7 @@ void qmp_block_stream(q_obj_block_stream_arg *arg, GError **errp)
         if (!base_bs) {
             return;
         }
-        if (bs == base_bs || !chain_contains(bs, base_bs)) {
+        if (bs == base_bs || !bdrv_chain_contains(bs, base_bs)) {
             error_setg(errp, "Node '%s' is not a backing image of '%s'",
                        arg->base_node, device);
             return;
@@ -877,7 +867,7 @@ void qmp_block_stream(q_obj_block_stream_arg *arg, GError **errp)
                        arg->bottom);
             return;
         }
-        if (!chain_contains(bs, bottom_bs)) {
+        if (!bdrv_chain_contains(bs, bottom_bs)) {
             error_setg(errp, "Node '%s' is not in a chain starting from '%s'",
                        arg->bottom, device);
             return;
